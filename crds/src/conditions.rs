@@ -1,0 +1,49 @@
+//! Condition types and reasons: the one place where their names are spelled.
+//!
+//! Conditions follow `metav1.Condition`. `Ready` sums up the others so that
+//! `kubectl wait --for=condition=Ready pgcap/NAME` works; a `False` condition
+//! always carries one of the reasons below and a message naming the fix.
+
+/// The capture is provisioned and its worker is streaming.
+pub const READY: &str = "Ready";
+/// Database checks and provisioning (publication, slot, watermark table) are done.
+pub const PROVISIONED: &str = "Provisioned";
+/// The worker Deployment has an available pod.
+pub const WORKER_AVAILABLE: &str = "WorkerAvailable";
+/// The backfill of existing rows has finished.
+pub const BACKFILL_COMPLETE: &str = "BackfillComplete";
+/// The slot is healthy: present, not lost, retained WAL within bounds.
+pub const WAL_HEALTHY: &str = "WalHealthy";
+/// The finalizer could not remove database objects.
+pub const TEARDOWN_BLOCKED: &str = "TeardownBlocked";
+
+/// Reasons, in CamelCase as Kubernetes expects.
+pub mod reason {
+    pub const RECONCILED: &str = "Reconciled";
+    pub const STREAMING: &str = "Streaming";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
+    pub const AUTHENTICATION_FAILED: &str = "AuthenticationFailed";
+    pub const WAL_LEVEL_NOT_LOGICAL: &str = "WalLevelNotLogical";
+    pub const MISSING_REPLICATION_PRIVILEGE: &str = "MissingReplicationPrivilege";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "InsufficientPrivilege";
+    pub const TABLE_NOT_FOUND: &str = "TableNotFound";
+    pub const NO_PRIMARY_KEY: &str = "NoPrimaryKey";
+    pub const NO_FREE_SLOTS: &str = "NoFreeReplicationSlots";
+    pub const NO_FREE_WAL_SENDERS: &str = "NoFreeWalSenders";
+    pub const UNSUPPORTED_SERVER_VERSION: &str = "UnsupportedServerVersion";
+    pub const PUBLICATION_NOT_FOUND: &str = "PublicationNotFound";
+    pub const SLOT_CLAIMED: &str = "SlotClaimedByAnotherCapture";
+    pub const SLOT_LOST: &str = "SlotLost";
+    pub const SLOT_MISSING: &str = "SlotMissing";
+    pub const PROVISIONING: &str = "Provisioning";
+    pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
+    pub const WORKER_STARTING: &str = "WorkerStarting";
+    pub const WORKER_FAILING: &str = "WorkerFailing";
+    pub const BACKFILL_RUNNING: &str = "BackfillRunning";
+    pub const BACKFILL_DONE: &str = "BackfillDone";
+    pub const BACKFILL_DISABLED: &str = "BackfillDisabled";
+    pub const TEARDOWN_FAILED: &str = "TeardownFailed";
+}

@@ -1,0 +1,124 @@
+//! What Siphon writes back: the `PostgresCapture` status.
+//!
+//! Two writers share it, each with its own server-side-apply field manager:
+//! the operator owns `conditions`, `phase`, `observedGeneration`, `managed` and
+//! `slot`; the worker owns `progress`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a capture.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresCaptureStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// One word for printer columns: Pending, Provisioning, Backfilling,
+    /// Streaming, Suspended, Failed, Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Conditions: Ready, Provisioned, WorkerAvailable, BackfillComplete, WalHealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Database objects this capture created and will drop on deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedObjects>,
+    /// Facts about the replication slot, from `pg_replication_slots`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotStatus>,
+    /// Progress written by the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressStatus>,
+}
+
+/// Database objects created by Siphon (and so dropped by its finalizer).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedObjects {
+    /// `host:port/database` the objects live in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The replication slot, if Siphon created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The publication, if Siphon created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+    /// The watermark table, if Siphon created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_table: Option<String>,
+    /// NOTIFY triggers (`schema.table`), if Siphon created them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<String>,
+    /// The trigger function, if Siphon created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_function: Option<String>,
+}
+
+/// The replication slot as PostgreSQL reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    /// Slot name.
+    pub name: String,
+    /// A backend is streaming from the slot.
+    pub active: bool,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_status: Option<String>,
+    /// WAL kept for this slot, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_wal_bytes: Option<i64>,
+    /// WAL kept for this slot, human-readable (for printer columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_wal: Option<String>,
+    /// Last LSN the consumer confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_flush_lsn: Option<String>,
+}
+
+/// Progress of the worker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressStatus {
+    /// Last LSN confirmed to PostgreSQL (all records before it are in Kafka).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_lsn: Option<String>,
+    /// Changes written to Kafka since the worker started.
+    #[serde(default)]
+    pub events: u64,
+    /// Lag behind the server's WAL, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// Lag behind the newest commit, human-readable (for printer columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+    /// When the worker wrote this (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+    /// Id of the last on-demand snapshot request that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_snapshot_request: Option<String>,
+    /// Per-table backfill progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableProgress>,
+}
+
+/// Backfill progress of one table.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableProgress {
+    /// Schema-qualified table name.
+    pub name: String,
+    /// `Pending`, `Running`, `Done` or `Skipped`.
+    pub state: String,
+    /// Rows copied so far.
+    #[serde(default)]
+    pub rows_copied: u64,
+    /// Estimated rows in the table (from `pg_class.reltuples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_estimated: Option<u64>,
+}

@@ -1,0 +1,1 @@
+//! The Siphon worker: reads changes from PostgreSQL and writes them to Kafka.
