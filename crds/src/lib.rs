@@ -12,6 +12,7 @@
 pub mod capture;
 pub mod conditions;
 pub mod duration;
+pub mod kafka_options;
 pub mod status;
 pub mod worker_config;
 

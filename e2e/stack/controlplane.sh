@@ -107,7 +107,8 @@ cp__ldflags() {
 cp__build_hash() {
     local go="$1"
     {
-        (cd "$CP_REPO_ROOT" && find e2e/controlplane -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+        (cd "$CP_REPO_ROOT" && find e2e/controlplane -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 |
+            LC_ALL=C sort -z | xargs -0 sha256sum)
         sha256sum <"$CP_VERSIONS_FILE"
         "$go" env GOVERSION
         cp__ldflags
@@ -215,6 +216,7 @@ cp__wait() {
             return 1
         fi
         if curl -fsS --max-time 3 -o /dev/null "$@" 2>/dev/null; then
+            cp__log "$name: $what ok"
             return 0
         fi
         sleep 0.25
@@ -257,8 +259,11 @@ EOF
         -extensions v3_ca -subj /CN=siphon-e2e-ca -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null
     rm -f "$tmp/ca.cnf"
 
-    local server='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n'
-    local client='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n'
+    # Key identifiers too: strict verifiers (Python >= 3.13 ssl) require the
+    # authority key identifier.
+    local leaf='basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n'
+    local server="${leaf}extendedKeyUsage=serverAuth\n"
+    local client="${leaf}extendedKeyUsage=clientAuth\n"
     local loopback='subjectAltName=DNS:localhost,IP:127.0.0.1\n'
     # 10.0.0.1 is the kubernetes Service IP (first address of CP_SERVICE_CIDR).
     cp__sign "$tmp" apiserver /CN=kube-apiserver \
@@ -308,17 +313,27 @@ EOF
 
 # --- up / down -------------------------------------------------------------
 
-# cp__start NAME STATE_DIR PORTS... ARGS...: unless already running, check
-# ports, then spawn. PORTS are given as a comma list in the first argument
-# after STATE_DIR.
+# cp__ports NAME prints the ports component NAME listens on.
+cp__ports() {
+    case "$1" in
+    etcd) printf '%s %s\n' "$CP_ETCD_CLIENT_PORT" "$CP_ETCD_PEER_PORT" ;;
+    kube-apiserver) printf '%s\n' "$CP_APISERVER_PORT" ;;
+    kube-controller-manager) printf '%s\n' "$CP_CONTROLLER_MANAGER_PORT" ;;
+    kube-scheduler) printf '%s\n' "$CP_SCHEDULER_PORT" ;;
+    *) cp__die "unknown component $1" ;;
+    esac
+}
+
+# cp__start NAME STATE_DIR ARGS...: unless NAME is already running, check
+# its ports and spawn it.
 cp__start() {
-    local name="$1" state="$2" ports="$3" port pid
-    shift 3
+    local name="$1" state="$2" port pid
+    shift 2
     if pid="$(cp__pid "$name" "$state")"; then
         cp__log "$name already running (pid $pid)"
         return 0
     fi
-    for port in ${ports//,/ }; do
+    for port in $(cp__ports "$name"); do
         cp__port_free "$port"
     done
     cp__spawn "$name" "$state" "$@"
@@ -341,8 +356,18 @@ cp_up() {
     local client_auth=(--cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key")
     local api="https://127.0.0.1:$CP_APISERVER_PORT"
 
+    # Check every port before starting anything, so a busy port does not
+    # leave a half-started stack behind.
+    local name port
+    for name in "${CP_COMPONENTS[@]}"; do
+        cp__pid "$name" "$state" >/dev/null && continue
+        for port in $(cp__ports "$name"); do
+            cp__port_free "$port"
+        done
+    done
+
     local etcd_url="http://127.0.0.1:$CP_ETCD_CLIENT_PORT" peer_url="http://127.0.0.1:$CP_ETCD_PEER_PORT"
-    cp__start etcd "$state" "$CP_ETCD_CLIENT_PORT,$CP_ETCD_PEER_PORT" \
+    cp__start etcd "$state" \
         --name=siphon --data-dir="$state/etcd" \
         --listen-client-urls="$etcd_url" --advertise-client-urls="$etcd_url" \
         --listen-peer-urls="$peer_url" --initial-advertise-peer-urls="$peer_url" \
@@ -350,7 +375,7 @@ cp_up() {
         --unsafe-no-fsync --log-level=warn
     cp__wait etcd "$state" /health "$etcd_url/health"
 
-    cp__start kube-apiserver "$state" "$CP_APISERVER_PORT" \
+    cp__start kube-apiserver "$state" \
         --etcd-servers="$etcd_url" \
         --bind-address=127.0.0.1 --secure-port="$CP_APISERVER_PORT" \
         --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
@@ -364,10 +389,13 @@ cp_up() {
         --profiling=false
     cp__wait kube-apiserver "$state" /readyz "${client_auth[@]}" "$api/readyz"
 
-    cp__start kube-controller-manager "$state" "$CP_CONTROLLER_MANAGER_PORT" \
+    # No --authentication/authorization-kubeconfig for the controller-manager
+    # and scheduler: delegated auth wants the apiserver's front-proxy
+    # (requestheader) CA, which this stack does not configure, and logs an
+    # error loop without it. /healthz, /readyz and /livez stay reachable
+    # (--authorization-always-allow-paths); /metrics is refused.
+    cp__start kube-controller-manager "$state" \
         --kubeconfig="$state/controller-manager.kubeconfig" \
-        --authentication-kubeconfig="$state/controller-manager.kubeconfig" \
-        --authorization-kubeconfig="$state/controller-manager.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$CP_CONTROLLER_MANAGER_PORT" \
         --tls-cert-file="$pki/controller-manager-serving.crt" \
         --tls-private-key-file="$pki/controller-manager-serving.key" \
@@ -378,10 +406,8 @@ cp_up() {
         --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
         --leader-elect=false \
         --profiling=false
-    cp__start kube-scheduler "$state" "$CP_SCHEDULER_PORT" \
+    cp__start kube-scheduler "$state" \
         --kubeconfig="$state/scheduler.kubeconfig" \
-        --authentication-kubeconfig="$state/scheduler.kubeconfig" \
-        --authorization-kubeconfig="$state/scheduler.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$CP_SCHEDULER_PORT" \
         --tls-cert-file="$pki/scheduler-serving.crt" \
         --tls-private-key-file="$pki/scheduler-serving.key" \

@@ -1,6 +1,17 @@
-//! `siphon-operator`: wires configuration, the controller and the HTTP endpoint.
+//! `siphon-operator`: wires configuration, leader election, the HTTP endpoint
+//! and the controller. Logic lives in the modules.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
+use kube::runtime::events::Reporter;
+
+use siphon_operator::build::WorkerDefaults;
+use siphon_operator::controller::{self, Context};
+use siphon_operator::lease::{self, LeaseConfig};
+use siphon_operator::{http, metrics::Metrics};
 
 /// Reconciles PostgresCapture resources: provisions the database, runs one
 /// worker per capture, reports status, and tears down on deletion.
@@ -10,15 +21,75 @@ struct Args {
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     #[arg(long, env = "SIPHON_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: String,
+    /// Image of the worker pods when a capture names none.
+    #[arg(long, env = "SIPHON_WORKER_IMAGE", default_value = "ghcr.io/siphon-dev/siphon:latest")]
+    worker_image: String,
+    /// Pull policy of the worker image.
+    #[arg(long, env = "SIPHON_WORKER_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    worker_image_pull_policy: String,
+    /// Hold a Lease before reconciling, so that several replicas are safe.
+    #[arg(long, env = "SIPHON_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (defaults to the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "SIPHON_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    tracing::info!(metrics_addr = %args.metrics_addr, "siphon-operator starting");
-    tokio::signal::ctrl_c().await?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await?;
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(http::serve(listener, metrics.clone(), ready.clone()));
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!("{}-{}", hostname(), std::process::id())
+    });
+    if args.leader_election {
+        let cfg = LeaseConfig {
+            namespace: args.leader_election_namespace.clone(),
+            name: "siphon-operator".into(),
+            identity: identity.clone(),
+            duration: Duration::from_secs(15),
+            renew: Duration::from_secs(5),
+        };
+        lease::acquire_and_hold(client.clone(), cfg, || std::process::exit(1)).await;
+        metrics.leader.set(1);
+    }
+
+    let ctx = Arc::new(Context {
+        client,
+        reporter: Reporter {
+            controller: "siphon-operator".into(),
+            instance: Some(identity),
+        },
+        metrics,
+        defaults: WorkerDefaults {
+            image: args.worker_image,
+            image_pull_policy: args.worker_image_pull_policy,
+        },
+    });
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("controller starting");
+    controller::run(ctx).await;
+    tracing::info!("controller stopped");
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "siphon-operator".into())
 }

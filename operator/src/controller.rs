@@ -1,0 +1,450 @@
+//! The PostgresCapture controller: a reconcile pipeline wrapped in a finalizer.
+//!
+//! ```text
+//! read Secrets → validate (pure) → preflight DB → provision → build (pure) → apply (SSA) → status
+//! ```
+//!
+//! Invalid specs wait for a change (and a periodic look, since another
+//! capture's deletion can free a claimed slot); unfit databases and transient
+//! errors requeue with a delay, because a database can be fixed without any
+//! Kubernetes event. A healthy capture is looked at every 30 s so that slot
+//! lag and retained WAL in the status stay fresh.
+//!
+//! Deletion runs [`cleanup`]: stop the worker and wait until its pods are gone
+//! (one writer per slot, also while tearing down), then drop exactly what
+//! `status.managed` lists. The finalizer stays until that succeeds or the
+//! policy is `Retain`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use siphon_crds::capture::{CaptureMode, DeletionPolicy, PostgresCapture};
+use siphon_crds::conditions::{self, reason};
+use siphon_crds::status::ManagedObjects;
+
+use crate::build::{self, WorkerDefaults};
+use crate::database::{self, ConnectParams, Unfit};
+use crate::metrics::Metrics;
+use crate::names;
+use crate::status::{self, set_condition};
+use crate::validate;
+
+/// Why a reconcile failed; `metric_label` keeps metric cardinality low.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Unfit(#[from] Unfit),
+    #[error("waiting for the worker pods of {0} to stop before teardown")]
+    WorkerStillRunning(String),
+    #[error("teardown blocked: {0}")]
+    TeardownBlocked(String),
+    #[error("cannot serialize the worker configuration: {0}")]
+    Serialize(#[from] serde_yaml::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Unfit(u) => u.reason,
+            Error::WorkerStillRunning(_) => "worker_stopping",
+            Error::TeardownBlocked(_) => "teardown_blocked",
+            Error::Serialize(_) => "serialize",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+    pub defaults: WorkerDefaults,
+}
+
+impl Context {
+    fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    async fn event(&self, capture: &PostgresCapture, warning: bool, reason: &str, note: String, action: &str) {
+        let ev = KubeEvent {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder().publish(&ev, &capture.object_ref(&())).await {
+            tracing::warn!(%error, "cannot publish event");
+        }
+    }
+}
+
+/// Run the controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let captures = Api::<PostgresCapture>::all(client.clone());
+    Controller::new(captures, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(capture = %obj.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+async fn reconcile(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = capture.namespace().unwrap_or_default();
+    let api: Api<PostgresCapture> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, names::FINALIZER, capture, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply(c, ctx.clone()).await,
+            Finalizer::Cleanup(c) => cleanup(c, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    result
+}
+
+fn error_policy(capture: Arc<PostgresCapture>, error: &Error, _ctx: Arc<Context>) -> Action {
+    let delay = match error {
+        Error::WorkerStillRunning(_) => Duration::from_secs(2),
+        Error::Unfit(u) if u.transient => Duration::from_secs(10),
+        Error::TeardownBlocked(_) => Duration::from_secs(10),
+        _ => Duration::from_secs(15),
+    };
+    tracing::warn!(capture = %capture.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Credentials, Unfit> {
+    let ns = capture.namespace().unwrap_or_default();
+    let r = &capture.spec.postgres.credentials_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let missing = |what: String| Unfit {
+        reason: reason::SECRET_NOT_FOUND,
+        message: what,
+        transient: false,
+    };
+    let secret = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| Unfit {
+            reason: reason::SECRET_NOT_FOUND,
+            message: format!("cannot read Secret {ns}/{}: {e}", r.name),
+            transient: true,
+        })?
+        .ok_or_else(|| missing(format!("Secret {ns}/{} does not exist: create it with keys {} and {}", r.name, r.username_key, r.password_key)))?;
+    let get = |key: &str| -> Result<String, Unfit> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).cloned()))
+            .ok_or_else(|| missing(format!("Secret {ns}/{} has no key {key:?}: add it or set usernameKey/passwordKey", r.name)))
+    };
+    Ok(Credentials {
+        user: get(&r.username_key)?,
+        password: get(&r.password_key)?,
+    })
+}
+
+fn connect_params(capture: &PostgresCapture, creds: Credentials) -> ConnectParams {
+    let pg = &capture.spec.postgres;
+    ConnectParams {
+        host: pg.host.clone(),
+        port: pg.port,
+        database: pg.database.clone(),
+        user: creds.user,
+        password: creds.password,
+        ssl_mode: pg.ssl_mode,
+    }
+}
+
+/// Patch the operator-owned part of the status (server-side apply).
+async fn patch_status(api: &Api<PostgresCapture>, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": format!("{}/{}", siphon_crds::GROUP, siphon_crds::VERSION),
+        "kind": "PostgresCapture",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(names::OPERATOR_MANAGER).force(), &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}
+
+async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = capture.namespace().unwrap_or_default();
+    let name = capture.name_any();
+    let generation = capture.metadata.generation;
+    let api: Api<PostgresCapture> = Api::namespaced(ctx.client.clone(), &ns);
+    let old = capture.status.clone().unwrap_or_default();
+    let mut conds: Vec<Condition> = old.conditions.clone();
+    let mut managed = old.managed.clone().unwrap_or_default();
+    let mut slot = old.slot.clone();
+
+    let outcome = provision_and_deploy(&capture, &ctx, &api, &mut conds, &mut managed, &mut slot).await;
+    let requeue = match &outcome {
+        Ok(()) => Duration::from_secs(30),
+        Err(Error::Unfit(u)) => {
+            set_condition(&mut conds, conditions::PROVISIONED, false, u.reason, &u.message, generation);
+            if u.transient { Duration::from_secs(10) } else { Duration::from_secs(60) }
+        }
+        Err(_) => Duration::from_secs(15),
+    };
+    let phase = status::summarize_ready(&mut conds, generation, capture.spec.suspend);
+
+    announce_transitions(&ctx, &capture, &old.conditions, &conds).await;
+    let status = json!({
+        "observedGeneration": generation,
+        "phase": phase,
+        "conditions": conds,
+        "managed": managed,
+        "slot": slot,
+    });
+    patch_status(&api, &name, status).await?;
+    match outcome {
+        Ok(()) | Err(Error::Unfit(_)) => Ok(Action::requeue(requeue)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn provision_and_deploy(
+    capture: &PostgresCapture,
+    ctx: &Context,
+    api: &Api<PostgresCapture>,
+    conds: &mut Vec<Condition>,
+    managed: &mut ManagedObjects,
+    slot: &mut Option<siphon_crds::status::SlotStatus>,
+) -> Result<(), Error> {
+    let generation = capture.metadata.generation;
+    let name = capture.name_any();
+    let ns = capture.namespace().unwrap_or_default();
+    let creds = read_credentials(ctx, capture).await?;
+
+    let all: Vec<PostgresCapture> = Api::<PostgresCapture>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .collect();
+    let plan = validate::validate(capture, &all).map_err(|inv| Unfit {
+        reason: inv.reason,
+        message: inv.message,
+        transient: false,
+    })?;
+
+    let logical = plan.mode == CaptureMode::Logical;
+    let client = database::connect(&connect_params(capture, creds)).await?;
+    let facts = database::preflight(&client, &plan, logical).await?;
+    if logical {
+        let patch_api = api.clone();
+        let patch_name = name.clone();
+        *managed = database::provision(&client, &plan, &facts, managed.clone(), |m| {
+            let api = patch_api.clone();
+            let name = patch_name.clone();
+            async move {
+                patch_status(&api, &name, json!({ "managed": m })).await.map_err(|e| Unfit {
+                    reason: reason::PROVISIONING_FAILED,
+                    message: format!("cannot record managed objects in the status: {e}"),
+                    transient: true,
+                })
+            }
+        })
+        .await?;
+        set_condition(conds, conditions::PROVISIONED, true, reason::RECONCILED, format!(
+            "slot {} and publication {} ready for {} table(s)", plan.slot, plan.publication, facts.tables.len()
+        ), generation);
+    } else {
+        set_condition(conds, conditions::PROVISIONED, true, reason::RECONCILED, format!("{} table(s) ready for polling", facts.tables.len()), generation);
+    }
+
+    // Worker objects.
+    let objects = build::worker_objects(capture, &plan, &ctx.defaults)?;
+    let pp = PatchParams::apply(names::OPERATOR_MANAGER).force();
+    let object_name = names::worker_object_name(&name);
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.config_map)).await?;
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.service_account)).await?;
+    Api::<Role>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.role)).await?;
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.role_binding)).await?;
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .patch(&object_name, &pp, &Patch::Apply(&objects.deployment))
+        .await?;
+
+    let available = deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+    if capture.spec.suspend {
+        set_condition(conds, conditions::WORKER_AVAILABLE, false, reason::SUSPENDED, "suspended: the worker is scaled to zero", generation);
+    } else if available > 0 {
+        set_condition(conds, conditions::WORKER_AVAILABLE, true, reason::STREAMING, "the worker pod is ready", generation);
+    } else {
+        let (why, msg) = worker_trouble(ctx, &ns, &name).await;
+        set_condition(conds, conditions::WORKER_AVAILABLE, false, why, msg, generation);
+    }
+
+    if logical {
+        *slot = database::slot_status(&client, plan.slot.as_str()).await?;
+        match slot.as_ref() {
+            None => set_condition(conds, conditions::WAL_HEALTHY, false, reason::SLOT_MISSING, format!(
+                "replication slot {} is missing; it is recreated only by deleting and re-creating the capture (a new slot would skip changes)", plan.slot
+            ), generation),
+            Some(s) if s.wal_status.as_deref() == Some("lost") => set_condition(conds, conditions::WAL_HEALTHY, false, reason::SLOT_LOST, format!(
+                "replication slot {} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed; raise max_slot_wal_keep_size, then delete and re-create the capture to backfill again", plan.slot
+            ), generation),
+            Some(s) => set_condition(conds, conditions::WAL_HEALTHY, true, reason::RECONCILED, format!(
+                "slot {} retains {} of WAL (wal_status {})", s.name, s.retained_wal.clone().unwrap_or_default(), s.wal_status.clone().unwrap_or_default()
+            ), generation),
+        }
+    }
+    backfill_condition(capture, conds);
+    Ok(())
+}
+
+/// Explain why the worker is not available, from its pods.
+async fn worker_trouble(ctx: &Context, ns: &str, name: &str) -> (&'static str, String) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{}={}", names::CAPTURE_LABEL, name));
+    let Ok(list) = pods.list(&lp).await else {
+        return (reason::WORKER_STARTING, "waiting for the worker pod".into());
+    };
+    for pod in list.items {
+        for cs in pod.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+            if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+                let r = w.reason.clone().unwrap_or_default();
+                if r == "CrashLoopBackOff" || r == "CreateContainerConfigError" || r.contains("Err") {
+                    return (reason::WORKER_FAILING, format!("worker container is {r}: {}; see its log", w.message.clone().unwrap_or_default()));
+                }
+            }
+            if cs.restart_count > 0 {
+                if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                    return (reason::WORKER_FAILING, format!(
+                        "worker restarted {} time(s), last exit code {}: {}", cs.restart_count, t.exit_code, t.message.clone().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    (reason::WORKER_STARTING, "waiting for the worker pod to become ready".into())
+}
+
+fn backfill_condition(capture: &PostgresCapture, conds: &mut Vec<Condition>) {
+    let generation = capture.metadata.generation;
+    if capture.spec.mode != CaptureMode::Logical || capture.spec.snapshot_or_default().mode == siphon_crds::capture::SnapshotMode::Never {
+        set_condition(conds, conditions::BACKFILL_COMPLETE, true, reason::BACKFILL_DISABLED, "no backfill requested", generation);
+        return;
+    }
+    let tables = capture.status.as_ref().and_then(|s| s.progress.as_ref()).map(|p| p.tables.clone()).unwrap_or_default();
+    let pending: Vec<_> = tables.iter().filter(|t| t.state != "Done" && t.state != "Skipped").collect();
+    if tables.is_empty() {
+        set_condition(conds, conditions::BACKFILL_COMPLETE, false, reason::BACKFILL_RUNNING, "waiting for the worker to report backfill progress", generation);
+    } else if pending.is_empty() {
+        set_condition(conds, conditions::BACKFILL_COMPLETE, true, reason::BACKFILL_DONE, format!("{} table(s) backfilled", tables.len()), generation);
+    } else {
+        let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
+        set_condition(conds, conditions::BACKFILL_COMPLETE, false, reason::BACKFILL_RUNNING, format!("{} of {} table(s) left, {copied} rows copied", pending.len(), tables.len()), generation);
+    }
+}
+
+async fn announce_transitions(ctx: &Context, capture: &PostgresCapture, old: &[Condition], new: &[Condition]) {
+    for c in new {
+        let before = status::find(old, &c.type_);
+        let changed = before.map(|b| b.status != c.status || b.reason != c.reason).unwrap_or(true);
+        if !changed {
+            continue;
+        }
+        let warning = c.status == "False" && c.reason != reason::PROVISIONING && c.reason != reason::WORKER_STARTING
+            && c.reason != reason::BACKFILL_RUNNING && c.reason != reason::SUSPENDED;
+        ctx.event(capture, warning, &c.reason, format!("{}={}: {}", c.type_, c.status, c.message), &c.type_).await;
+    }
+}
+
+async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = capture.namespace().unwrap_or_default();
+    let name = capture.name_any();
+    let api: Api<PostgresCapture> = Api::namespaced(ctx.client.clone(), &ns);
+    let object_name = names::worker_object_name(&name);
+
+    // 1. Stop the worker and wait for its pods to be gone.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    match deployments.delete(&object_name, &DeleteParams::foreground()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let running = pods
+        .list(&ListParams::default().labels(&format!("{}={}", names::CAPTURE_LABEL, name)))
+        .await?
+        .items;
+    if !running.is_empty() {
+        return Err(Error::WorkerStillRunning(name));
+    }
+
+    let managed = capture.status.as_ref().and_then(|s| s.managed.clone()).unwrap_or_default();
+    if capture.spec.deletion_policy == DeletionPolicy::Retain {
+        ctx.event(&capture, false, "Retained", "deletionPolicy is Retain: database objects were left in place".into(), "Teardown").await;
+        return Ok(Action::await_change());
+    }
+    if managed.slot.is_none() && managed.publication.is_none() && managed.watermark_table.is_none() && managed.triggers.is_empty() {
+        return Ok(Action::await_change());
+    }
+
+    // 2..6. Drop what we created.
+    let blocked = |msg: String| async {
+        let mut conds = capture.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        set_condition(&mut conds, conditions::TEARDOWN_BLOCKED, true, reason::TEARDOWN_FAILED, &msg, capture.metadata.generation);
+        let _ = patch_status(&api, &name, json!({ "phase": "Deleting", "conditions": conds })).await;
+        ctx.event(&capture, true, reason::TEARDOWN_FAILED, msg.clone(), "Teardown").await;
+        Error::TeardownBlocked(msg)
+    };
+    let creds = match read_credentials(&ctx, &capture).await {
+        Ok(c) => c,
+        Err(u) => return Err(blocked(format!("{}; or set spec.deletionPolicy: Retain to let go without dropping database objects", u.message)).await),
+    };
+    let client = match database::connect(&connect_params(&capture, creds)).await {
+        Ok(c) => c,
+        Err(u) => return Err(blocked(format!("cannot drop the slot and publication: {}; or set spec.deletionPolicy: Retain to let go", u.message)).await),
+    };
+    let capture_id = names::capture_id(&ns, &name);
+    if let Err(u) = database::teardown(&client, &managed, &capture_id).await {
+        return Err(blocked(format!("{}; or set spec.deletionPolicy: Retain to let go", u.message)).await);
+    }
+    ctx.event(&capture, false, "TornDown", format!(
+        "dropped slot {:?}, publication {:?}, watermark table {:?}", managed.slot, managed.publication, managed.watermark_table
+    ), "Teardown").await;
+    Ok(Action::await_change())
+}

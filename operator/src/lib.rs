@@ -1,0 +1,15 @@
+//! The Siphon operator: reconciles `PostgresCapture` resources.
+//!
+//! The reconcile pipeline, one module per stage:
+//! [`validate`] (pure) → [`database`] (preflight, provision, teardown) →
+//! [`build`] (pure) → apply and [`status`], driven by [`controller`].
+
+pub mod build;
+pub mod controller;
+pub mod database;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod names;
+pub mod status;
+pub mod validate;

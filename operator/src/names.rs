@@ -1,0 +1,121 @@
+//! Every name the operator derives or writes, in one place: slot and
+//! publication names, the finalizer, field managers, labels and the names of
+//! the worker's Kubernetes objects.
+
+use sha2::{Digest, Sha256};
+
+/// Finalizer that guards database teardown.
+pub const FINALIZER: &str = "siphon.dev/cleanup";
+/// Server-side apply field manager of the operator.
+pub const OPERATOR_MANAGER: &str = "siphon-operator";
+/// Field manager of the worker (it owns `status.progress`).
+pub const WORKER_MANAGER: &str = "siphon-worker";
+/// Label carrying the capture's name on every object made for it.
+pub const CAPTURE_LABEL: &str = "siphon.dev/capture";
+/// Standard component label.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Standard managed-by label.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Pod template annotation holding the hash of the worker configuration.
+pub const CONFIG_HASH_ANNOTATION: &str = "siphon.dev/config-hash";
+/// Key of the worker configuration in its ConfigMap.
+pub const WORKER_CONFIG_KEY: &str = "worker.yaml";
+/// Where the worker configuration is mounted in the pod.
+pub const WORKER_CONFIG_DIR: &str = "/etc/siphon";
+/// Port of the worker's /metrics, /healthz and /readyz.
+pub const WORKER_METRICS_PORT: i32 = 9187;
+/// Environment variables through which the worker gets its secrets.
+pub const ENV_PG_USER: &str = "SIPHON_PG_USER";
+pub const ENV_PG_PASSWORD: &str = "SIPHON_PG_PASSWORD";
+pub const ENV_KAFKA_USER: &str = "SIPHON_KAFKA_USERNAME";
+pub const ENV_KAFKA_PASSWORD: &str = "SIPHON_KAFKA_PASSWORD";
+
+/// Largest identifier PostgreSQL keeps (NAMEDATALEN - 1).
+pub const PG_IDENT_MAX: usize = 63;
+
+/// A replication slot name: lowercase letters, digits, underscores, ≤ 63 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SlotName(String);
+
+impl SlotName {
+    /// Accept a name written by a person, or say why not.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.len() > PG_IDENT_MAX {
+            return Err(format!("slot name {name:?} must be 1 to 63 bytes"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(format!(
+                "slot name {name:?} may hold only lowercase letters, digits and underscores"
+            ));
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    /// `siphon_<namespace>_<name>`, sanitized; names too long keep a hash
+    /// suffix so that two long names never collide.
+    pub fn derive(namespace: &str, name: &str) -> Self {
+        let raw = format!("siphon_{namespace}_{name}");
+        let mut s: String = raw
+            .chars()
+            .map(|c| {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '_' }
+            })
+            .collect();
+        if s.len() > PG_IDENT_MAX {
+            let hash = hex::encode(&Sha256::digest(raw.as_bytes())[..4]);
+            s.truncate(PG_IDENT_MAX - hash.len() - 1);
+            s.push('_');
+            s.push_str(&hash);
+        }
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SlotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Name of the worker's Deployment, ConfigMap, ServiceAccount, Role and RoleBinding.
+pub fn worker_object_name(capture: &str) -> String {
+    format!("{capture}-siphon-worker")
+}
+
+/// Kafka transactional id of a capture (exactly-once), stable across restarts.
+pub fn transactional_id(namespace: &str, name: &str) -> String {
+    format!("siphon-{namespace}-{name}")
+}
+
+/// Capture name as the worker knows it (offsets key).
+pub fn capture_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_slot_names_are_valid_postgres_identifiers() {
+        assert_eq!(SlotName::derive("default", "shop-orders").as_str(), "siphon_default_shop_orders");
+        let long = SlotName::derive("a-very-long-namespace-name-indeed", "and-an-even-longer-capture-name-here");
+        assert!(long.as_str().len() <= 63);
+        assert!(SlotName::parse(long.as_str()).is_ok());
+        let other = SlotName::derive("a-very-long-namespace-name-indeed", "and-an-even-longer-capture-name-herf");
+        assert_ne!(long, other, "hash suffix keeps long names apart");
+    }
+
+    #[test]
+    fn parse_refuses_what_postgres_would() {
+        assert!(SlotName::parse("ok_slot_1").is_ok());
+        assert!(SlotName::parse("Bad").is_err());
+        assert!(SlotName::parse("with-dash").is_err());
+        assert!(SlotName::parse(&"x".repeat(64)).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Stage 7 of the reconcile pipeline: the status the operator owns, built
+//! purely and sent with server-side apply under the operator's field manager
+//! (the worker owns `status.progress` under its own).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use siphon_crds::conditions;
+
+/// Set or update a condition; `lastTransitionTime` moves only when the status
+/// value changes.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if ok { "True" } else { "False" };
+    let message = truncate(message.into(), 1024);
+    if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if existing.status != status {
+            existing.last_transition_time = now();
+        }
+        existing.status = status.into();
+        existing.reason = reason.into();
+        existing.message = message;
+        existing.observed_generation = generation;
+    } else {
+        conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now(),
+        });
+    }
+}
+
+/// The condition of a type, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether a condition is present and True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).map(|c| c.status == "True").unwrap_or(false)
+}
+
+/// Ready sums up the others: provisioned, worker available and WAL healthy.
+pub fn summarize_ready(conds: &mut Vec<Condition>, generation: Option<i64>, suspended: bool) -> &'static str {
+    use conditions::reason;
+    let blocker = [conditions::PROVISIONED, conditions::WORKER_AVAILABLE, conditions::WAL_HEALTHY]
+        .into_iter()
+        .filter_map(|t| find(conds, t))
+        .find(|c| c.status != "True")
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if suspended {
+        set_condition(conds, conditions::READY, false, reason::SUSPENDED, "spec.suspend is true: the worker is stopped and the slot retains WAL", generation);
+        return "Suspended";
+    }
+    match blocker {
+        Some((r, m)) => {
+            set_condition(conds, conditions::READY, false, &r, m, generation);
+            if r == reason::PROVISIONING || r == reason::WORKER_STARTING { "Pending" } else { "Failed" }
+        }
+        None if is_true(conds, conditions::PROVISIONED) && is_true(conds, conditions::WORKER_AVAILABLE) => {
+            set_condition(conds, conditions::READY, true, reason::STREAMING, "the worker is streaming changes into Kafka", generation);
+            if find(conds, conditions::BACKFILL_COMPLETE).map(|c| c.status == "False").unwrap_or(false) {
+                "Backfilling"
+            } else {
+                "Streaming"
+            }
+        }
+        None => {
+            set_condition(conds, conditions::READY, false, reason::PROVISIONING, "provisioning has not finished", generation);
+            "Pending"
+        }
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siphon_crds::conditions::reason;
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "X", false, "A", "m", Some(1));
+        let t0 = c[0].last_transition_time.clone();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        set_condition(&mut c, "X", false, "B", "m2", Some(2));
+        assert_eq!(c[0].last_transition_time, t0);
+        assert_eq!(c[0].reason, "B");
+        set_condition(&mut c, "X", true, "C", "m3", Some(2));
+        assert_ne!(c[0].last_transition_time, t0);
+    }
+
+    #[test]
+    fn ready_carries_the_first_blocker() {
+        let mut c = Vec::new();
+        set_condition(&mut c, conditions::PROVISIONED, false, reason::WAL_LEVEL_NOT_LOGICAL, "set wal_level", Some(1));
+        let phase = summarize_ready(&mut c, Some(1), false);
+        let ready = find(&c, conditions::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::WAL_LEVEL_NOT_LOGICAL));
+        assert_eq!(phase, "Failed");
+    }
+
+    #[test]
+    fn ready_when_provisioned_and_worker_available() {
+        let mut c = Vec::new();
+        set_condition(&mut c, conditions::PROVISIONED, true, reason::RECONCILED, "", Some(1));
+        set_condition(&mut c, conditions::WORKER_AVAILABLE, true, reason::STREAMING, "", Some(1));
+        set_condition(&mut c, conditions::WAL_HEALTHY, true, reason::RECONCILED, "", Some(1));
+        assert_eq!(summarize_ready(&mut c, Some(1), false), "Streaming");
+        assert!(is_true(&c, conditions::READY));
+    }
+}

@@ -1,0 +1,279 @@
+//! Stage 2 of the reconcile pipeline: check a spec and derive the names and
+//! settings the later stages need. Pure: no I/O, unit-tested on fixtures.
+//!
+//! The schema and CEL rules already refuse most malformed specs at `kubectl
+//! apply`; what remains here needs more than one field or more than one
+//! resource (two captures claiming one slot), or knowledge the schema lacks.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use siphon_crds::capture::{CaptureMode, PostgresCapture, PublicationMode, TableSpec};
+use siphon_crds::conditions::reason;
+use siphon_crds::{duration, kafka_options};
+
+use crate::names::SlotName;
+
+/// A spec that cannot work, with the condition reason and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A schema-qualified table, or every table of a schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRef {
+    pub schema: String,
+    /// `None` for `schema.*`.
+    pub name: Option<String>,
+    pub spec: TableSpec,
+}
+
+impl TableRef {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name.as_deref().unwrap_or("*"))
+    }
+}
+
+/// Everything later stages need, derived once.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub namespace: String,
+    pub name: String,
+    pub mode: CaptureMode,
+    pub slot: SlotName,
+    pub publication: String,
+    pub publication_mode: PublicationMode,
+    pub tables: Vec<TableRef>,
+    /// (schema, table) of the watermark table; Logical mode with backfill only.
+    pub watermark: Option<(String, String)>,
+    pub heartbeat: Duration,
+    /// `host:port/database`, identifying the database for claims and status.
+    pub database_id: String,
+}
+
+/// Split `schema.table`; both parts non-empty.
+pub fn split_qualified(name: &str) -> Option<(String, String)> {
+    let (schema, table) = name.split_once('.')?;
+    if schema.is_empty() || table.is_empty() || table.contains('.') {
+        return None;
+    }
+    Some((schema.to_string(), table.to_string()))
+}
+
+/// Validate one capture against itself and the other captures in the cluster.
+pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result<Plan, Invalid> {
+    let spec = &capture.spec;
+    let namespace = capture.namespace().unwrap_or_default();
+    let name = capture.name_any();
+    let invalid = |message: String| Invalid {
+        reason: reason::INVALID_SPEC,
+        message,
+    };
+
+    let logical = spec.logical_or_default();
+    let slot = match &logical.slot_name {
+        Some(s) => SlotName::parse(s).map_err(|e| invalid(format!("spec.logical.slotName: {e}")))?,
+        None => SlotName::derive(&namespace, &name),
+    };
+    let publication = logical.publication_name.clone().unwrap_or_else(|| slot.as_str().to_string());
+    let heartbeat = duration::parse(&logical.heartbeat_interval)
+        .map_err(|e| invalid(format!("spec.logical.heartbeatInterval: {e}")))?;
+
+    let mut tables = Vec::with_capacity(spec.tables.len());
+    for (i, t) in spec.tables.iter().enumerate() {
+        let (schema, table) = split_qualified(&t.name).ok_or_else(|| {
+            invalid(format!(
+                "spec.tables[{i}].name {:?} is not schema-qualified: write schema.table, e.g. public.orders",
+                t.name
+            ))
+        })?;
+        let name = (table != "*").then_some(table);
+        if name.is_none() && (!t.columns.is_empty() || !t.key_columns.is_empty()) {
+            return Err(invalid(format!(
+                "spec.tables[{i}]: columns and keyColumns need a single table, not {:?}",
+                t.name
+            )));
+        }
+        tables.push(TableRef {
+            schema,
+            name,
+            spec: t.clone(),
+        });
+    }
+
+    if spec.mode == CaptureMode::Polling {
+        let polling = spec
+            .polling
+            .as_ref()
+            .ok_or_else(|| invalid("spec.polling is required when spec.mode is Polling".into()))?;
+        duration::parse(&polling.interval).map_err(|e| invalid(format!("spec.polling.interval: {e}")))?;
+        if let Some(l) = &polling.lateness {
+            duration::parse(l).map_err(|e| invalid(format!("spec.polling.lateness: {e}")))?;
+        }
+    }
+
+    for key in spec.kafka.options.keys() {
+        if let Some(why) = kafka_options::reserved_reason(key) {
+            return Err(invalid(format!("spec.kafka.options.{key}: {why}")));
+        }
+    }
+
+    let snapshot = spec.snapshot_or_default();
+    let watermark = if spec.mode == CaptureMode::Logical {
+        Some(split_qualified(&snapshot.watermark_table).ok_or_else(|| {
+            invalid(format!(
+                "spec.snapshot.watermarkTable {:?} is not schema-qualified",
+                snapshot.watermark_table
+            ))
+        })?)
+    } else {
+        None
+    };
+
+    let pg = &spec.postgres;
+    let database_id = format!("{}:{}/{}", pg.host, pg.port, pg.database);
+
+    let plan = Plan {
+        namespace,
+        name,
+        mode: spec.mode,
+        slot,
+        publication,
+        publication_mode: logical.publication,
+        tables,
+        watermark,
+        heartbeat,
+        database_id,
+    };
+    if plan.mode == CaptureMode::Logical {
+        if let Some(conflict) = claim_conflict(capture, &plan, others) {
+            return Err(conflict);
+        }
+    }
+    Ok(plan)
+}
+
+/// Another, older capture already uses this slot or publication in the same
+/// database: the newer one is refused and touches nothing.
+fn claim_conflict(me: &PostgresCapture, plan: &Plan, others: &[PostgresCapture]) -> Option<Invalid> {
+    let my_key = (me.creation_timestamp().map(|t| t.0), me.namespace(), me.name_any());
+    for other in others {
+        if other.uid() == me.uid() || other.spec.mode != CaptureMode::Logical {
+            continue;
+        }
+        let Ok(theirs) = validate_names_only(other) else { continue };
+        if theirs.database_id != plan.database_id {
+            continue;
+        }
+        let other_key = (other.creation_timestamp().map(|t| t.0), other.namespace(), other.name_any());
+        if other_key >= my_key {
+            continue;
+        }
+        let who = format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any());
+        if theirs.slot == plan.slot {
+            return Some(Invalid {
+                reason: reason::SLOT_CLAIMED,
+                message: format!(
+                    "replication slot {} in {} is already used by PostgresCapture {who}; set spec.logical.slotName to another name",
+                    plan.slot, plan.database_id
+                ),
+            });
+        }
+        if theirs.publication == plan.publication && plan.publication_mode == PublicationMode::Create {
+            return Some(Invalid {
+                reason: reason::SLOT_CLAIMED,
+                message: format!(
+                    "publication {} in {} is already managed by PostgresCapture {who}; set spec.logical.publicationName to another name",
+                    plan.publication, plan.database_id
+                ),
+            });
+        }
+    }
+    None
+}
+
+struct Names {
+    slot: SlotName,
+    publication: String,
+    database_id: String,
+}
+
+fn validate_names_only(capture: &PostgresCapture) -> Result<Names, ()> {
+    let logical = capture.spec.logical_or_default();
+    let slot = match &logical.slot_name {
+        Some(s) => SlotName::parse(s).map_err(|_| ())?,
+        None => SlotName::derive(&capture.namespace().unwrap_or_default(), &capture.name_any()),
+    };
+    let pg = &capture.spec.postgres;
+    Ok(Names {
+        publication: logical.publication_name.unwrap_or_else(|| slot.as_str().to_string()),
+        slot,
+        database_id: format!("{}:{}/{}", pg.host, pg.port, pg.database),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    pub(crate) fn fixture(ns: &str, name: &str, yaml_spec: &str) -> PostgresCapture {
+        let spec = serde_yaml::from_str(yaml_spec).unwrap();
+        let mut c = PostgresCapture::new(name, spec);
+        c.metadata.namespace = Some(ns.into());
+        c.metadata.uid = Some(format!("uid-{ns}-{name}"));
+        c
+    }
+
+    pub(crate) const SPEC: &str = r#"
+postgres: { host: 127.0.0.1, database: shop, credentialsSecretRef: { name: pg } }
+tables: [{ name: public.orders }]
+kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
+"#;
+
+    #[test]
+    fn defaults_derive_slot_publication_and_watermark() {
+        let plan = validate(&fixture("default", "shop", SPEC), &[]).unwrap();
+        assert_eq!(plan.slot.as_str(), "siphon_default_shop");
+        assert_eq!(plan.publication, "siphon_default_shop");
+        assert_eq!(plan.watermark, Some(("public".into(), "siphon_watermarks".into())));
+        assert_eq!(plan.tables[0].qualified(), "public.orders");
+        assert_eq!(plan.database_id, "127.0.0.1:5432/shop");
+    }
+
+    #[test]
+    fn reserved_kafka_options_are_refused_with_the_fix() {
+        let spec = SPEC.replace("topicPrefix: shop", "topicPrefix: shop, options: { acks: \"1\" }");
+        let err = validate(&fixture("default", "shop", &spec), &[]).unwrap_err();
+        assert_eq!(err.reason, reason::INVALID_SPEC);
+        assert!(err.message.contains("spec.kafka.options.acks"), "{}", err.message);
+    }
+
+    #[test]
+    fn the_younger_of_two_captures_on_one_slot_is_refused() {
+        let spec = SPEC.replace("tables:", "logical: { slotName: shared }\ntables:");
+        let mut old = fixture("a", "first", &spec);
+        old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap()));
+        let mut young = fixture("b", "second", &spec);
+        young.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap()));
+        let err = validate(&young, &[old.clone(), young.clone()]).unwrap_err();
+        assert_eq!(err.reason, reason::SLOT_CLAIMED);
+        assert!(err.message.contains("a/first"), "{}", err.message);
+        assert!(validate(&old, &[old.clone(), young]).is_ok(), "the older one keeps its slot");
+    }
+
+    #[test]
+    fn same_slot_name_in_another_database_is_fine() {
+        let spec = SPEC.replace("tables:", "logical: { slotName: shared }\ntables:");
+        let other = fixture("a", "first", &spec.replace("database: shop", "database: other"));
+        assert!(validate(&fixture("b", "second", &spec), &[other]).is_ok());
+    }
+
+    #[test]
+    fn schema_wildcards_cannot_carry_column_lists() {
+        let spec = SPEC.replace("{ name: public.orders }", "{ name: public.*, columns: [id] }");
+        assert!(validate(&fixture("default", "x", &spec), &[]).is_err());
+    }
+}

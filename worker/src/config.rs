@@ -1,0 +1,371 @@
+//! Loading and validating the worker configuration.
+//!
+//! `siphon-worker --config worker.yaml` reads a [`WorkerConfig`], resolves the
+//! secrets named by `*Env` fields from the environment, and validates every
+//! field before anything connects. Each problem is reported with its field path
+//! (`kafka.bootstrapServers: required`), all problems at once.
+
+use std::time::Duration;
+
+use siphon_crds::capture::{CaptureMode, SslMode};
+use siphon_crds::duration;
+pub use siphon_crds::worker_config::WorkerConfig;
+
+/// One invalid field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `kafka.bootstrapServers` or `tables[1].name`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid worker YAML: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<FieldError>),
+}
+
+/// Secrets resolved from the environment; never logged.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub pg_user: String,
+    pub pg_password: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("pg_user", &self.pg_user)
+            .field("pg_password", &self.pg_password.as_ref().map(|_| "<redacted>"))
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Settings derived from the configuration, in the units the runtime uses.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    pub heartbeat_interval: Duration,
+    pub poll_interval: Duration,
+    pub lateness: Option<Duration>,
+}
+
+/// A configuration that passed validation, with its secrets.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: WorkerConfig,
+    pub secrets: Secrets,
+    pub derived: Derived,
+}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &std::path::Path) -> Result<Validated, ConfigError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let config: WorkerConfig = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: display,
+        source,
+    })?;
+    validate(config, &|name| std::env::var(name).ok())
+}
+
+/// Validate a parsed configuration; `env` looks up environment variables.
+pub fn validate(
+    config: WorkerConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Validated, ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: &str| {
+        errors.push(FieldError {
+            path: path.to_string(),
+            message: message.to_string(),
+        })
+    };
+
+    if config.name.trim().is_empty() {
+        err("name", "required: a name for this capture (used in the offsets key and transactional id)");
+    }
+
+    let pg = &config.postgres;
+    if pg.host.trim().is_empty() {
+        err("postgres.host", "required");
+    }
+    if pg.port == 0 {
+        err("postgres.port", "must be between 1 and 65535");
+    }
+    if pg.database.trim().is_empty() {
+        err("postgres.database", "required");
+    }
+    let pg_user = resolve(&pg.user, &pg.user_env, env, "postgres.user", "postgres.userEnv", &mut err);
+    let pg_password = resolve(
+        &pg.password,
+        &pg.password_env,
+        env,
+        "postgres.password",
+        "postgres.passwordEnv",
+        &mut err,
+    );
+    if pg_user.is_none() && pg.user.is_none() && pg.user_env.is_none() {
+        err("postgres.user", "required (or postgres.userEnv naming an environment variable)");
+    }
+    if matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.ssl_root_cert.is_none() {
+        err("postgres.sslRootCert", "required when sslMode is verify-ca or verify-full: the CA certificate file");
+    }
+
+    if config.tables.is_empty() {
+        err("tables", "required: list at least one schema-qualified table");
+    }
+    for (i, table) in config.tables.iter().enumerate() {
+        match table.name.split_once('.') {
+            Some((schema, name)) if !schema.is_empty() && !name.is_empty() && !name.contains('.') => {}
+            _ => err(
+                &format!("tables[{i}].name"),
+                &format!("{:?} is not schema-qualified: write schema.table, e.g. public.orders", table.name),
+            ),
+        }
+    }
+
+    let mut heartbeat_interval = Duration::from_secs(10);
+    let mut poll_interval = Duration::from_secs(5);
+    let mut lateness = None;
+    match config.mode {
+        CaptureMode::Logical => {
+            if config.logical.slot_name.is_empty() {
+                err("logical.slotName", "required in Logical mode");
+            } else if !valid_slot_name(&config.logical.slot_name) {
+                err(
+                    "logical.slotName",
+                    "use only lowercase letters, digits and underscores, at most 63 bytes",
+                );
+            }
+            if config.logical.publication_name.is_empty() {
+                err("logical.publicationName", "required in Logical mode");
+            }
+            match duration::parse(&config.logical.heartbeat_interval) {
+                Ok(d) if d >= Duration::from_millis(100) => heartbeat_interval = d,
+                Ok(_) => err("logical.heartbeatInterval", "must be at least 100ms"),
+                Err(e) => err("logical.heartbeatInterval", &e.to_string()),
+            }
+            if config.snapshot.chunk_size == 0 {
+                err("snapshot.chunkSize", "must be at least 1");
+            }
+        }
+        CaptureMode::Polling => match &config.polling {
+            None => err("polling", "required when mode is Polling (set polling.cursorColumn)"),
+            Some(p) => {
+                if p.cursor_column.trim().is_empty() {
+                    err("polling.cursorColumn", "required");
+                }
+                match duration::parse(&p.interval) {
+                    Ok(d) => poll_interval = d,
+                    Err(e) => err("polling.interval", &e.to_string()),
+                }
+                if let Some(l) = &p.lateness {
+                    match duration::parse(l) {
+                        Ok(d) => lateness = Some(d),
+                        Err(e) => err("polling.lateness", &e.to_string()),
+                    }
+                }
+            }
+        },
+    }
+
+    let kafka = &config.kafka;
+    if kafka.bootstrap_servers.trim().is_empty() {
+        err("kafka.bootstrapServers", "required: host:port of at least one broker");
+    }
+    if kafka.topic_prefix.trim().is_empty() {
+        err("kafka.topicPrefix", "required: topics are named <topicPrefix>.<schema>.<table>");
+    } else if !kafka
+        .topic_prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        err("kafka.topicPrefix", "use only letters, digits, '.', '_' and '-' (Kafka topic rules)");
+    }
+    if !matches!(kafka.compression.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
+        err("kafka.compression", "one of none, gzip, snappy, lz4, zstd");
+    }
+    for key in kafka.options.keys() {
+        if let Some(why) = crate::sink::options::reserved_reason(key) {
+            err(&format!("kafka.options.{key}"), why);
+        }
+    }
+    let sasl_username = kafka.sasl_username_env.as_ref().and_then(|n| env(n));
+    let sasl_password = kafka.sasl_password_env.as_ref().and_then(|n| env(n));
+    if kafka.security_protocol.starts_with("sasl") {
+        if kafka.sasl_mechanism.is_none() {
+            err("kafka.saslMechanism", "required with a SASL security protocol");
+        }
+        if sasl_username.is_none() {
+            err("kafka.saslUsernameEnv", "must name a set environment variable holding the SASL user");
+        }
+        if sasl_password.is_none() {
+            err("kafka.saslPasswordEnv", "must name a set environment variable holding the SASL password");
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    Ok(Validated {
+        secrets: Secrets {
+            pg_user: pg_user.unwrap_or_default(),
+            pg_password,
+            sasl_username,
+            sasl_password,
+        },
+        derived: Derived {
+            heartbeat_interval,
+            poll_interval,
+            lateness,
+        },
+        config,
+    })
+}
+
+fn resolve(
+    inline: &Option<String>,
+    env_name: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+    inline_path: &str,
+    env_path: &str,
+    err: &mut dyn FnMut(&str, &str),
+) -> Option<String> {
+    match (inline, env_name) {
+        (Some(_), Some(_)) => {
+            err(inline_path, &format!("set either {inline_path} or {env_path}, not both"));
+            None
+        }
+        (Some(v), None) => Some(v.clone()),
+        (None, Some(name)) => match env(name) {
+            Some(v) => Some(v),
+            None => {
+                err(env_path, &format!("environment variable {name} is not set"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// Slot names: lowercase letters, digits, underscores; at most 63 bytes.
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> WorkerConfig {
+        serde_yaml::from_str(
+            r#"
+name: shop
+postgres: { host: 127.0.0.1, port: 5432, database: shop, user: siphon, passwordEnv: PGPW }
+tables: [{ name: public.orders }]
+logical: { slotName: siphon_shop, publicationName: siphon_shop }
+kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn env_with_pw(name: &str) -> Option<String> {
+        (name == "PGPW").then(|| "secret".to_string())
+    }
+
+    fn paths(err: ConfigError) -> Vec<String> {
+        match err {
+            ConfigError::Invalid(errors) => errors.into_iter().map(|e| e.path).collect(),
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_config_is_valid_and_resolves_secrets() {
+        let v = validate(minimal(), &env_with_pw).unwrap();
+        assert_eq!(v.secrets.pg_user, "siphon");
+        assert_eq!(v.secrets.pg_password.as_deref(), Some("secret"));
+        assert_eq!(v.derived.heartbeat_interval, Duration::from_secs(10));
+        assert!(!format!("{:?}", v.secrets).contains("secret"), "secrets must not reach Debug");
+    }
+
+    #[test]
+    fn missing_fields_are_reported_with_their_paths() {
+        let mut c = minimal();
+        c.kafka.bootstrap_servers.clear();
+        c.postgres.host.clear();
+        c.tables[0].name = "orders".into();
+        let paths = paths(validate(c, &env_with_pw).unwrap_err());
+        assert_eq!(paths, vec!["postgres.host", "tables[0].name", "kafka.bootstrapServers"]);
+    }
+
+    #[test]
+    fn an_unset_environment_variable_names_itself() {
+        let err = validate(minimal(), &|_| None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("postgres.passwordEnv: environment variable PGPW is not set"), "{text}");
+    }
+
+    #[test]
+    fn reserved_kafka_options_are_refused() {
+        let mut c = minimal();
+        c.kafka.options.insert("enable.idempotence".into(), "false".into());
+        c.kafka.options.insert("linger.ms".into(), "10".into());
+        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["kafka.options.enable.idempotence"]);
+    }
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        assert!(valid_slot_name("siphon_shop_1"));
+        assert!(!valid_slot_name("Siphon"));
+        assert!(!valid_slot_name(&"a".repeat(64)));
+        let mut c = minimal();
+        c.logical.slot_name = "bad-name".into();
+        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["logical.slotName"]);
+    }
+
+    #[test]
+    fn polling_needs_its_block() {
+        let mut c = minimal();
+        c.mode = CaptureMode::Polling;
+        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["polling"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_the_parser() {
+        let err = serde_yaml::from_str::<WorkerConfig>("name: x\nkafak: {}\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `kafak`"), "{err}");
+    }
+}

@@ -1,0 +1,283 @@
+//! The Kafka sink: an idempotent (or transactional) librdkafka producer plus
+//! the bookkeeping that says which source position is safe to confirm.
+//!
+//! Records are handed to librdkafka without waiting; its background thread
+//! calls back on every delivery. Each record carries the id of the *mark* (the
+//! source transaction) it belongs to, and [`acks::AckTracker`] turns
+//! out-of-order acknowledgements into the newest position that Kafka holds in
+//! full. Nothing upstream confirms a position that did not come out of
+//! [`KafkaSink::confirmable`].
+//!
+//! A full producer queue (`QueueFull`) is backpressure: `send` waits for
+//! deliveries to make room. A delivery that failed after librdkafka's own
+//! retries is reported once by [`KafkaSink::check`]; the worker then restarts
+//! from its last confirmed position (at-least-once repeats, never loses).
+
+pub mod acks;
+pub mod options;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
+
+use acks::{AckTracker, MarkId};
+
+/// Why the sink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create the Kafka producer: {0}; check kafka.options and the bootstrap servers")]
+    Create(#[source] KafkaError),
+    #[error("kafka delivery failed ({code:?}); the worker restarts from its last confirmed position")]
+    Retriable {
+        code: Option<RDKafkaErrorCode>,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("kafka refused the records for good ({code:?}): {hint}")]
+    Fatal {
+        code: Option<RDKafkaErrorCode>,
+        hint: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl SinkError {
+    /// Whether restarting from the last confirmed position may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Retriable { .. })
+    }
+}
+
+/// Sort a Kafka error into retriable or fatal, with a hint for fatal ones.
+pub fn classify(err: KafkaError) -> SinkError {
+    use RDKafkaErrorCode as C;
+    let code = err.rdkafka_error_code();
+    let fatal_hint = match code {
+        Some(C::TopicAuthorizationFailed) => Some("the Kafka principal may not write this topic; grant WRITE on it"),
+        Some(C::ClusterAuthorizationFailed) => Some("the Kafka principal lacks cluster permissions (IdempotentWrite)"),
+        Some(C::TransactionalIdAuthorizationFailed) => {
+            Some("the Kafka principal may not use the transactional id; grant WRITE on it")
+        }
+        Some(C::ProducerFenced) | Some(C::InvalidProducerEpoch) => {
+            Some("another worker took over this capture's transactional id; this one stops")
+        }
+        Some(C::MessageSizeTooLarge) => Some("a record exceeds the topic's max.message.bytes; raise it on the topic"),
+        Some(C::InvalidRecord) | Some(C::InvalidMessage) => Some("the broker rejected a record as invalid"),
+        Some(C::SaslAuthenticationFailed) | Some(C::Authentication) => {
+            Some("Kafka authentication failed; check the auth Secret")
+        }
+        Some(C::InvalidConfig) | Some(C::InvalidArgument) => Some("invalid producer configuration; check kafka.options"),
+        Some(C::UnknownTopicOrPartition) | Some(C::UnknownTopic) => {
+            Some("the topic does not exist and auto-creation is off; set kafka.topics.create: true")
+        }
+        Some(C::Fatal) => Some("librdkafka raised a fatal error; see the worker log"),
+        _ => match &err {
+            KafkaError::Transaction(e) if e.is_fatal() => Some("the transactional producer hit a fatal error"),
+            _ => None,
+        },
+    };
+    match fatal_hint {
+        Some(hint) => SinkError::Fatal { code, hint, source: err },
+        None => SinkError::Retriable { code, source: err },
+    }
+}
+
+struct Shared<P> {
+    tracker: Mutex<AckTracker<P>>,
+    failure: Mutex<Option<KafkaError>>,
+    /// Woken on every delivery callback.
+    delivered: Notify,
+}
+
+/// librdkafka's callback target.
+pub struct SinkContext<P> {
+    shared: Arc<Shared<P>>,
+}
+
+impl<P: Send + Sync + 'static> ClientContext for SinkContext<P> {}
+
+impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, mark: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                if let Ok(mut t) = self.shared.tracker.lock() {
+                    t.acked(mark as MarkId);
+                }
+            }
+            Err((err, _)) => {
+                if let Ok(mut f) = self.shared.failure.lock() {
+                    if f.is_none() {
+                        *f = Some(err.clone());
+                    }
+                }
+            }
+        }
+        self.shared.delivered.notify_waiters();
+    }
+}
+
+/// The producer and its acknowledgement bookkeeping.
+pub struct KafkaSink<P: Clone + Send + Sync + 'static> {
+    producer: Arc<ThreadedProducer<SinkContext<P>>>,
+    shared: Arc<Shared<P>>,
+    transactional: bool,
+}
+
+impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
+    /// Create the producer from its full property set.
+    pub fn new(properties: &BTreeMap<String, String>) -> Result<Self, SinkError> {
+        let mut cfg = ClientConfig::new();
+        for (k, v) in properties {
+            cfg.set(k, v);
+        }
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(AckTracker::new()),
+            failure: Mutex::new(None),
+            delivered: Notify::new(),
+        });
+        let producer: ThreadedProducer<SinkContext<P>> = cfg
+            .create_with_context(SinkContext { shared: shared.clone() })
+            .map_err(SinkError::Create)?;
+        Ok(Self {
+            producer: Arc::new(producer),
+            shared,
+            transactional: properties.contains_key("transactional.id"),
+        })
+    }
+
+    /// Whether this sink writes in Kafka transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// Hand one record to the producer. Waits while the queue is full.
+    pub async fn send(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), SinkError> {
+        let mark = self.lock_tracker().sent();
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, mark);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.check()?;
+                    // Backpressure: wait for deliveries to make room.
+                    let wait = self.shared.delivered.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(5), wait).await;
+                }
+                Err((err, _)) => {
+                    self.lock_tracker().acked(mark);
+                    return Err(classify(err));
+                }
+            }
+        }
+    }
+
+    /// All records sent so far belong to a transaction ending at `position`.
+    pub fn close_mark(&self, position: P) {
+        self.lock_tracker().close(position);
+    }
+
+    /// The newest position whose records Kafka holds in full.
+    pub fn confirmable(&self) -> Option<P> {
+        self.lock_tracker().confirmable().cloned()
+    }
+
+    /// Records not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.lock_tracker().in_flight()
+    }
+
+    /// Fails once a delivery has failed for good.
+    pub fn check(&self) -> Result<(), SinkError> {
+        let failure = self.shared.failure.lock().ok().and_then(|f| f.clone());
+        match failure {
+            Some(err) => Err(classify(err)),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until a delivery report arrives (or `max` elapses).
+    pub async fn delivered(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.shared.delivered.notified()).await;
+    }
+
+    /// Wait until every record sent so far is acknowledged.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .unwrap_or(Ok(()))
+            .map_err(classify)?;
+        self.check()
+    }
+
+    /// Exactly once: register the transactional id, fencing older producers.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
+            .await
+            .unwrap_or(Ok(()))
+            .map_err(classify)
+    }
+
+    /// Exactly once: open a transaction.
+    pub fn begin_transaction(&self) -> Result<(), SinkError> {
+        self.producer.begin_transaction().map_err(classify)
+    }
+
+    /// Exactly once: commit the open transaction (flushes first).
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
+            .await
+            .unwrap_or(Ok(()))
+            .map_err(classify)?;
+        self.check()
+    }
+
+    /// Exactly once: abort the open transaction.
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.abort_transaction(timeout))
+            .await
+            .unwrap_or(Ok(()))
+            .map_err(classify)
+    }
+
+    fn lock_tracker(&self) -> std::sync::MutexGuard<'_, AckTracker<P>> {
+        // A poisoned lock means a callback panicked; the tracker itself is
+        // still consistent (every method leaves it so), so keep using it.
+        self.shared.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_and_authorization_are_fatal_timeouts_are_not() {
+        let fenced = classify(KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced));
+        assert!(!fenced.is_transient());
+        let timeout = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
+        assert!(timeout.is_transient());
+        let auth = classify(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(auth.to_string().contains("grant WRITE"));
+    }
+}
