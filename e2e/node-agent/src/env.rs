@@ -40,13 +40,6 @@ pub struct Refs {
     pub config_maps: BTreeSet<String>,
 }
 
-impl Refs {
-    pub fn extend(&mut self, other: Refs) {
-        self.secrets.extend(other.secrets);
-        self.config_maps.extend(other.config_maps);
-    }
-}
-
 /// Why a container's environment cannot be built (the message is the one the
 /// kubelet puts in the `CreateContainerConfigError` waiting state).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

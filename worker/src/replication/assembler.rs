@@ -256,6 +256,8 @@ pub struct Assembler {
     streamed: HashMap<u32, Streamed>,
     /// In-memory bytes of all streamed transactions.
     memory: usize,
+    /// Streamed transactions moved to a spill file so far.
+    spills: u64,
 }
 
 impl Assembler {
@@ -277,6 +279,7 @@ impl Assembler {
             stream_block: None,
             streamed: HashMap::new(),
             memory: 0,
+            spills: 0,
         })
     }
 
@@ -293,6 +296,11 @@ impl Assembler {
     /// Bytes of streamed transactions buffered in memory.
     pub fn buffered_memory(&self) -> usize {
         self.memory
+    }
+
+    /// Streamed transactions moved to a spill file since the start.
+    pub fn spill_count(&self) -> u64 {
+        self.spills
     }
 
     /// Streamed transactions in progress.
@@ -644,6 +652,7 @@ impl Assembler {
         tx.memory = 0;
         tx.items = Vec::new();
         tx.spill = Some(writer);
+        self.spills += 1;
         Ok(())
     }
 }
@@ -933,7 +942,7 @@ mod tests {
         };
         assert_eq!(c.lsn, Lsn(0x1000 + 8 * 0x10));
         assert_eq!(c.relation.schema, "public");
-        assert_eq!(c.relation.columns[0].is_key, true);
+        assert!(c.relation.columns[0].is_key);
         assert_eq!(c.new.as_ref().map(|r| r[1].clone()), Some(text("x")));
     }
 

@@ -280,7 +280,7 @@ pub enum ReplicationError {
     AuthFailed {
         user: String,
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error(
         "the server refused the replication connection of user {user:?}: {server}; allow it with a `host replication` line in pg_hba.conf"
@@ -288,7 +288,7 @@ pub enum ReplicationError {
     NotAllowedByHba {
         user: String,
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("the server asks for a password and none is configured; set it in the credentials Secret")]
     PasswordRequired,
@@ -305,42 +305,42 @@ pub enum ReplicationError {
     NoReplicationPrivilege {
         user: String,
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("{server}; the slot does not exist; recreate the capture or let the operator provision it")]
     SlotMissing {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("{server}; the publication does not exist; recreate the capture or let the operator provision it")]
     PublicationMissing {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("{server}; another process is streaming from this slot")]
     SlotActive {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("{server}; the slot was invalidated (wal_status = lost); a new snapshot is needed")]
     SlotInvalidated {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("{server}; set wal_level = logical and restart PostgreSQL")]
     WalLevelNotLogical {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("PostgreSQL is shutting down or starting up: {server}")]
     ServerUnavailable {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("PostgreSQL error: {server}")]
     Server {
         #[source]
-        server: PgError,
+        server: Box<PgError>,
     },
     #[error("PostgreSQL protocol error: {0}")]
     Protocol(String),
@@ -400,7 +400,7 @@ impl ReplicationError {
             | ReplicationError::SlotInvalidated { server }
             | ReplicationError::WalLevelNotLogical { server }
             | ReplicationError::ServerUnavailable { server }
-            | ReplicationError::Server { server } => Some(server),
+            | ReplicationError::Server { server } => Some(server.as_ref()),
             _ => None,
         }
     }
@@ -408,6 +408,7 @@ impl ReplicationError {
     /// Classifies a server error by SQLSTATE (and, where one code covers
     /// several causes, by the message).
     pub fn from_server(server: PgError, user: &str) -> Self {
+        let server = Box::new(server);
         let message = server.message.as_str();
         let detail = server.detail.as_deref().unwrap_or_default();
         match server.code.as_str() {
