@@ -23,7 +23,9 @@ impl std::fmt::Display for Lsn {
 impl std::str::FromStr for Lsn {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (hi, lo) = s.split_once('/').ok_or_else(|| format!("invalid LSN {s:?}: expected X/Y"))?;
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid LSN {s:?}: expected X/Y"))?;
         let hi = u64::from_str_radix(hi, 16).map_err(|_| format!("invalid LSN {s:?}"))?;
         let lo = u64::from_str_radix(lo, 16).map_err(|_| format!("invalid LSN {s:?}"))?;
         Ok(Lsn((hi << 32) | lo))

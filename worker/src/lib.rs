@@ -1,8 +1,22 @@
 //! The Siphon worker: reads changes from PostgreSQL and writes them to Kafka.
+//!
+//! * [`replication`]: the replication connection, pgoutput decoding and
+//!   transaction assembly (with bounded memory for streamed transactions);
+//! * [`values`] and [`record`]: PostgreSQL values to JSON, changes to Kafka
+//!   records (Debezium envelope or flat rows);
+//! * [`sink`]: the Kafka producer and which position is safe to confirm;
+//! * [`offsets`]: the durable position in a compacted topic;
+//! * [`logical`]: the capture loop tying them together;
+//! * [`config`], [`metrics`], [`progress`]: configuration, telemetry and
+//!   status reporting.
 
 pub mod change;
-pub mod replication;
 pub mod config;
-pub mod sink;
+pub mod logical;
+pub mod metrics;
+pub mod offsets;
+pub mod progress;
 pub mod record;
+pub mod replication;
+pub mod sink;
 pub mod values;

@@ -1,6 +1,16 @@
-//! `siphon-worker`: wires configuration, the capture source and the Kafka sink.
+//! `siphon-worker`: wires configuration, metrics, progress reporting and the
+//! capture loop. Logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use siphon_crds::capture::CaptureMode;
+use siphon_worker::metrics::{self, Metrics};
+use siphon_worker::progress::{self, Progress};
+use siphon_worker::{config, logical};
 
 /// Captures changes of PostgreSQL tables into Kafka topics.
 #[derive(Parser, Debug)]
@@ -8,15 +18,90 @@ use clap::Parser;
 struct Args {
     /// Path of the worker configuration (YAML).
     #[arg(long, env = "SIPHON_CONFIG")]
-    config: std::path::PathBuf,
+    config: PathBuf,
+    /// Address of /metrics, /healthz and /readyz (overrides metrics.listen).
+    #[arg(long, env = "SIPHON_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    tracing::info!(config = %args.config.display(), "siphon-worker starting");
-    Ok(())
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let validated = match config::load(&args.config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("siphon-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("siphon-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::default());
+        let listen = args.metrics_addr.unwrap_or_else(|| validated.config.metrics.listen.clone());
+        match tokio::net::TcpListener::bind(&listen).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listen, "serving /metrics, /healthz, /readyz");
+                tokio::spawn(metrics::serve(listener, metrics.clone()));
+            }
+            Err(error) => tracing::warn!(addr = %listen, %error, "cannot serve metrics"),
+        }
+        let progress = Progress::default();
+        if let Some(target) = validated.config.status.clone() {
+            tokio::spawn(progress::report(target, progress.clone(), Duration::from_secs(10)));
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested");
+            let _ = tx.send(true);
+        });
+        let result = match validated.config.mode {
+            CaptureMode::Logical => logical::run_forever(&validated, metrics, progress, rx).await,
+            CaptureMode::Polling => {
+                tracing::error!("polling mode is not available in this build of the worker");
+                return ExitCode::from(2);
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(%error, "capture stopped");
+                eprintln!("siphon-worker: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

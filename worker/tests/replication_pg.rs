@@ -13,17 +13,20 @@ use std::time::Duration;
 use siphon_worker::change::{Change, Datum, Lsn, Op};
 use siphon_worker::replication::connection::quote_ident;
 use siphon_worker::replication::{
-    Assembler, AssemblerConfig, ConnectParams, Decoder, Message, ReplicationConnection, ReplicationError,
-    ReplicationMessage, ReplicationOptions, SslMode, TxEvent, choose_protocol,
+    Assembler, AssemblerConfig, ConnectParams, Decoder, Message, ReplicationConnection,
+    ReplicationError, ReplicationMessage, ReplicationOptions, SslMode, TxEvent, choose_protocol,
 };
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
 
 fn params() -> ConnectParams {
     let Ok(port) = std::env::var("PGPORT") else {
-        panic!("PGPORT is not set: run `make stack-up` and `source .stack/env` before the integration tests");
+        panic!(
+            "PGPORT is not set: run `make stack-up` and `source .stack/env` before the integration tests"
+        );
     };
-    let env = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let env =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let mut params = ConnectParams::new(
         env("PGHOST", "127.0.0.1"),
         env("PGUSER", "postgres"),
@@ -40,7 +43,12 @@ fn suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!("{:x}{:x}{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}{:x}{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn sql(params: &ConnectParams) -> tokio_postgres::Client {
@@ -54,7 +62,10 @@ async fn sql(params: &ConnectParams) -> tokio_postgres::Client {
     if let Some(password) = &params.password {
         config.password(password);
     }
-    let (client, connection) = config.connect(NoTls).await.expect("SQL connection to the stack's PostgreSQL");
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("SQL connection to the stack's PostgreSQL");
     tokio::spawn(connection);
     client
 }
@@ -91,11 +102,20 @@ impl Session {
     /// Connects, creates temporary slot `slot` and starts streaming
     /// `publication`. `work_mem` sets the walsender's
     /// `logical_decoding_work_mem`, past which it streams a transaction.
-    async fn start(params: &ConnectParams, slot: &str, publication: &str, work_mem: Option<&str>, max_memory: usize) -> Self {
-        let mut conn = ReplicationConnection::connect(params).await.expect("replication connection");
-        let system = conn.simple_query("IDENTIFY_SYSTEM").await.expect("IDENTIFY_SYSTEM");
-        assert_eq!(system.len(), 1);
-        assert_eq!(system[0].len(), 4, "systemid, timeline, xlogpos, dbname");
+    async fn start(
+        params: &ConnectParams,
+        slot: &str,
+        publication: &str,
+        work_mem: Option<&str>,
+        max_memory: usize,
+    ) -> Self {
+        let mut conn = ReplicationConnection::connect(params)
+            .await
+            .expect("replication connection");
+        let system = conn.identify_system().await.expect("IDENTIFY_SYSTEM");
+        assert!(system.timeline >= 1);
+        assert!(system.xlog_pos > Lsn(0));
+        assert_eq!(system.database.as_deref(), Some(params.database.as_str()));
         let version = conn.server_version_num().await.expect("server version");
         if let Some(work_mem) = work_mem {
             conn.simple_query(&format!("SET logical_decoding_work_mem = '{work_mem}'"))
@@ -114,7 +134,9 @@ impl Session {
             proto: choose_protocol(version),
             publication_names: vec![publication.to_owned()],
         };
-        conn.start_replication(slot, Lsn(0), &options).await.expect("START_REPLICATION");
+        conn.start_replication(slot, Lsn(0), &options)
+            .await
+            .expect("START_REPLICATION");
         let spill_dir = std::env::temp_dir().join(format!("siphon-it-{slot}"));
         let asm = Assembler::new(AssemblerConfig {
             max_memory,
@@ -139,11 +161,18 @@ impl Session {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let seen = self.events.iter().position(|e| match e {
-                TxEvent::Change(c) => c.relation.name == table && text(c.new.as_ref().and_then(|r| r.first())) == marker,
+                TxEvent::Change(c) => {
+                    c.relation.name == table
+                        && text(c.new.as_ref().and_then(|r| r.first())) == marker
+                }
                 _ => false,
             });
             if let Some(at) = seen
-                && self.events.iter().skip(at).any(|e| matches!(e, TxEvent::Commit { .. }))
+                && self
+                    .events
+                    .iter()
+                    .skip(at)
+                    .any(|e| matches!(e, TxEvent::Commit { .. }))
             {
                 return;
             }
@@ -152,11 +181,15 @@ impl Session {
                 .expect("timed out waiting for the marker change")
                 .expect("replication stream");
             match message {
-                ReplicationMessage::XLogData { wal_start, data, .. } => {
+                ReplicationMessage::XLogData {
+                    wal_start, data, ..
+                } => {
                     let message = self.decoder.decode(&data).expect("pgoutput decodes");
                     match &message {
                         Message::StreamStart { .. } => self.stream_blocks += 1,
-                        Message::StreamAbort { xid, subxid, .. } if xid == subxid => self.stream_aborts.0 += 1,
+                        Message::StreamAbort { xid, subxid, .. } if xid == subxid => {
+                            self.stream_aborts.0 += 1
+                        }
                         Message::StreamAbort { .. } => self.stream_aborts.1 += 1,
                         _ => {}
                     }
@@ -168,10 +201,17 @@ impl Session {
                         self.events.push(event);
                     }
                 }
-                ReplicationMessage::PrimaryKeepalive { reply_requested, .. } => {
+                ReplicationMessage::PrimaryKeepalive {
+                    reply_requested, ..
+                } => {
                     if reply_requested {
                         self.conn
-                            .send_standby_status(self.confirmed, self.confirmed, self.confirmed, false)
+                            .send_standby_status(
+                                self.confirmed,
+                                self.confirmed,
+                                self.confirmed,
+                                false,
+                            )
                             .await
                             .expect("standby status");
                     }
@@ -229,7 +269,11 @@ fn row(values: Option<&Vec<Datum>>, big: &str) -> Vec<String> {
 async fn dml_and_truncate_decode_with_old_keys_and_toast() {
     let params = params();
     let s = suffix();
-    let (a, b, marker) = (format!("siphon_a_{s}"), format!("siphon_b_{s}"), format!("siphon_m_{s}"));
+    let (a, b, marker) = (
+        format!("siphon_a_{s}"),
+        format!("siphon_b_{s}"),
+        format!("siphon_m_{s}"),
+    );
     let publication = format!("siphon_pub_{s}");
     let slot = format!("siphon_slot_{s}");
     let client = sql(&params).await;
@@ -243,15 +287,22 @@ async fn dml_and_truncate_decode_with_old_keys_and_toast() {
         ))
         .await
         .expect("setup");
-    let cleanup = format!("DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {a}, {b}, {marker};");
+    let cleanup = format!(
+        "DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {a}, {b}, {marker};"
+    );
     let p = params.clone();
     with_cleanup(&params, cleanup, async move {
         let mut session = Session::start(&p, &slot, &publication, None, 1 << 20).await;
         let client = sql(&p).await;
         // 10 000 characters stored out of line, uncompressed.
-        let big: String = (0..10_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+        let big: String = (0..10_000)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
         client
-            .execute(&format!("INSERT INTO {a} VALUES (1, 'one', $1), (2, 'two', NULL)"), &[&big])
+            .execute(
+                &format!("INSERT INTO {a} VALUES (1, 'one', $1), (2, 'two', NULL)"),
+                &[&big],
+            )
             .await
             .expect("insert");
         client
@@ -289,10 +340,20 @@ async fn dml_and_truncate_decode_with_old_keys_and_toast() {
             // identity DEFAULT, key unchanged: no old row, unchanged TOAST not sent
             (Op::Update, "a", v(&[]), v(&["1", "uno", "TOAST"])),
             // key changed: the old key
-            (Op::Update, "a", v(&["2", "NULL", "NULL"]), v(&["10", "two", "NULL"])),
+            (
+                Op::Update,
+                "a",
+                v(&["2", "NULL", "NULL"]),
+                v(&["10", "two", "NULL"]),
+            ),
             (Op::Delete, "a", v(&["10", "NULL", "NULL"]), v(&[])),
             // identity FULL: the whole old row, the large value included
-            (Op::Update, "a", v(&["1", "uno", "BIG"]), v(&["1", "eins", "TOAST"])),
+            (
+                Op::Update,
+                "a",
+                v(&["1", "uno", "BIG"]),
+                v(&["1", "eins", "TOAST"]),
+            ),
             (Op::Delete, "a", v(&["1", "eins", "BIG"]), v(&[])),
             (Op::Insert, "b", v(&[]), v(&["7"])),
             (Op::Truncate, "a", v(&[]), v(&[])),
@@ -304,7 +365,12 @@ async fn dml_and_truncate_decode_with_old_keys_and_toast() {
         assert_eq!(changes[0].relation.replica_identity, b'd');
         assert_eq!(changes[5].relation.replica_identity, b'f');
         assert_eq!(
-            changes[0].relation.columns.iter().map(|c| (c.name.as_str(), c.is_key)).collect::<Vec<_>>(),
+            changes[0]
+                .relation
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.is_key))
+                .collect::<Vec<_>>(),
             [("id", true), ("name", false), ("big", false)]
         );
         // the two inserts are one transaction; the truncate of both tables another
@@ -321,7 +387,12 @@ async fn dml_and_truncate_decode_with_old_keys_and_toast() {
                     open = Some((*xid, *final_lsn));
                 }
                 TxEvent::Change(c) => assert_eq!(open, Some((c.xid, c.commit_lsn))),
-                TxEvent::Commit { xid, commit_lsn, end_lsn, .. } => {
+                TxEvent::Commit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    ..
+                } => {
                     assert_eq!(open.take(), Some((*xid, *commit_lsn)));
                     assert!(end_lsn > commit_lsn);
                 }
@@ -354,13 +425,18 @@ async fn large_transactions_stream_completely_and_aborted_ones_deliver_nothing()
         .await
         .expect("version")
         .get(0);
-    let cleanup = format!("DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {t}, {marker};");
+    let cleanup =
+        format!("DROP PUBLICATION IF EXISTS {publication}; DROP TABLE IF EXISTS {t}, {marker};");
     let p = params.clone();
     with_cleanup(&params, cleanup, async move {
         // The walsender streams past 64 kB; the assembler spills past 32 kB.
         let mut session = Session::start(&p, &slot, &publication, Some("64kB"), 32 * 1024).await;
         let client = sql(&p).await;
-        let insert = |from: i32, to: i32| format!("INSERT INTO {t} SELECT g, repeat('x', 200) FROM generate_series({from}, {to}) g;");
+        let insert = |from: i32, to: i32| {
+            format!(
+                "INSERT INTO {t} SELECT g, repeat('x', 200) FROM generate_series({from}, {to}) g;"
+            )
+        };
         client
             .batch_execute(&format!(
                 "BEGIN; {} SAVEPOINT sp; {} ROLLBACK TO SAVEPOINT sp; {} COMMIT;",
@@ -381,26 +457,61 @@ async fn large_transactions_stream_completely_and_aborted_ones_deliver_nothing()
         session.until_marker(&marker, "done").await;
 
         if version >= 140_000 {
-            assert!(session.stream_blocks > 0, "the large transaction was not streamed");
-            assert_eq!(session.stream_aborts, (1, 1), "one aborted transaction, one rolled back savepoint");
-            assert!(session.asm.spill_count() > 0, "the streamed transactions were not spilled");
+            assert!(
+                session.stream_blocks > 0,
+                "the large transaction was not streamed"
+            );
+            assert_eq!(
+                session.stream_aborts,
+                (1, 1),
+                "one aborted transaction, one rolled back savepoint"
+            );
+            assert!(
+                session.asm.spill_count() > 0,
+                "the streamed transactions were not spilled"
+            );
         }
         let changes = session.changes(&[&t]);
         let ids: Vec<i32> = changes
             .iter()
-            .map(|c| text(c.new.as_ref().and_then(|r| r.first())).parse().expect("id"))
+            .map(|c| {
+                text(c.new.as_ref().and_then(|r| r.first()))
+                    .parse()
+                    .expect("id")
+            })
             .collect();
-        assert_eq!(ids, (1..=3000).collect::<Vec<_>>(), "whole, in order, without the rolled back savepoint");
-        assert!(changes.iter().all(|c| c.op == Op::Insert && c.xid == changes[0].xid));
-        assert!(changes.iter().all(|c| c.commit_lsn == changes[0].commit_lsn));
-        assert!(changes.windows(2).all(|w| w[0].lsn <= w[1].lsn), "changes in WAL order");
-        assert_eq!(text(changes[0].new.as_ref().and_then(|r| r.get(1))), "x".repeat(200));
+        assert_eq!(
+            ids,
+            (1..=3000).collect::<Vec<_>>(),
+            "whole, in order, without the rolled back savepoint"
+        );
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.op == Op::Insert && c.xid == changes[0].xid)
+        );
+        assert!(
+            changes
+                .iter()
+                .all(|c| c.commit_lsn == changes[0].commit_lsn)
+        );
+        assert!(
+            changes.windows(2).all(|w| w[0].lsn <= w[1].lsn),
+            "changes in WAL order"
+        );
+        assert_eq!(
+            text(changes[0].new.as_ref().and_then(|r| r.get(1))),
+            "x".repeat(200)
+        );
         let commits = session
             .events
             .iter()
             .filter(|e| matches!(e, TxEvent::Commit { .. }))
             .count();
-        assert_eq!(commits, 2, "the large transaction and the marker; the aborted one not at all");
+        assert_eq!(
+            commits, 2,
+            "the large transaction and the marker; the aborted one not at all"
+        );
         assert_eq!(session.asm.streamed_transactions(), 0);
         assert_eq!(session.asm.buffered_memory(), 0);
         session.close().await;
@@ -412,7 +523,9 @@ async fn large_transactions_stream_completely_and_aborted_ones_deliver_nothing()
 async fn scram_authentication_and_its_failures() {
     let params = params();
     // SCRAM-SHA-256 is what the stack's pg_hba.conf asks for over TCP.
-    let mut conn = ReplicationConnection::connect(&params).await.expect("SCRAM login");
+    let mut conn = ReplicationConnection::connect(&params)
+        .await
+        .expect("SCRAM login");
     assert!(!conn.is_tls());
     assert!(conn.backend_pid() > 0);
     assert!(conn.server_version_num().await.expect("version") >= 100_000);
@@ -420,17 +533,27 @@ async fn scram_authentication_and_its_failures() {
 
     let mut wrong = params.clone();
     wrong.password = Some("certainly-not-the-password".into());
-    let err = ReplicationConnection::connect(&wrong).await.expect_err("wrong password");
-    assert!(matches!(err, ReplicationError::AuthFailed { .. }), "{err:?}");
+    let err = ReplicationConnection::connect(&wrong)
+        .await
+        .expect_err("wrong password");
+    assert!(
+        matches!(err, ReplicationError::AuthFailed { .. }),
+        "{err:?}"
+    );
     assert!(!err.is_transient());
     let message = err.to_string();
-    assert!(message.contains("check the credentials Secret"), "{message}");
+    assert!(
+        message.contains("check the credentials Secret"),
+        "{message}"
+    );
     assert!(message.contains("28P01"), "{message}");
     assert!(!message.contains("certainly-not-the-password"));
 
     let mut missing = params.clone();
     missing.password = None;
-    let err = ReplicationConnection::connect(&missing).await.expect_err("no password");
+    let err = ReplicationConnection::connect(&missing)
+        .await
+        .expect_err("no password");
     assert!(matches!(err, ReplicationError::PasswordRequired), "{err:?}");
 }
 
@@ -447,10 +570,19 @@ async fn role_without_replication_gets_the_grant_fix() {
     as_role.user = role.clone();
     as_role.password = Some(format!("pw-{role}"));
     let result = ReplicationConnection::connect(&as_role).await;
-    client.batch_execute(&format!("DROP ROLE {role}")).await.expect("drop role");
+    client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .expect("drop role");
     let err = result.expect_err("no REPLICATION attribute");
-    assert!(matches!(err, ReplicationError::NoReplicationPrivilege { .. }), "{err:?}");
-    assert!(err.to_string().contains("grant REPLICATION to the role"), "{err}");
+    assert!(
+        matches!(err, ReplicationError::NoReplicationPrivilege { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("grant REPLICATION to the role"),
+        "{err}"
+    );
     assert!(!err.is_transient());
 }
 
@@ -476,11 +608,16 @@ async fn missing_and_busy_slots_are_definite_errors() {
             .start_replication(&format!("siphon_missing_{s}"), Lsn(0), &options)
             .await
             .expect_err("no such slot");
-        assert!(matches!(err, ReplicationError::SlotMissing { .. }), "{err:?}");
+        assert!(
+            matches!(err, ReplicationError::SlotMissing { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("the slot does not exist"), "{err}");
         assert!(!err.is_transient());
         // the connection stays usable after an error
-        conn.simple_query("IDENTIFY_SYSTEM").await.expect("still usable");
+        conn.simple_query("IDENTIFY_SYSTEM")
+            .await
+            .expect("still usable");
         conn.close().await.expect("close");
 
         let slot = format!("siphon_busy_{s}");
@@ -490,8 +627,15 @@ async fn missing_and_busy_slots_are_definite_errors() {
             .start_replication(&slot, Lsn(0), &options)
             .await
             .expect_err("slot in use");
-        assert!(matches!(err, ReplicationError::SlotActive { .. }), "{err:?}");
-        assert!(err.to_string().contains("another process is streaming from this slot"), "{err}");
+        assert!(
+            matches!(err, ReplicationError::SlotActive { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("another process is streaming from this slot"),
+            "{err}"
+        );
         second.close().await.expect("close");
         first.close().await;
     })

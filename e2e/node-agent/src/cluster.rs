@@ -52,8 +52,8 @@ fn ca_pem(kubeconfig: &Kubeconfig, cluster_name: &str, base_dir: &Path) -> Resul
 /// Connects with the kubeconfig at `path`, waiting (and logging) until the
 /// API server answers.
 pub async fn connect(path: &Path) -> Result<Cluster> {
-    let kubeconfig =
-        Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let context_name = kubeconfig
         .current_context
         .clone()
@@ -77,7 +77,11 @@ pub async fn connect(path: &Path) -> Result<Cluster> {
         host: uri.host().unwrap_or("127.0.0.1").to_owned(),
         port: uri
             .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 }),
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            }),
     };
     let client = Client::try_from(config).context("building the API client")?;
 

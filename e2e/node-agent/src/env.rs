@@ -78,7 +78,9 @@ pub fn referenced(container: &Container) -> Refs {
         }
     }
     for var in container.env.iter().flatten() {
-        let Some(from) = &var.value_from else { continue };
+        let Some(from) = &var.value_from else {
+            continue;
+        };
         if let Some(s) = &from.secret_key_ref {
             refs.secrets.insert(s.name.clone());
         }

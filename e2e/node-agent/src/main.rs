@@ -15,6 +15,7 @@ mod process;
 mod status;
 mod volumes;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,7 @@ async fn main() -> Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let state_dir = absolute_dir(&cli.state_dir)?;

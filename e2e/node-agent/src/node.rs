@@ -41,7 +41,10 @@ const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// Status is posted every this many lease renewals (20 s).
 const STATUS_EVERY: u32 = 2;
 /// Taints the node lifecycle controller sets on unhealthy nodes.
-pub const HEALTH_TAINTS: [&str; 2] = ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"];
+pub const HEALTH_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
 
 /// Kubernetes' name for the host architecture.
 fn architecture() -> &'static str {
@@ -103,7 +106,12 @@ fn resources() -> BTreeMap<String, Quantity> {
 
 /// The full node status. `ready_since` is the Ready condition's
 /// `lastTransitionTime`, `now` its `lastHeartbeatTime`.
-pub fn status(name: &str, info: &NodeSystemInfo, now: Timestamp, ready_since: Timestamp) -> NodeStatus {
+pub fn status(
+    name: &str,
+    info: &NodeSystemInfo,
+    now: Timestamp,
+    ready_since: Timestamp,
+) -> NodeStatus {
     let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.to_owned(),
         status: status.to_owned(),
@@ -144,7 +152,12 @@ pub fn status(name: &str, info: &NodeSystemInfo, now: Timestamp, ready_since: Ti
                 "KubeletHasSufficientPID",
                 "kubelet has sufficient PID available",
             ),
-            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            condition(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "kubelet is posting ready status",
+            ),
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
@@ -268,7 +281,11 @@ impl NodeKeeper {
     }
 
     async fn clear_health_taints(&self) -> Result<()> {
-        let node = self.nodes.get(&self.name).await.context("reading the node")?;
+        let node = self
+            .nodes
+            .get(&self.name)
+            .await
+            .context("reading the node")?;
         let taints = node
             .spec
             .as_ref()
@@ -316,7 +333,11 @@ impl NodeKeeper {
         {
             Ok(_) => Ok(()),
             Err(e) if has_code(&e, 404) => {
-                let node = self.nodes.get(&self.name).await.context("reading the node")?;
+                let node = self
+                    .nodes
+                    .get(&self.name)
+                    .await
+                    .context("reading the node")?;
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
@@ -418,7 +439,10 @@ mod tests {
             effect: effect.into(),
             ..Taint::default()
         };
-        assert_eq!(without_health_taints(&[taint("dedicated", "NoSchedule")]), None);
+        assert_eq!(
+            without_health_taints(&[taint("dedicated", "NoSchedule")]),
+            None
+        );
         assert_eq!(without_health_taints(&[]), None);
         assert_eq!(
             without_health_taints(&[

@@ -49,7 +49,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ContainerStatus, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerStatus, Pod, Secret, ServiceAccount,
+};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
@@ -108,7 +110,10 @@ pub fn sandbox_name(namespace: &str, name: &str, uid: &str) -> String {
 
 /// The uid part of a sandbox directory name.
 pub fn sandbox_uid(dir_name: &str) -> Option<&str> {
-    dir_name.rsplit_once('_').map(|(_, uid)| uid).filter(|u| !u.is_empty())
+    dir_name
+        .rsplit_once('_')
+        .map(|(_, uid)| uid)
+        .filter(|u| !u.is_empty())
 }
 
 struct Handle {
@@ -215,7 +220,9 @@ fn dispatch(
 }
 
 fn remove_orphan_sandboxes(pods_dir: &Path, live: &HashSet<String>) {
-    let Ok(entries) = std::fs::read_dir(pods_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(pods_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if sandbox_uid(&name).is_some_and(|uid| !live.contains(uid)) {
@@ -356,7 +363,9 @@ fn new_ctr(pod: &Pod, spec: &Container, kind: Kind, has_init: bool, now: Timesta
             exit_code: 137,
             signal: None,
             reason: "ContainerStatusUnknown".into(),
-            message: Some("The container could not be located when the node agent restarted".into()),
+            message: Some(
+                "The container could not be located when the node agent restarted".into(),
+            ),
             started_at: running.started_at.as_ref().map(|t| t.0),
             finished_at: now,
             container_id: previous.and_then(|p| p.container_id.clone()),
@@ -392,9 +401,7 @@ fn new_ctr(pod: &Pod, spec: &Container, kind: Kind, has_init: bool, now: Timesta
     }
 }
 
-fn text_map<'a>(
-    strings: impl Iterator<Item = (&'a String, Vec<u8>)>,
-) -> BTreeMap<String, Vec<u8>> {
+fn text_map<'a>(strings: impl Iterator<Item = (&'a String, Vec<u8>)>) -> BTreeMap<String, Vec<u8>> {
     strings.map(|(k, v)| (k.clone(), v)).collect()
 }
 
@@ -469,7 +476,11 @@ impl Supervisor {
         }
     }
 
-    async fn run(mut self, mut pods: watch::Receiver<Option<Pod>>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut pods: watch::Receiver<Option<Pod>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         tracing::info!(pod = %self.key, uid = %self.uid, frozen = self.frozen, "supervising pod");
         let Some(mut rx) = self.rx.take() else { return };
         let mut refresh = tokio::time::interval(REFRESH);
@@ -624,7 +635,9 @@ impl Supervisor {
 
     fn probe_update(&mut self, idx: usize, generation: u64, update: Update) {
         let grace = self.termination_grace();
-        let Some(c) = self.ctrs.get_mut(idx) else { return };
+        let Some(c) = self.ctrs.get_mut(idx) else {
+            return;
+        };
         if c.generation != generation || c.pid.is_none() {
             return;
         }
@@ -663,7 +676,9 @@ impl Supervisor {
     }
 
     fn exited(&mut self, idx: usize, generation: u64, code: Option<i32>, signal: Option<i32>) {
-        let Some(c) = self.ctrs.get_mut(idx) else { return };
+        let Some(c) = self.ctrs.get_mut(idx) else {
+            return;
+        };
         if c.generation != generation {
             return;
         }
@@ -671,7 +686,11 @@ impl Supervisor {
         if let Some(task) = c.probes.take() {
             task.abort();
         }
-        let _ = std::fs::remove_file(self.sandbox.join("containers").join(format!("{}.pid", c.spec.name)));
+        let _ = std::fs::remove_file(
+            self.sandbox
+                .join("containers")
+                .join(format!("{}.pid", c.spec.name)),
+        );
         let exit_code = code.unwrap_or_else(|| 128 + signal.unwrap_or(9));
         let started_at = match &c.state {
             RunState::Running { started_at } => Some(*started_at),
@@ -689,7 +708,10 @@ impl Supervisor {
             finished_at: Timestamp::now(),
             container_id: c.container_id.clone(),
         });
-        if c.running_since.take().is_some_and(|t| t.elapsed() >= BACKOFF_RESET) {
+        if c.running_since
+            .take()
+            .is_some_and(|t| t.elapsed() >= BACKOFF_RESET)
+        {
             c.restarts_in_a_row = 0;
         }
         if self.terminating {
@@ -746,7 +768,7 @@ impl Supervisor {
     fn retry_later(&mut self, idx: usize, reason: &str, message: String) {
         let base = self.shared.config.restart_backoff;
         let c = &mut self.ctrs[idx];
-        tracing::warn!(pod = %self.key, container = %c.spec.name, reason, message = %message, "cannot start container");
+        tracing::warn!(pod = %self.key, container = %c.spec.name, reason, error = %message, "cannot start container");
         let delay = backoff(base, c.config_retries, MAX_CONFIG_RETRY);
         c.config_retries = c.config_retries.saturating_add(1);
         c.state = RunState::Waiting {
@@ -782,7 +804,11 @@ impl Supervisor {
                         message: Some(message.clone()),
                     };
                 }
-                let delay = backoff(self.shared.config.restart_backoff, self.sandbox_retries, MAX_CONFIG_RETRY);
+                let delay = backoff(
+                    self.shared.config.restart_backoff,
+                    self.sandbox_retries,
+                    MAX_CONFIG_RETRY,
+                );
                 self.sandbox_retries = self.sandbox_retries.saturating_add(1);
                 self.sandbox_retry_pending = true;
                 self.send_later(delay, Msg::SandboxRetry);
@@ -791,7 +817,8 @@ impl Supervisor {
             }
             self.sandbox_ready = true;
             for c in &mut self.ctrs {
-                if matches!(&c.state, RunState::Waiting { reason, .. } if reason == "ContainerCreating") {
+                if matches!(&c.state, RunState::Waiting { reason, .. } if reason == "ContainerCreating")
+                {
                     c.state = RunState::waiting("ContainerCreating");
                 }
             }
@@ -856,14 +883,8 @@ impl Supervisor {
                 .get_opt(name)
                 .await
                 .map_err(|e| format!("reading secret {name:?}: {e}"))?;
-            let data = secret.map(|s| {
-                text_map(
-                    s.data
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k, v.0.clone())),
-                )
-            });
+            let data =
+                secret.map(|s| text_map(s.data.iter().flatten().map(|(k, v)| (k, v.0.clone()))));
             sources.secrets.insert(name.clone(), data);
         }
         for name in &refs.config_maps {
@@ -935,7 +956,8 @@ impl Supervisor {
                 .status
                 .map(|s| s.token)
                 .ok_or_else(|| format!("token request for {account:?} returned no token"))?;
-            let lifetime = Duration::from_secs(u64::try_from(need.expiration_seconds).unwrap_or(3600));
+            let lifetime =
+                Duration::from_secs(u64::try_from(need.expiration_seconds).unwrap_or(3600));
             tracing::debug!(pod = %self.key, account = %account, "service account token issued");
             self.tokens.insert(
                 need.audience,
@@ -952,7 +974,8 @@ impl Supervisor {
     /// Creates the sandbox and writes (or refreshes) every volume.
     async fn prepare_sandbox(&mut self) -> Result<(), String> {
         for dir in [self.volumes_dir(), self.sandbox.join("containers")] {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let sources = self.fetch_sources(&volumes::referenced(&self.pod)).await?;
         self.refresh_tokens().await?;
@@ -991,7 +1014,8 @@ impl Supervisor {
             Ok(s) => s,
             Err(e) => return self.retry_later(idx, "CreateContainerConfigError", e),
         };
-        let agent_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        let agent_path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         let path = match image_map.directory(&image, process::is_executable) {
             Some(dir) => format!("{}:{agent_path}", dir.display()),
             None => agent_path,
@@ -1004,19 +1028,28 @@ impl Supervisor {
         };
         let mounts = volumes::mounts(&self.pod, &spec, &self.volumes_dir(), &environment);
         if let Err(e) = volumes::prepare_mounts(&mounts, &self.volumes_dir()) {
-            return self.retry_later(idx, "CreateContainerConfigError", format!("preparing mounts: {e}"));
+            return self.retry_later(
+                idx,
+                "CreateContainerConfigError",
+                format!("preparing mounts: {e}"),
+            );
         }
         let expand = |s: &String| volumes::rewrite(&environment.expand(s), &mounts);
         let command: Vec<String> = spec.command.iter().flatten().map(expand).collect();
         let args: Vec<String> = spec.args.iter().flatten().map(expand).collect();
         let search_path = environment.get("PATH").unwrap_or_default().to_owned();
-        let program = match image_map.resolve(&image, &command, &search_path, process::is_executable) {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = if self.ctrs[idx].config_retries > 0 { "ImagePullBackOff" } else { "ErrImagePull" };
-                return self.retry_later(idx, reason, e);
-            }
-        };
+        let program =
+            match image_map.resolve(&image, &command, &search_path, process::is_executable) {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = if self.ctrs[idx].config_retries > 0 {
+                        "ImagePullBackOff"
+                    } else {
+                        "ErrImagePull"
+                    };
+                    return self.retry_later(idx, reason, e);
+                }
+            };
         let argv: Vec<String> = program.command_rest.iter().cloned().chain(args).collect();
         environment.map_values(|v| volumes::rewrite(v, &mounts));
         if let Some(sa_dir) = volumes::service_account_dir(&mounts) {
@@ -1028,7 +1061,11 @@ impl Supervisor {
                 &self.namespace,
             );
             if let Err(e) = volumes::write_private(&kubeconfig, &text) {
-                return self.retry_later(idx, "CreateContainerConfigError", format!("writing kubeconfig: {e}"));
+                return self.retry_later(
+                    idx,
+                    "CreateContainerConfigError",
+                    format!("writing kubeconfig: {e}"),
+                );
             }
             environment.set("KUBECONFIG", kubeconfig.to_string_lossy());
         }
@@ -1038,10 +1075,17 @@ impl Supervisor {
             .map(|w| PathBuf::from(volumes::rewrite(w, &mounts)))
             .filter(|p| p.is_dir())
             .unwrap_or_else(|| self.sandbox.clone());
-        let log = config.log_dir.join(format!("{}_{}_{}.log", self.namespace, self.name, spec.name));
+        let log = config.log_dir.join(format!(
+            "{}_{}_{}.log",
+            self.namespace, self.name, spec.name
+        ));
 
         let c = &mut self.ctrs[idx];
-        let restart_count = if c.ever_started { c.restart_count + 1 } else { c.restart_count };
+        let restart_count = if c.ever_started {
+            c.restart_count + 1
+        } else {
+            c.restart_count
+        };
         let marker = format!(
             "=== siphon-node-agent {} pod={} container={} restartCount={} exec={} ===",
             Timestamp::now(),
@@ -1081,13 +1125,24 @@ impl Supervisor {
                 return self.after_exit(idx, 128);
             }
         };
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or_default();
-        if let Err(e) = process::write_pid_file(&self.sandbox.join("containers").join(format!("{}.pid", spec.name)), pid) {
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_default();
+        if let Err(e) = process::write_pid_file(
+            &self
+                .sandbox
+                .join("containers")
+                .join(format!("{}.pid", spec.name)),
+            pid,
+        ) {
             tracing::warn!(pod = %self.key, container = %spec.name, error = %e, "could not write pid file");
         }
         c.pid = Some(pid);
         c.container_id = Some(format!("siphon://{pid}"));
-        c.state = RunState::Running { started_at: Timestamp::now() };
+        c.state = RunState::Running {
+            started_at: Timestamp::now(),
+        };
         c.step = Step::Running;
         c.running_since = Some(Instant::now());
         c.ready = false;
@@ -1106,7 +1161,12 @@ impl Supervisor {
                 }
                 Err(_) => (None, None),
             };
-            let _ = tx.send(Msg::Exited { idx, generation, code, signal });
+            let _ = tx.send(Msg::Exited {
+                idx,
+                generation,
+                code,
+                signal,
+            });
         });
 
         let set = ProbeSet {
@@ -1124,7 +1184,11 @@ impl Supervisor {
         };
         let tx = self.tx.clone();
         let notify = move |update: Update| {
-            let _ = tx.send(Msg::Probe { idx, generation, update });
+            let _ = tx.send(Msg::Probe {
+                idx,
+                generation,
+                update,
+            });
         };
         self.ctrs[idx].probes = Some(tokio::spawn(probes::run(set, ctx, notify)));
     }
@@ -1169,7 +1233,9 @@ impl Supervisor {
             return;
         }
         let built = status::build(&self.view(), self.pod.status.as_ref(), Timestamp::now());
-        let Ok(value) = serde_json::to_value(&built) else { return };
+        let Ok(value) = serde_json::to_value(&built) else {
+            return;
+        };
         if self.last_reported.as_ref() == Some(&value) {
             return;
         }
@@ -1186,7 +1252,9 @@ impl Supervisor {
                 self.last_reported = Some(value);
             }
             Err(e) if has_code(&e, 404) => self.vanished(),
-            Err(e) => tracing::warn!(pod = %self.key, error = %e, "status report failed; will retry"),
+            Err(e) => {
+                tracing::warn!(pod = %self.key, error = %e, "status report failed; will retry")
+            }
         }
     }
 

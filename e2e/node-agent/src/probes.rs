@@ -115,7 +115,11 @@ async fn http_get(action: &HTTPGetAction, ports: &[ContainerPort]) -> Result<(),
     if action.scheme.as_deref() == Some("HTTPS") {
         return Ok(());
     }
-    let path = action.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+    let path = action
+        .path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.34\r\nAccept: */*\r\nConnection: close\r\n"
     );
@@ -135,7 +139,9 @@ async fn http_get(action: &HTTPGetAction, ports: &[ContainerPort]) -> Result<(),
     match status_code(&line) {
         Some(code) if (200..400).contains(&code) => Ok(()),
         Some(code) => Err(format!("HTTP probe failed with statuscode: {code}")),
-        None => Err(format!("Get \"http://{host}:{port}{path}\": malformed response")),
+        None => Err(format!(
+            "Get \"http://{host}:{port}{path}\": malformed response"
+        )),
     }
 }
 
@@ -154,9 +160,12 @@ async fn exec(command: &[String], ctx: &ExecContext) -> Result<(), String> {
         .map(|c| crate::volumes::rewrite(&ctx.env.expand(c), &ctx.mounts))
         .collect();
     let path_var = ctx.env.get("PATH").unwrap_or_default();
-    let program = ctx
-        .image_map
-        .resolve(&ctx.image, &command, path_var, crate::process::is_executable)?;
+    let program = ctx.image_map.resolve(
+        &ctx.image,
+        &command,
+        path_var,
+        crate::process::is_executable,
+    )?;
     let mut child = tokio::process::Command::new(&program.path)
         .args(&program.command_rest)
         .env_clear()
@@ -202,7 +211,11 @@ async fn exec(command: &[String], ctx: &ExecContext) -> Result<(), String> {
 }
 
 /// Runs one probe once, within its timeout.
-pub async fn check(probe: &Probe, ports: &[ContainerPort], ctx: &ExecContext) -> Result<(), String> {
+pub async fn check(
+    probe: &Probe,
+    ports: &[ContainerPort],
+    ctx: &ExecContext,
+) -> Result<(), String> {
     let timeout = seconds(probe.timeout_seconds, 1);
     let run = async {
         if let Some(h) = &probe.http_get {
@@ -401,7 +414,9 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else { return };
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let mut buf = [0u8; 1024];
                 let n = sock.read(&mut buf).await.unwrap();
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
@@ -442,8 +457,16 @@ mod tests {
             }),
             ..Probe::default()
         };
-        assert!(check(&exec(&["sh", "-c", "test $WANT = 7"]), &[], &ctx).await.is_ok());
-        assert!(check(&exec(&["sh", "-c", "test $(WANT) = 7"]), &[], &ctx).await.is_ok());
+        assert!(
+            check(&exec(&["sh", "-c", "test $WANT = 7"]), &[], &ctx)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check(&exec(&["sh", "-c", "test $(WANT) = 7"]), &[], &ctx)
+                .await
+                .is_ok()
+        );
         assert!(check(&exec(&["false"]), &[], &ctx).await.is_err());
     }
 }

@@ -126,10 +126,9 @@ impl ImageMap {
         let mapping = self.lookup(image);
         // A mapped file is the image's entrypoint; a directory holds binaries.
         let (dir, entrypoint) = match mapping {
-            Some(m) if is_file(&m.path) => (
-                m.path.parent().map(Path::to_path_buf),
-                Some(m.path.clone()),
-            ),
+            Some(m) if is_file(&m.path) => {
+                (m.path.parent().map(Path::to_path_buf), Some(m.path.clone()))
+            }
             Some(m) => (Some(m.path.clone()), None),
             None => (None, None),
         };
@@ -169,7 +168,9 @@ impl ImageMap {
             return if is_file(first_path) {
                 Ok(program(first_path.to_path_buf()))
             } else {
-                Err(format!("command {first:?}: no such executable on this host"))
+                Err(format!(
+                    "command {first:?}: no such executable on this host"
+                ))
             };
         }
         if let Some(file) = &entrypoint
@@ -356,7 +357,10 @@ mod tests {
     fn repository_strips_tag_and_digest() {
         assert_eq!(repository("busybox"), "busybox");
         assert_eq!(repository("busybox:1.36"), "busybox");
-        assert_eq!(repository("siphon/siphon-worker:dev"), "siphon/siphon-worker");
+        assert_eq!(
+            repository("siphon/siphon-worker:dev"),
+            "siphon/siphon-worker"
+        );
         assert_eq!(
             repository("localhost:5000/siphon:dev@sha256:abc"),
             "localhost:5000/siphon"
@@ -420,10 +424,18 @@ mod tests {
         assert_eq!(p.path, Path::new("/opt/runner"));
         // Not in the directory: PATH.
         let p = m
-            .resolve("siphon:dev", &cmd(&["sh", "-c", "true"]), "/usr/bin:/bin", files)
+            .resolve(
+                "siphon:dev",
+                &cmd(&["sh", "-c", "true"]),
+                "/usr/bin:/bin",
+                files,
+            )
             .unwrap();
         assert_eq!(p.path, Path::new("/bin/sh"));
-        assert!(m.resolve("siphon:dev", &cmd(&["nope"]), "/bin", files).is_err());
+        assert!(
+            m.resolve("siphon:dev", &cmd(&["nope"]), "/bin", files)
+                .is_err()
+        );
         assert!(m.resolve("siphon/missing:1", &[], "", files).is_err());
     }
 
@@ -441,8 +453,14 @@ mod tests {
         assert_eq!(p.path, Path::new("/bin/sh"));
         assert_eq!(p.command_rest, cmd(&["-c", "x"]));
         assert!(m.resolve("busybox", &[], "/bin", files).is_err());
-        assert!(m.resolve("busybox", &cmd(&["/nope"]), "/bin", files).is_err());
-        assert!(m.resolve("busybox", &cmd(&["./rel"]), "/bin", files).is_err());
+        assert!(
+            m.resolve("busybox", &cmd(&["/nope"]), "/bin", files)
+                .is_err()
+        );
+        assert!(
+            m.resolve("busybox", &cmd(&["./rel"]), "/bin", files)
+                .is_err()
+        );
     }
 
     #[test]

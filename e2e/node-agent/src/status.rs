@@ -329,7 +329,8 @@ fn conditions(view: &PodView, phase: Phase, previous: &[PodCondition]) -> Vec<Co
     if pod_ready.status && !gates_ok {
         pod_ready.status = false;
         pod_ready.reason = Some("ReadinessGatesNotReady");
-        pod_ready.message = Some("corresponding condition of pod readiness gate is not True".into());
+        pod_ready.message =
+            Some("corresponding condition of pod readiness gate is not True".into());
     }
     vec![
         Cond {
@@ -585,11 +586,7 @@ mod tests {
         assert_eq!(first.conditions, second.conditions);
 
         c.ready = false;
-        let third = build(
-            &pod(RestartPolicy::Always, vec![c]),
-            Some(&second),
-            ts(30),
-        );
+        let third = build(&pod(RestartPolicy::Always, vec![c]), Some(&second), ts(30));
         let ready = |s: &PodStatus| {
             s.conditions
                 .as_ref()
@@ -637,7 +634,10 @@ mod tests {
         assert_eq!(get("example.com/gate").status, "False");
         assert_eq!(get("ContainersReady").status, "True");
         assert_eq!(get("Ready").status, "False");
-        assert_eq!(get("Ready").reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            get("Ready").reason.as_deref(),
+            Some("ReadinessGatesNotReady")
+        );
     }
 
     #[test]
@@ -656,7 +656,14 @@ mod tests {
         assert_eq!(last.exit_code, 2);
         assert_eq!(last.reason.as_deref(), Some("Error"));
         assert_eq!(
-            cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
+            cs.state
+                .as_ref()
+                .unwrap()
+                .waiting
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
             Some("CrashLoopBackOff")
         );
         let init = &status.init_container_statuses.unwrap()[0];

@@ -243,7 +243,12 @@ pub enum Plan {
 
 /// How one volume is materialised.
 pub fn plan(pod: &Pod, volume: &Volume, materials: &Materials<'_>) -> Result<Plan, String> {
-    let fail = |e: String| format!("MountVolume.SetUp failed for volume \"{}\" : {e}", volume.name);
+    let fail = |e: String| {
+        format!(
+            "MountVolume.SetUp failed for volume \"{}\" : {e}",
+            volume.name
+        )
+    };
     if let Some(c) = &volume.config_map {
         let data = materials
             .sources
@@ -263,7 +268,11 @@ pub fn plan(pod: &Pod, volume: &Volume, materials: &Materials<'_>) -> Result<Pla
     }
     if let Some(s) = &volume.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let data = materials.sources.secrets.get(&name).and_then(Option::as_ref);
+        let data = materials
+            .sources
+            .secrets
+            .get(&name)
+            .and_then(Option::as_ref);
         return key_files(
             "secret",
             &name,
@@ -289,7 +298,9 @@ pub fn plan(pod: &Pod, volume: &Volume, materials: &Materials<'_>) -> Result<Pla
     if let Some(p) = &volume.projected {
         let mut files = Vec::new();
         for projection in p.sources.iter().flatten() {
-            files.extend(projection_files(pod, projection, p.default_mode, materials).map_err(fail)?);
+            files.extend(
+                projection_files(pod, projection, p.default_mode, materials).map_err(fail)?,
+            );
         }
         return Ok(Plan::Files(files));
     }
@@ -303,22 +314,14 @@ pub fn plan(pod: &Pod, volume: &Volume, materials: &Materials<'_>) -> Result<Pla
 /// The Secrets and ConfigMaps the pod's volumes refer to.
 pub fn referenced(pod: &Pod) -> Refs {
     let mut refs = Refs::default();
-    for v in pod
-        .spec
-        .iter()
-        .flat_map(|s| s.volumes.iter().flatten())
-    {
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         if let Some(c) = &v.config_map {
             refs.config_maps.insert(c.name.clone());
         }
         if let Some(s) = &v.secret {
             refs.secrets.extend(s.secret_name.clone());
         }
-        for p in v
-            .projected
-            .iter()
-            .flat_map(|p| p.sources.iter().flatten())
-        {
+        for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
             if let Some(c) = &p.config_map {
                 refs.config_maps.insert(c.name.clone());
             }
@@ -504,7 +507,9 @@ pub fn rewrite(s: &str, mounts: &[Mount]) -> String {
                 }
             }
         }
-        let Some(c) = s[i..].chars().next() else { break };
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
         out.push(c);
         prev = Some(c);
         i += c.len_utf8();
@@ -578,7 +583,15 @@ mod tests {
             },
         ];
         let d = data();
-        let files = key_files("secret", "creds", Some(&d), Some(&items), Some(0o640), false).unwrap();
+        let files = key_files(
+            "secret",
+            "creds",
+            Some(&d),
+            Some(&items),
+            Some(0o640),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             files,
             vec![
@@ -605,14 +618,20 @@ mod tests {
             mode: None,
         }];
         assert!(key_files("secret", "creds", Some(&d), Some(&bad), None, false).is_err());
-        assert!(key_files("secret", "creds", Some(&d), Some(&bad), None, true)
-            .unwrap()
-            .is_empty());
+        assert!(
+            key_files("secret", "creds", Some(&d), Some(&bad), None, true)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             key_files("secret", "creds", None, None, None, false).unwrap_err(),
             "secret \"creds\" not found"
         );
-        assert!(key_files("secret", "creds", None, None, None, true).unwrap().is_empty());
+        assert!(
+            key_files("secret", "creds", None, None, None, true)
+                .unwrap()
+                .is_empty()
+        );
         // Escaping paths are refused.
         let evil = vec![KeyToPath {
             key: "user".into(),
@@ -823,12 +842,20 @@ mod tests {
             ca_pem: b"",
         };
         let err = plan(&pod, &v, &materials).unwrap_err();
-        assert!(err.starts_with("MountVolume.SetUp failed for volume \"data\""), "{err}");
+        assert!(
+            err.starts_with("MountVolume.SetUp failed for volume \"data\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn kubeconfig_is_loadable() {
-        let text = kubeconfig("https://127.0.0.1:6443", "Q0E=", Path::new("/sb/token"), "ns");
+        let text = kubeconfig(
+            "https://127.0.0.1:6443",
+            "Q0E=",
+            Path::new("/sb/token"),
+            "ns",
+        );
         let parsed: kube::config::Kubeconfig = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed.current_context.as_deref(), Some("pod"));
         let user = parsed.auth_infos[0].auth_info.as_ref().unwrap();

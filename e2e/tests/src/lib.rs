@@ -23,7 +23,11 @@ pub fn kafka_bootstrap() -> String {
 pub fn pg_config(database: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(stack_var("PGHOST"))
-        .port(stack_var("PGPORT").parse().expect("PGPORT is a port number"))
+        .port(
+            stack_var("PGPORT")
+                .parse()
+                .expect("PGPORT is a port number"),
+        )
         .user(stack_var("PGUSER"))
         .password(stack_var("PGPASSWORD"))
         .dbname(database);
@@ -57,7 +61,9 @@ pub async fn fresh_database(name: &str) -> tokio_postgres::Client {
 /// A kube client for the stack's API server.
 pub async fn kube_client() -> kube::Client {
     stack_var("KUBECONFIG");
-    kube::Client::try_default().await.expect("kube client from KUBECONFIG")
+    kube::Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG")
 }
 
 /// A name unique to this test run (lowercase, DNS-safe).
@@ -66,7 +72,10 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{:x}", (nanos as u64) ^ u64::from(std::process::id()))
+    format!(
+        "{prefix}-{:x}",
+        (nanos as u64) ^ u64::from(std::process::id())
+    )
 }
 
 /// Poll `check` until it yields `Some`, or panic with `what` after `timeout`.

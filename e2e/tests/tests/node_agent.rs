@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource,
-    ExecAction, Namespace, Node, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, Probe,
-    Secret, SecretKeySelector, Volume, VolumeMount,
+    ExecAction, Namespace, Node, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -45,9 +45,10 @@ async fn stack_client() -> Client {
         .expect("cannot load KUBECONFIG: run `make stack-up` first");
     let node = node_name();
     let nodes: Api<Node> = Api::all(client.clone());
-    let found = nodes.get_opt(&node).await.unwrap_or_else(|e| {
-        panic!("api server not reachable ({e}): run `make stack-up` first")
-    });
+    let found = nodes
+        .get_opt(&node)
+        .await
+        .unwrap_or_else(|e| panic!("api server not reachable ({e}): run `make stack-up` first"));
     assert!(
         found.is_some(),
         "node {node} is not registered: the node agent is not running; run `make stack-up` first"
@@ -79,13 +80,18 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(start.elapsed() < TIMEOUT, "timed out after {TIMEOUT:?} waiting for {what}");
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "timed out after {TIMEOUT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 fn is_running_and_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     let ready = status
         .conditions
         .iter()
@@ -103,7 +109,13 @@ fn is_running_and_ready(pod: &Pod) -> bool {
 }
 
 fn pid_of(pod: &Pod) -> i32 {
-    let id = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+    let id = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
         .container_id
         .clone()
         .expect("containerID is set");
@@ -126,7 +138,10 @@ fn process_alive(pid: i32) -> bool {
 
 async fn ready_pod(pods: &Api<Pod>, other_than: Option<&str>) -> Pod {
     wait_for("a Running and Ready pod of the deployment", || async {
-        let list = pods.list(&ListParams::default().labels("app=echo")).await.ok()?;
+        let list = pods
+            .list(&ListParams::default().labels("app=echo"))
+            .await
+            .ok()?;
         list.items
             .into_iter()
             .find(|p| is_running_and_ready(p) && p.uid().as_deref() != other_than)
@@ -293,7 +308,10 @@ async fn scenario(client: &Client, ns: &str) {
         );
     }
     let pid = pid_of(&pod);
-    assert!(process_alive(pid), "process {pid} of pod {name} is not running");
+    assert!(
+        process_alive(pid),
+        "process {pid} of pod {name} is not running"
+    );
 
     // The container's output, with every input resolved.
     let log = pod_log_dir().join(format!("{ns}_{name}_app.log"));
@@ -305,10 +323,16 @@ async fn scenario(client: &Client, ns: &str) {
     ];
     let text = wait_for("the container's output in its log file", || async {
         let text = std::fs::read_to_string(&log).ok()?;
-        expected.iter().all(|e| text.contains(e.as_str())).then_some(text)
+        expected
+            .iter()
+            .all(|e| text.contains(e.as_str()))
+            .then_some(text)
     })
     .await;
-    assert!(text.contains("=== siphon-node-agent"), "no start marker in {text}");
+    assert!(
+        text.contains("=== siphon-node-agent"),
+        "no start marker in {text}"
+    );
 
     // Deleting the pod stops the process, removes the pod, and the
     // Deployment's replacement comes up.

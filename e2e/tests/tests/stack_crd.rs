@@ -26,12 +26,24 @@ async fn stores_and_watches_a_capture() {
     let client = kube_client().await;
     let api: Api<PostgresCapture> = Api::namespaced(client, "default");
     let name = unique("crd-store");
-    let mut events = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
-        .applied_objects()
-        .boxed();
-    let created = api.create(&PostParams::default(), &capture(&name, SPEC)).await.unwrap();
-    assert_eq!(created.spec.postgres.port, 5432, "schema default filled in by the API server");
-    assert_eq!(created.spec.kafka.format, siphon_crds::RecordFormat::Debezium);
+    let mut events = watcher(
+        api.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+    .boxed();
+    let created = api
+        .create(&PostParams::default(), &capture(&name, SPEC))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec.postgres.port, 5432,
+        "schema default filled in by the API server"
+    );
+    assert_eq!(
+        created.spec.kafka.format,
+        siphon_crds::RecordFormat::Debezium
+    );
     let seen = tokio::time::timeout(Duration::from_secs(20), events.try_next())
         .await
         .expect("a watch event within 20s")
@@ -46,11 +58,34 @@ async fn rejects_specs_that_break_the_schema() {
     let client = kube_client().await;
     let api: Api<PostgresCapture> = Api::namespaced(client, "default");
     let cases = [
-        ("polling-without-block", SPEC.replace("suspend: true", "mode: Polling"), "spec.polling is required"),
-        ("bad-table", SPEC.replace("public.orders", "orders"), "spec.tables[0].name"),
-        ("bad-port", SPEC.replace("database: shop", "database: shop, port: 0"), "spec.postgres.port"),
-        ("bad-slot", SPEC.replace("tables:", "logical: { slotName: Bad-Slot }\ntables:"), "spec.logical.slotName"),
-        ("dup-table", SPEC.replace("[{ name: public.orders }]", "[{ name: public.orders }, { name: public.orders }]"), "lists a table twice"),
+        (
+            "polling-without-block",
+            SPEC.replace("suspend: true", "mode: Polling"),
+            "spec.polling is required",
+        ),
+        (
+            "bad-table",
+            SPEC.replace("public.orders", "orders"),
+            "spec.tables[0].name",
+        ),
+        (
+            "bad-port",
+            SPEC.replace("database: shop", "database: shop, port: 0"),
+            "spec.postgres.port",
+        ),
+        (
+            "bad-slot",
+            SPEC.replace("tables:", "logical: { slotName: Bad-Slot }\ntables:"),
+            "spec.logical.slotName",
+        ),
+        (
+            "dup-table",
+            SPEC.replace(
+                "[{ name: public.orders }]",
+                "[{ name: public.orders }, { name: public.orders }]",
+            ),
+            "lists a table twice",
+        ),
     ];
     for (label, spec, expected) in cases {
         let name = unique(label);
@@ -59,6 +94,9 @@ async fn rejects_specs_that_break_the_schema() {
             .await
             .expect_err(&format!("{label} must be refused"));
         let text = err.to_string();
-        assert!(text.contains(expected), "{label}: expected {expected:?} in {text}");
+        assert!(
+            text.contains(expected),
+            "{label}: expected {expected:?} in {text}"
+        );
     }
 }

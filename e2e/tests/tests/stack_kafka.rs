@@ -12,7 +12,8 @@ use siphon_e2e::{kafka_bootstrap, unique};
 
 fn producer(transactional_id: Option<&str>) -> BaseProducer {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", kafka_bootstrap()).set("enable.idempotence", "true");
+    cfg.set("bootstrap.servers", kafka_bootstrap())
+        .set("enable.idempotence", "true");
     if let Some(id) = transactional_id {
         cfg.set("transactional.id", id);
     }
@@ -28,7 +29,8 @@ fn read_all(topic: &str, isolation: &str) -> Vec<String> {
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -67,15 +69,25 @@ fn read_committed_sees_committed_and_never_aborted() {
     p.init_transactions(Duration::from_secs(30)).unwrap();
 
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&topic).key("k").payload("aborted")).map_err(|(e, _)| e).unwrap();
+    p.send(BaseRecord::to(&topic).key("k").payload("aborted"))
+        .map_err(|(e, _)| e)
+        .unwrap();
     p.flush(Duration::from_secs(30)).unwrap();
     p.abort_transaction(Duration::from_secs(30)).unwrap();
 
     p.begin_transaction().unwrap();
-    p.send(BaseRecord::to(&topic).key("k").payload("committed")).map_err(|(e, _)| e).unwrap();
+    p.send(BaseRecord::to(&topic).key("k").payload("committed"))
+        .map_err(|(e, _)| e)
+        .unwrap();
     p.commit_transaction(Duration::from_secs(30)).unwrap();
 
-    assert_eq!(read_all(&topic, "read_committed"), vec!["committed".to_string()]);
+    assert_eq!(
+        read_all(&topic, "read_committed"),
+        vec!["committed".to_string()]
+    );
     let uncommitted = read_all(&topic, "read_uncommitted");
-    assert!(uncommitted.contains(&"aborted".to_string()), "the aborted record is in the log: {uncommitted:?}");
+    assert!(
+        uncommitted.contains(&"aborted".to_string()),
+        "the aborted record is in the log: {uncommitted:?}"
+    );
 }

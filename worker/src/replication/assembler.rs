@@ -110,13 +110,19 @@ pub enum AssemblyError {
         expected: usize,
         got: usize,
     },
-    #[error("pgoutput {message} message {state} (protocol error: reconnect, and report it if it repeats)")]
+    #[error(
+        "pgoutput {message} message {state} (protocol error: reconnect, and report it if it repeats)"
+    )]
     OutOfPlace {
         message: &'static str,
         state: &'static str,
     },
     #[error("commit of xid {xid} at {commit_lsn} does not match its begin (final lsn {final_lsn})")]
-    CommitMismatch { xid: u32, final_lsn: Lsn, commit_lsn: Lsn },
+    CommitMismatch {
+        xid: u32,
+        final_lsn: Lsn,
+        commit_lsn: Lsn,
+    },
     #[error(transparent)]
     Spill(#[from] SpillError),
 }
@@ -372,7 +378,9 @@ impl Assembler {
                 }
                 Ok(Emit::None)
             }
-            Message::Type { oid, schema, name, .. } => {
+            Message::Type {
+                oid, schema, name, ..
+            } => {
                 self.types.insert(oid, TypeName { schema, name });
                 Ok(Emit::None)
             }
@@ -383,7 +391,15 @@ impl Assembler {
             } => {
                 let relation = self.resolve(relation_id)?;
                 check_columns("insert", &relation, &new)?;
-                self.change(wal_start, xid, "insert", Op::Insert, relation, None, Some(new))
+                self.change(
+                    wal_start,
+                    xid,
+                    "insert",
+                    Op::Insert,
+                    relation,
+                    None,
+                    Some(new),
+                )
             }
             Message::Update {
                 xid,
@@ -397,7 +413,15 @@ impl Assembler {
                 if let Some(old) = &old {
                     check_columns("update", &relation, old)?;
                 }
-                self.change(wal_start, xid, "update", Op::Update, relation, old, Some(new))
+                self.change(
+                    wal_start,
+                    xid,
+                    "update",
+                    Op::Update,
+                    relation,
+                    old,
+                    Some(new),
+                )
             }
             Message::Delete {
                 xid,
@@ -407,7 +431,15 @@ impl Assembler {
                 let relation = self.resolve(relation_id)?;
                 let old = old.into_row();
                 check_columns("delete", &relation, &old)?;
-                self.change(wal_start, xid, "delete", Op::Delete, relation, Some(old), None)
+                self.change(
+                    wal_start,
+                    xid,
+                    "delete",
+                    Op::Delete,
+                    relation,
+                    Some(old),
+                    None,
+                )
             }
             Message::Truncate {
                 xid, relation_ids, ..
@@ -415,7 +447,15 @@ impl Assembler {
                 let mut events = Vec::with_capacity(relation_ids.len());
                 for oid in relation_ids {
                     let relation = self.resolve(oid)?;
-                    let emitted = self.change(wal_start, xid, "truncate", Op::Truncate, relation, None, None)?;
+                    let emitted = self.change(
+                        wal_start,
+                        xid,
+                        "truncate",
+                        Op::Truncate,
+                        relation,
+                        None,
+                        None,
+                    )?;
                     for event in emitted {
                         events.push(event?);
                     }
@@ -528,7 +568,13 @@ impl Assembler {
                     Some(writer) => writer.truncate(position)?,
                     None => {
                         let keep = usize::try_from(position).unwrap_or(usize::MAX);
-                        let dropped: usize = tx.items.get(keep..).unwrap_or_default().iter().map(item_size).sum();
+                        let dropped: usize = tx
+                            .items
+                            .get(keep..)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(item_size)
+                            .sum();
                         tx.items.truncate(keep);
                         tx.memory = tx.memory.saturating_sub(dropped);
                         self.memory = self.memory.saturating_sub(dropped);
@@ -743,7 +789,14 @@ mod tests {
     }
 
     fn rel(x: Option<u32>, oid: u32) -> Bytes {
-        f::relation(x, oid, "public", &format!("t{oid}"), b'd', &[(true, "id", 23), (false, "v", 25)])
+        f::relation(
+            x,
+            oid,
+            "public",
+            &format!("t{oid}"),
+            b'd',
+            &[(true, "id", 23), (false, "v", 25)],
+        )
     }
 
     /// (op, xid, commit lsn, relation oid, new values as text) of each change.
@@ -788,7 +841,12 @@ mod tests {
         assert!(h.feed(rel(None, 1)).is_empty());
         let mut events = h.feed(f::begin(0x5000, 0, 10));
         events.extend(h.feed(f::insert(None, 1, &[V::T("1"), V::T("a")])));
-        events.extend(h.feed(f::update(None, 1, Some((b'K', &[V::T("1"), V::N])), &[V::T("2"), V::U])));
+        events.extend(h.feed(f::update(
+            None,
+            1,
+            Some((b'K', &[V::T("1"), V::N])),
+            &[V::T("2"), V::U],
+        )));
         events.extend(h.feed(f::delete(None, 1, b'K', &[V::T("2"), V::N])));
         events.extend(h.feed(f::message(None, true, 0x4000, "wm", b"x")));
         events.extend(h.feed(f::commit(0x5000, 0x5028, 7)));
@@ -816,10 +874,19 @@ mod tests {
         let mut h = Harness::new(1 << 20);
         h.feed(rel(None, 1));
         h.feed(rel(None, 2));
-        let events = h.feed_all(vec![f::begin(0x10, 0, 3), f::truncate(None, 1, &[1, 2]), f::commit(0x10, 0x20, 0)]);
+        let events = h.feed_all(vec![
+            f::begin(0x10, 0, 3),
+            f::truncate(None, 1, &[1, 2]),
+            f::commit(0x10, 0x20, 0),
+        ]);
         assert_eq!(
             summary(&events),
-            ["begin 3 0/10", "Truncate 3 0/10 t1 - -", "Truncate 3 0/10 t2 - -", "commit 3 0/20"]
+            [
+                "begin 3 0/10",
+                "Truncate 3 0/10 t1 - -",
+                "Truncate 3 0/10 t2 - -",
+                "commit 3 0/20"
+            ]
         );
     }
 
@@ -827,8 +894,18 @@ mod tests {
     fn relation_change_applies_to_later_changes_only() {
         let mut h = Harness::new(1 << 20);
         h.feed(rel(None, 1));
-        let mut events = h.feed_all(vec![f::begin(0x10, 0, 3), f::insert(None, 1, &[V::T("1"), V::T("a")])]);
-        h.feed(f::relation(None, 1, "public", "t1", b'f', &[(true, "id", 23), (false, "v", 25), (false, "w", 25)]));
+        let mut events = h.feed_all(vec![
+            f::begin(0x10, 0, 3),
+            f::insert(None, 1, &[V::T("1"), V::T("a")]),
+        ]);
+        h.feed(f::relation(
+            None,
+            1,
+            "public",
+            "t1",
+            b'f',
+            &[(true, "id", 23), (false, "v", 25), (false, "w", 25)],
+        ));
         events.extend(h.feed(f::insert(None, 1, &[V::T("2"), V::T("b"), V::T("c")])));
         let (TxEvent::Change(a), TxEvent::Change(b)) = (&events[1], &events[2]) else {
             panic!("not changes");
@@ -841,24 +918,40 @@ mod tests {
     #[test]
     fn protocol_errors_are_reported() {
         let mut h = Harness::new(1 << 20);
-        let insert = h.decoder.decode(&f::insert(None, 9, &[V::T("1")])).expect("decodes");
+        let insert = h
+            .decoder
+            .decode(&f::insert(None, 9, &[V::T("1")]))
+            .expect("decodes");
         assert!(matches!(
             h.asm.handle(Lsn(1), insert),
             Err(AssemblyError::UnknownRelation { oid: 9 })
         ));
         h.feed(rel(None, 1));
-        let insert = h.decoder.decode(&f::insert(None, 1, &[V::T("1"), V::N])).expect("decodes");
+        let insert = h
+            .decoder
+            .decode(&f::insert(None, 1, &[V::T("1"), V::N]))
+            .expect("decodes");
         assert!(matches!(
             h.asm.handle(Lsn(1), insert),
             Err(AssemblyError::OutOfPlace { .. })
         ));
         h.feed(f::begin(0x10, 0, 3));
-        let short = h.decoder.decode(&f::insert(None, 1, &[V::T("1")])).expect("decodes");
+        let short = h
+            .decoder
+            .decode(&f::insert(None, 1, &[V::T("1")]))
+            .expect("decodes");
         assert!(matches!(
             h.asm.handle(Lsn(1), short),
-            Err(AssemblyError::ColumnCount { expected: 2, got: 1, .. })
+            Err(AssemblyError::ColumnCount {
+                expected: 2,
+                got: 1,
+                ..
+            })
         ));
-        let commit = h.decoder.decode(&f::commit(0x11, 0x20, 0)).expect("decodes");
+        let commit = h
+            .decoder
+            .decode(&f::commit(0x11, 0x20, 0))
+            .expect("decodes");
         assert!(matches!(
             h.asm.handle(Lsn(1), commit),
             Err(AssemblyError::CommitMismatch { .. })
@@ -954,7 +1047,11 @@ mod tests {
         for i in 0..5 {
             h.feed(f::insert(Some(1), 1, &[V::T(&i.to_string()), V::T(&big)]));
         }
-        h.feed_all(vec![f::stream_stop(), f::stream_start(2, true), rel(Some(2), 1)]);
+        h.feed_all(vec![
+            f::stream_stop(),
+            f::stream_start(2, true),
+            rel(Some(2), 1),
+        ]);
         h.feed(f::insert(Some(2), 1, &[V::T("small"), V::N]));
         h.feed(f::stream_stop());
         assert_eq!(h.spill_files(), 1);
@@ -1061,7 +1158,14 @@ mod tests {
             f::stream_start(100, true),
             rel(Some(100), 1),
             f::insert(Some(100), 1, &[V::T("1"), V::T("a")]),
-            f::relation(Some(100), 1, "public", "t1", b'd', &[(true, "id", 23), (false, "v", 25), (false, "w", 20)]),
+            f::relation(
+                Some(100),
+                1,
+                "public",
+                "t1",
+                b'd',
+                &[(true, "id", 23), (false, "v", 25), (false, "w", 20)],
+            ),
             f::insert(Some(100), 1, &[V::T("2"), V::T("b"), V::T("9")]),
             f::stream_stop(),
             f::stream_commit(100, 0x10, 0x20, 0),

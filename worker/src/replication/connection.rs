@@ -37,7 +37,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -157,7 +159,11 @@ pub struct ConnectParams {
 
 impl ConnectParams {
     /// Parameters with the defaults: port 5432, `sslmode=prefer`, 10 s.
-    pub fn new(host: impl Into<String>, user: impl Into<String>, database: impl Into<String>) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        user: impl Into<String>,
+        database: impl Into<String>,
+    ) -> Self {
         Self {
             host: host.into(),
             port: 5432,
@@ -290,7 +296,9 @@ pub enum ReplicationError {
         #[source]
         server: Box<PgError>,
     },
-    #[error("the server asks for a password and none is configured; set it in the credentials Secret")]
+    #[error(
+        "the server asks for a password and none is configured; set it in the credentials Secret"
+    )]
     PasswordRequired,
     #[error(
         "the server asks for authentication method {method}, which Siphon does not support; use scram-sha-256 or md5 for this role in pg_hba.conf"
@@ -301,18 +309,24 @@ pub enum ReplicationError {
         #[source]
         source: io::Error,
     },
-    #[error("user {user:?} may not replicate: {server}; grant REPLICATION to the role (ALTER ROLE … REPLICATION)")]
+    #[error(
+        "user {user:?} may not replicate: {server}; grant REPLICATION to the role (ALTER ROLE … REPLICATION)"
+    )]
     NoReplicationPrivilege {
         user: String,
         #[source]
         server: Box<PgError>,
     },
-    #[error("{server}; the slot does not exist; recreate the capture or let the operator provision it")]
+    #[error(
+        "{server}; the slot does not exist; recreate the capture or let the operator provision it"
+    )]
     SlotMissing {
         #[source]
         server: Box<PgError>,
     },
-    #[error("{server}; the publication does not exist; recreate the capture or let the operator provision it")]
+    #[error(
+        "{server}; the publication does not exist; recreate the capture or let the operator provision it"
+    )]
     PublicationMissing {
         #[source]
         server: Box<PgError>,
@@ -428,10 +442,16 @@ impl ReplicationError {
                 user: user.to_owned(),
                 server,
             },
-            "42704" if message.contains("replication slot") => ReplicationError::SlotMissing { server },
-            "42704" if message.contains("publication") => ReplicationError::PublicationMissing { server },
+            "42704" if message.contains("replication slot") => {
+                ReplicationError::SlotMissing { server }
+            }
+            "42704" if message.contains("publication") => {
+                ReplicationError::PublicationMissing { server }
+            }
             "55006" => ReplicationError::SlotActive { server },
-            "55000" if message.contains("wal_level") => ReplicationError::WalLevelNotLogical { server },
+            "55000" if message.contains("wal_level") => {
+                ReplicationError::WalLevelNotLogical { server }
+            }
             "55000"
                 if message.contains("can no longer get changes")
                     || message.contains("cannot read from logical replication slot")
@@ -439,7 +459,9 @@ impl ReplicationError {
             {
                 ReplicationError::SlotInvalidated { server }
             }
-            "58P01" if message.contains("has already been removed") => ReplicationError::SlotInvalidated { server },
+            "58P01" if message.contains("has already been removed") => {
+                ReplicationError::SlotInvalidated { server }
+            }
             "57P01" | "57P02" | "57P03" => ReplicationError::ServerUnavailable { server },
             _ => ReplicationError::Server { server },
         }
@@ -449,7 +471,10 @@ impl ReplicationError {
 /// SQLSTATEs worth a retry: connection exceptions, insufficient resources,
 /// operator intervention, serialization failures and deadlocks, I/O errors.
 fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") || matches!(code, "40001" | "40P01" | "58030")
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01" | "58030")
 }
 
 fn io_error(source: io::Error) -> ReplicationError {
@@ -533,6 +558,17 @@ pub fn quote_ident(name: &str) -> String {
 /// A single-quoted SQL string literal (standard_conforming_strings).
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The answer to `IDENTIFY_SYSTEM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentifySystem {
+    pub system_id: String,
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlog_pos: Lsn,
+    /// The database of the connection.
+    pub database: Option<String>,
 }
 
 /// One message of the replication stream.
@@ -695,6 +731,9 @@ impl ReplicationConnection {
 
         let password = params.password.as_deref().map(str::as_bytes);
         let mut scram: Option<ScramSha256> = None;
+        // Whether SCRAM, once begun, verified the server's signature: a
+        // server that skips it has not proven it knows the password.
+        let mut scram_verified = false;
         loop {
             let (tag, body) = self.read_frame().await?;
             match tag {
@@ -702,10 +741,16 @@ impl ReplicationConnection {
                     let code = be_i32(&body, 0)?;
                     let data = body.get(4..).unwrap_or_default();
                     match code {
+                        0 if scram.is_some() && !scram_verified => {
+                            return Err(ReplicationError::Protocol(
+                                "server accepted the login before completing SCRAM".into(),
+                            ));
+                        }
                         0 => {}
                         3 => {
                             let password = password.ok_or(ReplicationError::PasswordRequired)?;
-                            frontend::password_message(password, &mut self.write).map_err(protocol_io)?;
+                            frontend::password_message(password, &mut self.write)
+                                .map_err(protocol_io)?;
                             self.flush().await?;
                         }
                         5 => {
@@ -713,9 +758,12 @@ impl ReplicationConnection {
                             let salt: [u8; 4] = data
                                 .get(..4)
                                 .and_then(|s| s.try_into().ok())
-                                .ok_or_else(|| ReplicationError::Protocol("short md5 salt".into()))?;
+                                .ok_or_else(|| {
+                                    ReplicationError::Protocol("short md5 salt".into())
+                                })?;
                             let hash = md5_hash(params.user.as_bytes(), password, salt);
-                            frontend::password_message(hash.as_bytes(), &mut self.write).map_err(protocol_io)?;
+                            frontend::password_message(hash.as_bytes(), &mut self.write)
+                                .map_err(protocol_io)?;
                             self.flush().await?;
                         }
                         10 => {
@@ -731,24 +779,34 @@ impl ReplicationConnection {
                             }
                             // Channel binding (SCRAM-SHA-256-PLUS) is not used: 'n'.
                             let state = ScramSha256::new(password, ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(SCRAM_SHA_256, state.message(), &mut self.write)
-                                .map_err(protocol_io)?;
+                            frontend::sasl_initial_response(
+                                SCRAM_SHA_256,
+                                state.message(),
+                                &mut self.write,
+                            )
+                            .map_err(protocol_io)?;
                             scram = Some(state);
                             self.flush().await?;
                         }
                         11 => {
-                            let state = scram
-                                .as_mut()
-                                .ok_or_else(|| ReplicationError::Protocol("SASL continue without SASL".into()))?;
-                            state.update(data).map_err(|source| ReplicationError::Scram { source })?;
-                            frontend::sasl_response(state.message(), &mut self.write).map_err(protocol_io)?;
+                            let state = scram.as_mut().ok_or_else(|| {
+                                ReplicationError::Protocol("SASL continue without SASL".into())
+                            })?;
+                            state
+                                .update(data)
+                                .map_err(|source| ReplicationError::Scram { source })?;
+                            frontend::sasl_response(state.message(), &mut self.write)
+                                .map_err(protocol_io)?;
                             self.flush().await?;
                         }
                         12 => {
-                            let state = scram
-                                .as_mut()
-                                .ok_or_else(|| ReplicationError::Protocol("SASL final without SASL".into()))?;
-                            state.finish(data).map_err(|source| ReplicationError::Scram { source })?;
+                            let state = scram.as_mut().ok_or_else(|| {
+                                ReplicationError::Protocol("SASL final without SASL".into())
+                            })?;
+                            state
+                                .finish(data)
+                                .map_err(|source| ReplicationError::Scram { source })?;
+                            scram_verified = true;
                         }
                         2 => return Err(unsupported("Kerberos V5")),
                         6 => return Err(unsupported("SCM credentials")),
@@ -759,7 +817,12 @@ impl ReplicationConnection {
                 }
                 b'K' => self.backend_pid = be_i32(&body, 0)?,
                 b'Z' => return Ok(()),
-                b'E' => return Err(ReplicationError::from_server(PgError::parse(&body), &self.user)),
+                b'E' => {
+                    return Err(ReplicationError::from_server(
+                        PgError::parse(&body),
+                        &self.user,
+                    ));
+                }
                 b'S' | b'N' | b'v' => self.ignore(tag, &body),
                 other => return Err(unexpected(other, "during startup")),
             }
@@ -768,9 +831,14 @@ impl ReplicationConnection {
 
     /// Runs a replication command or query in the simple protocol; returns
     /// the rows of its result (text values, `None` for NULL).
-    pub async fn simple_query(&mut self, query: &str) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+    pub async fn simple_query(
+        &mut self,
+        query: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
         if self.state != State::Idle {
-            return Err(ReplicationError::Protocol("simple_query during replication".into()));
+            return Err(ReplicationError::Protocol(
+                "simple_query during replication".into(),
+            ));
         }
         frontend::query(query, &mut self.write).map_err(protocol_io)?;
         self.flush().await?;
@@ -798,6 +866,20 @@ impl ReplicationConnection {
         }
     }
 
+    /// `IDENTIFY_SYSTEM`: the cluster, its timeline and current WAL end.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let bad = || ReplicationError::Protocol("unexpected IDENTIFY_SYSTEM result".into());
+        let row = rows.first().ok_or_else(bad)?;
+        let field = |i: usize| row.get(i).and_then(|v| v.as_deref());
+        Ok(IdentifySystem {
+            system_id: field(0).ok_or_else(bad)?.to_owned(),
+            timeline: field(1).and_then(|v| v.parse().ok()).ok_or_else(bad)?,
+            xlog_pos: field(2).and_then(|v| v.parse().ok()).ok_or_else(bad)?,
+            database: field(3).map(str::to_owned),
+        })
+    }
+
     /// `SHOW server_version_num`.
     pub async fn server_version_num(&mut self) -> Result<i32, ReplicationError> {
         let rows = self.simple_query("SHOW server_version_num").await?;
@@ -805,7 +887,9 @@ impl ReplicationConnection {
             .and_then(|row| row.first())
             .and_then(|value| value.as_deref())
             .and_then(|value| value.parse().ok())
-            .ok_or_else(|| ReplicationError::Protocol("SHOW server_version_num returned no number".into()))
+            .ok_or_else(|| {
+                ReplicationError::Protocol("SHOW server_version_num returned no number".into())
+            })
     }
 
     /// Enters CopyBoth mode streaming `slot` from `start_lsn` (0/0: from the
@@ -817,7 +901,9 @@ impl ReplicationConnection {
         options: &ReplicationOptions,
     ) -> Result<(), ReplicationError> {
         if self.state != State::Idle {
-            return Err(ReplicationError::Protocol("replication already started".into()));
+            return Err(ReplicationError::Protocol(
+                "replication already started".into(),
+            ));
         }
         let command = options.command(slot, start_lsn);
         frontend::query(&command, &mut self.write).map_err(protocol_io)?;
@@ -852,7 +938,9 @@ impl ReplicationConnection {
     /// The next XLogData or keepalive. Cancel-safe.
     pub async fn next_message(&mut self) -> Result<ReplicationMessage, ReplicationError> {
         if self.state != State::CopyBoth {
-            return Err(ReplicationError::Protocol("next_message before start_replication".into()));
+            return Err(ReplicationError::Protocol(
+                "next_message before start_replication".into(),
+            ));
         }
         loop {
             let (tag, body) = self.read_frame().await?;
@@ -860,7 +948,10 @@ impl ReplicationConnection {
                 b'd' => return parse_copy_data(body),
                 b'E' => {
                     self.state = State::Idle;
-                    return Err(ReplicationError::from_server(PgError::parse(&body), &self.user));
+                    return Err(ReplicationError::from_server(
+                        PgError::parse(&body),
+                        &self.user,
+                    ));
                 }
                 b'c' => {
                     self.state = State::Idle;
@@ -883,7 +974,9 @@ impl ReplicationConnection {
         reply_requested: bool,
     ) -> Result<(), ReplicationError> {
         if self.state != State::CopyBoth {
-            return Err(ReplicationError::Protocol("standby status outside replication".into()));
+            return Err(ReplicationError::Protocol(
+                "standby status outside replication".into(),
+            ));
         }
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -953,7 +1046,11 @@ impl ReplicationConnection {
             if self.read.capacity() - self.read.len() < READ_BUFFER / 8 {
                 self.read.reserve(READ_BUFFER);
             }
-            let n = self.stream.read_buf(&mut self.read).await.map_err(io_error)?;
+            let n = self
+                .stream
+                .read_buf(&mut self.read)
+                .await
+                .map_err(io_error)?;
             if n == 0 {
                 return Err(ReplicationError::Closed);
             }
@@ -1038,7 +1135,9 @@ fn parse_copy_data(body: Bytes) -> Result<ReplicationMessage, ReplicationError> 
     match body.first() {
         Some(b'w') => {
             if body.len() < 25 {
-                return Err(ReplicationError::Protocol("XLogData message too short".into()));
+                return Err(ReplicationError::Protocol(
+                    "XLogData message too short".into(),
+                ));
             }
             Ok(ReplicationMessage::XLogData {
                 wal_start: Lsn(be_u64(&body, 1)?),
@@ -1067,11 +1166,18 @@ fn parse_copy_data(body: Bytes) -> Result<ReplicationMessage, ReplicationError> 
 /// and the bytes.
 fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, ReplicationError> {
     let short = || ReplicationError::Protocol("DataRow too short".into());
-    let count = body.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(short)?;
+    let count = body
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(short)?;
     let mut rest = body.get(2..).unwrap_or_default();
     let mut row = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
-        let len = i32::from_be_bytes(rest.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(short)?);
+        let len = i32::from_be_bytes(
+            rest.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(short)?,
+        );
         rest = rest.get(4..).unwrap_or_default();
         if len < 0 {
             row.push(None);
@@ -1095,7 +1201,9 @@ pub fn tls_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ReplicationError::TlsConfig { detail: e.to_string() })?;
+        .map_err(|e| ReplicationError::TlsConfig {
+            detail: e.to_string(),
+        })?;
     let mut config = match ssl_mode.verification() {
         Verification::None => builder
             .dangerous()
@@ -1103,15 +1211,20 @@ pub fn tls_config(
             .with_no_client_auth(),
         verification => {
             let path = root_cert.ok_or_else(|| ReplicationError::TlsConfig {
-                detail: format!("sslMode {ssl_mode} needs the CA certificate; set the root certificate file"),
+                detail: format!(
+                    "sslMode {ssl_mode} needs the CA certificate; set the root certificate file"
+                ),
             })?;
             let roots = Arc::new(load_roots(path)?);
             if verification == Verification::ChainAndHostname {
                 builder.with_root_certificates(roots).with_no_client_auth()
             } else {
-                let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| ReplicationError::TlsConfig { detail: e.to_string() })?;
+                let inner =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .map_err(|e| ReplicationError::TlsConfig {
+                            detail: e.to_string(),
+                        })?;
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
@@ -1127,16 +1240,28 @@ pub fn tls_config(
 fn load_roots(path: &std::path::Path) -> Result<RootCertStore, ReplicationError> {
     let config_error = |detail: String| ReplicationError::TlsConfig { detail };
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| config_error(format!("cannot read CA certificate file {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+        config_error(format!(
+            "cannot read CA certificate file {}: {e}",
+            path.display()
+        ))
+    })?;
     for cert in certs {
-        let cert = cert.map_err(|e| config_error(format!("invalid CA certificate file {}: {e}", path.display())))?;
-        roots
-            .add(cert)
-            .map_err(|e| config_error(format!("invalid CA certificate in {}: {e}", path.display())))?;
+        let cert = cert.map_err(|e| {
+            config_error(format!(
+                "invalid CA certificate file {}: {e}",
+                path.display()
+            ))
+        })?;
+        roots.add(cert).map_err(|e| {
+            config_error(format!("invalid CA certificate in {}: {e}", path.display()))
+        })?;
     }
     if roots.is_empty() {
-        return Err(config_error(format!("no certificate in CA file {}", path.display())));
+        return Err(config_error(format!(
+            "no certificate in CA file {}",
+            path.display()
+        )));
     }
     Ok(roots)
 }
@@ -1146,7 +1271,9 @@ fn load_roots(path: &std::path::Path) -> Result<RootCertStore, ReplicationError>
 fn server_name(host: &str, ssl_mode: SslMode) -> Result<ServerName<'static>, ReplicationError> {
     match ServerName::try_from(host.to_owned()) {
         Ok(name) => Ok(name),
-        Err(_) if ssl_mode != SslMode::VerifyFull => Ok(ServerName::from(std::net::Ipv4Addr::LOCALHOST)),
+        Err(_) if ssl_mode != SslMode::VerifyFull => {
+            Ok(ServerName::from(std::net::Ipv4Addr::LOCALHOST))
+        }
         Err(e) => Err(ReplicationError::TlsConfig {
             detail: format!("host {host:?} is not a valid TLS server name: {e}"),
         }),
@@ -1178,7 +1305,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -1187,11 +1319,18 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -1212,10 +1351,13 @@ impl ServerCertVerifier for ChainOnly {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // webpki checks the chain before the name: a name error means the
         // chain is good.
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -1253,7 +1395,11 @@ enum Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -1262,7 +1408,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -1301,16 +1451,27 @@ mod tests {
     #[test]
     fn ssl_request_decisions_follow_libpq() {
         assert!(!SslMode::Disable.sends_ssl_request());
-        for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
+        for mode in [
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ] {
             assert!(mode.sends_ssl_request());
-            assert!(mode.on_ssl_response(b'S').expect("tls"), "{mode} uses TLS when offered");
+            assert!(
+                mode.on_ssl_response(b'S').expect("tls"),
+                "{mode} uses TLS when offered"
+            );
         }
         assert!(!SslMode::Prefer.on_ssl_response(b'N').expect("falls back"));
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
             let err = mode.on_ssl_response(b'N').expect_err("refused");
             assert!(matches!(err, ReplicationError::TlsRefused { .. }));
             assert!(!err.is_transient());
-            assert!(err.to_string().contains("enable ssl on the server"), "{err}");
+            assert!(
+                err.to_string().contains("enable ssl on the server"),
+                "{err}"
+            );
         }
         assert!(matches!(
             SslMode::Prefer.on_ssl_response(b'E'),
@@ -1323,7 +1484,10 @@ mod tests {
         assert_eq!(SslMode::Prefer.verification(), Verification::None);
         assert_eq!(SslMode::Require.verification(), Verification::None);
         assert_eq!(SslMode::VerifyCa.verification(), Verification::Chain);
-        assert_eq!(SslMode::VerifyFull.verification(), Verification::ChainAndHostname);
+        assert_eq!(
+            SslMode::VerifyFull.verification(),
+            Verification::ChainAndHostname
+        );
     }
 
     #[test]
@@ -1333,8 +1497,11 @@ mod tests {
             let err = tls_config(mode, None).expect_err("needs a CA");
             assert!(err.to_string().contains("CA certificate"), "{err}");
         }
-        let err = tls_config(SslMode::VerifyFull, Some(std::path::Path::new("/nonexistent/ca.pem")))
-            .expect_err("missing file");
+        let err = tls_config(
+            SslMode::VerifyFull,
+            Some(std::path::Path::new("/nonexistent/ca.pem")),
+        )
+        .expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 
@@ -1411,18 +1578,78 @@ mod tests {
     #[test]
     fn server_errors_are_classified_with_their_fix() {
         let cases: [(&str, &str, &str, bool); 12] = [
-            ("28P01", "password authentication failed for user \"u\"", "check the credentials Secret", false),
-            ("28000", "role \"u\" does not exist", "check the credentials Secret", false),
-            ("28000", "no pg_hba.conf entry for replication connection", "pg_hba.conf", false),
-            ("42501", "permission denied to start WAL sender", "grant REPLICATION to the role", false),
-            ("42704", "replication slot \"s\" does not exist", "recreate the capture or let the operator provision it", false),
-            ("42704", "publication \"p\" does not exist", "the publication does not exist", false),
-            ("55006", "replication slot \"s\" is active for PID 42", "another process is streaming from this slot", false),
-            ("55000", "can no longer get changes from replication slot \"s\"", "a new snapshot is needed", false),
-            ("55000", "logical decoding requires wal_level >= logical", "set wal_level = logical", false),
-            ("57P01", "terminating connection due to administrator command", "shutting down", true),
-            ("57P03", "the database system is starting up", "shutting down", true),
-            ("53300", "sorry, too many clients already", "PostgreSQL error", true),
+            (
+                "28P01",
+                "password authentication failed for user \"u\"",
+                "check the credentials Secret",
+                false,
+            ),
+            (
+                "28000",
+                "role \"u\" does not exist",
+                "check the credentials Secret",
+                false,
+            ),
+            (
+                "28000",
+                "no pg_hba.conf entry for replication connection",
+                "pg_hba.conf",
+                false,
+            ),
+            (
+                "42501",
+                "permission denied to start WAL sender",
+                "grant REPLICATION to the role",
+                false,
+            ),
+            (
+                "42704",
+                "replication slot \"s\" does not exist",
+                "recreate the capture or let the operator provision it",
+                false,
+            ),
+            (
+                "42704",
+                "publication \"p\" does not exist",
+                "the publication does not exist",
+                false,
+            ),
+            (
+                "55006",
+                "replication slot \"s\" is active for PID 42",
+                "another process is streaming from this slot",
+                false,
+            ),
+            (
+                "55000",
+                "can no longer get changes from replication slot \"s\"",
+                "a new snapshot is needed",
+                false,
+            ),
+            (
+                "55000",
+                "logical decoding requires wal_level >= logical",
+                "set wal_level = logical",
+                false,
+            ),
+            (
+                "57P01",
+                "terminating connection due to administrator command",
+                "shutting down",
+                true,
+            ),
+            (
+                "57P03",
+                "the database system is starting up",
+                "shutting down",
+                true,
+            ),
+            (
+                "53300",
+                "sorry, too many clients already",
+                "PostgreSQL error",
+                true,
+            ),
         ];
         for (code, message, fix, transient) in cases {
             let err = ReplicationError::from_server(server(code, message), "u");
@@ -1433,13 +1660,21 @@ mod tests {
             assert_eq!(err.server_error().map(|e| e.code.as_str()), Some(code));
         }
         let mut invalidated = server("55000", "cannot read from logical replication slot \"s\"");
-        invalidated.detail = Some("This slot has been invalidated because it exceeded the maximum reserved size.".into());
+        invalidated.detail = Some(
+            "This slot has been invalidated because it exceeded the maximum reserved size.".into(),
+        );
         assert!(matches!(
             ReplicationError::from_server(invalidated, "u"),
             ReplicationError::SlotInvalidated { .. }
         ));
         assert!(ReplicationError::Closed.is_transient());
-        assert!(ReplicationError::Timeout { what: "x", after: Duration::from_secs(1) }.is_transient());
+        assert!(
+            ReplicationError::Timeout {
+                what: "x",
+                after: Duration::from_secs(1)
+            }
+            .is_transient()
+        );
         assert!(!ReplicationError::Protocol("x".into()).is_transient());
     }
 

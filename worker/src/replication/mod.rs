@@ -37,7 +37,7 @@ pub mod spill;
 
 pub use assembler::{Assembler, AssemblerConfig, AssemblyError, Emit, LogicalMessage, TxEvent};
 pub use connection::{
-    ConnectParams, PgError, ProtoOptions, ReplicationConnection, ReplicationError, ReplicationMessage,
-    ReplicationOptions, SslMode, choose_protocol,
+    ConnectParams, IdentifySystem, PgError, ProtoOptions, ReplicationConnection, ReplicationError,
+    ReplicationMessage, ReplicationOptions, SslMode, choose_protocol,
 };
 pub use pgoutput::{DecodeError, Decoder, Message};

@@ -45,7 +45,9 @@ pub enum DecodeError {
         "unknown pgoutput message type {tag:#04x}; the server speaks a newer protocol than the one negotiated (report this with the server version)"
     )]
     UnknownMessage { tag: u8 },
-    #[error("truncated pgoutput message: {what} needs {needed} bytes at offset {offset}, {available} left")]
+    #[error(
+        "truncated pgoutput message: {what} needs {needed} bytes at offset {offset}, {available} left"
+    )]
     Truncated {
         what: &'static str,
         offset: usize,
@@ -207,7 +209,11 @@ pub fn decode(data: &Bytes, in_stream: bool) -> Result<Message, DecodeError> {
     let mut c = Cursor::new(data);
     let tag = c.u8("message type").map_err(|_| DecodeError::Empty)?;
     let stream_xid = |c: &mut Cursor<'_>| -> Result<Option<u32>, DecodeError> {
-        if in_stream { c.u32("xid").map(Some) } else { Ok(None) }
+        if in_stream {
+            c.u32("xid").map(Some)
+        } else {
+            Ok(None)
+        }
     };
     let (message, name) = match tag {
         b'B' => (
@@ -249,14 +255,29 @@ pub fn decode(data: &Bytes, in_stream: bool) -> Result<Message, DecodeError> {
             let oid = c.u32("type oid")?;
             let schema = namespace(c.string("type namespace")?);
             let name = c.string("type name")?;
-            (Message::Type { xid, oid, schema, name }, "type")
+            (
+                Message::Type {
+                    xid,
+                    oid,
+                    schema,
+                    name,
+                },
+                "type",
+            )
         }
         b'I' => {
             let xid = stream_xid(&mut c)?;
             let relation_id = c.u32("relation id")?;
             c.expect(b'N', "insert tuple marker")?;
             let new = tuple(&mut c)?;
-            (Message::Insert { xid, relation_id, new }, "insert")
+            (
+                Message::Insert {
+                    xid,
+                    relation_id,
+                    new,
+                },
+                "insert",
+            )
         }
         b'U' => {
             let xid = stream_xid(&mut c)?;
@@ -308,7 +329,14 @@ pub fn decode(data: &Bytes, in_stream: bool) -> Result<Message, DecodeError> {
                     });
                 }
             };
-            (Message::Delete { xid, relation_id, old }, "delete")
+            (
+                Message::Delete {
+                    xid,
+                    relation_id,
+                    old,
+                },
+                "delete",
+            )
         }
         b'T' => {
             let xid = stream_xid(&mut c)?;
@@ -398,7 +426,10 @@ pub fn decode(data: &Bytes, in_stream: bool) -> Result<Message, DecodeError> {
             let xid = c.u32("stream xid")?;
             let subxid = c.u32("stream subxid")?;
             let (abort_lsn, abort_ts_us) = if c.remaining() > 0 {
-                (Some(c.lsn("abort lsn")?), Some(c.timestamp("abort timestamp")?))
+                (
+                    Some(c.lsn("abort lsn")?),
+                    Some(c.timestamp("abort timestamp")?),
+                )
             } else {
                 (None, None)
             };
@@ -448,11 +479,15 @@ impl Decoder {
         match (&message, self.stream) {
             (Message::StreamStart { xid, .. }, None) => self.stream = Some(*xid),
             (Message::StreamStart { .. }, Some(_)) => {
-                return Err(DecodeError::StreamState("stream start inside a stream block"));
+                return Err(DecodeError::StreamState(
+                    "stream start inside a stream block",
+                ));
             }
             (Message::StreamStop, Some(_)) => self.stream = None,
             (Message::StreamStop, None) => {
-                return Err(DecodeError::StreamState("stream stop outside a stream block"));
+                return Err(DecodeError::StreamState(
+                    "stream stop outside a stream block",
+                ));
             }
             (
                 Message::Begin { .. }
@@ -606,7 +641,11 @@ impl<'a> Cursor<'a> {
         let offset = self.pos;
         let value = self.u8(what)?;
         if value != expected {
-            return Err(DecodeError::InvalidByte { what, value, offset });
+            return Err(DecodeError::InvalidByte {
+                what,
+                value,
+                offset,
+            });
         }
         Ok(())
     }
@@ -822,7 +861,13 @@ pub(crate) mod fixtures {
         b.freeze()
     }
 
-    pub fn message(x: Option<u32>, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) -> Bytes {
+    pub fn message(
+        x: Option<u32>,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) -> Bytes {
         let mut b = BytesMut::new();
         b.put_u8(b'M');
         xid(&mut b, x);
@@ -925,11 +970,18 @@ mod tests {
             b'd',
             &[(true, "id", 23), (false, "note", 25)],
         ));
-        let Message::Relation { xid: None, relation } = m else {
+        let Message::Relation {
+            xid: None,
+            relation,
+        } = m
+        else {
             panic!("not a relation: {m:?}");
         };
         assert_eq!(relation.oid, 16384);
-        assert_eq!((relation.schema.as_str(), relation.name.as_str()), ("public", "orders"));
+        assert_eq!(
+            (relation.schema.as_str(), relation.name.as_str()),
+            ("public", "orders")
+        );
         assert_eq!(relation.replica_identity, b'd');
         assert_eq!(
             relation.columns,
@@ -948,7 +1000,8 @@ mod tests {
                 },
             ]
         );
-        let Message::Relation { relation, .. } = dec(f::relation(None, 1, "", "pg_x", b'n', &[])) else {
+        let Message::Relation { relation, .. } = dec(f::relation(None, 1, "", "pg_x", b'n', &[]))
+        else {
             panic!("not a relation");
         };
         assert_eq!(relation.schema, "pg_catalog");
@@ -1002,7 +1055,12 @@ mod tests {
             }
         );
         assert_eq!(
-            dec(f::update(None, 5, Some((b'K', &[V::T("1"), V::N])), &[V::T("2"), V::T("x")])),
+            dec(f::update(
+                None,
+                5,
+                Some((b'K', &[V::T("1"), V::N])),
+                &[V::T("2"), V::T("x")]
+            )),
             Message::Update {
                 xid: None,
                 relation_id: 5,
@@ -1011,7 +1069,12 @@ mod tests {
             }
         );
         assert_eq!(
-            dec(f::update(None, 5, Some((b'O', &[V::T("1"), V::T("a")])), &[V::T("1"), V::T("b")])),
+            dec(f::update(
+                None,
+                5,
+                Some((b'O', &[V::T("1"), V::T("a")])),
+                &[V::T("1"), V::T("b")]
+            )),
             Message::Update {
                 xid: None,
                 relation_id: 5,
@@ -1107,8 +1170,22 @@ mod tests {
             }
         );
         assert!(matches!(out[1], Message::Relation { xid: Some(800), .. }));
-        assert!(matches!(out[2], Message::Type { xid: Some(800), oid: 90001, .. }));
-        assert!(matches!(out[3], Message::Insert { xid: Some(800), relation_id: 7, .. }));
+        assert!(matches!(
+            out[2],
+            Message::Type {
+                xid: Some(800),
+                oid: 90001,
+                ..
+            }
+        ));
+        assert!(matches!(
+            out[3],
+            Message::Insert {
+                xid: Some(800),
+                relation_id: 7,
+                ..
+            }
+        ));
         assert!(matches!(out[4], Message::Update { xid: Some(801), .. }));
         assert!(matches!(out[5], Message::Delete { xid: Some(801), .. }));
         assert!(matches!(
@@ -1119,7 +1196,14 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(out[7], Message::Message { xid: Some(800), transactional: true, .. }));
+        assert!(matches!(
+            out[7],
+            Message::Message {
+                xid: Some(800),
+                transactional: true,
+                ..
+            }
+        ));
         assert_eq!(out[8], Message::StreamStop);
         assert_eq!(
             out[9],
@@ -1161,10 +1245,19 @@ mod tests {
     #[test]
     fn misplaced_stream_boundaries_are_refused() {
         let mut d = Decoder::new();
-        assert!(matches!(d.decode(&f::stream_stop()), Err(DecodeError::StreamState(_))));
+        assert!(matches!(
+            d.decode(&f::stream_stop()),
+            Err(DecodeError::StreamState(_))
+        ));
         d.decode(&f::stream_start(1, true)).expect("start");
-        assert!(matches!(d.decode(&f::stream_start(2, true)), Err(DecodeError::StreamState(_))));
-        assert!(matches!(d.decode(&f::begin(1, 1, 1)), Err(DecodeError::StreamState(_))));
+        assert!(matches!(
+            d.decode(&f::stream_start(2, true)),
+            Err(DecodeError::StreamState(_))
+        ));
+        assert!(matches!(
+            d.decode(&f::begin(1, 1, 1)),
+            Err(DecodeError::StreamState(_))
+        ));
     }
 
     #[test]
@@ -1189,7 +1282,12 @@ mod tests {
             Err(DecodeError::UnknownMessage { tag: b'Z' })
         );
         // every strict prefix of a valid message is truncated, never a panic
-        let full = f::update(None, 5, Some((b'O', &[V::T("1"), V::N])), &[V::T("2"), V::U]);
+        let full = f::update(
+            None,
+            5,
+            Some((b'O', &[V::T("1"), V::N])),
+            &[V::T("2"), V::U],
+        );
         for len in 0..full.len() {
             assert!(decode(&full.slice(..len), false).is_err(), "prefix {len}");
         }
@@ -1208,10 +1306,16 @@ mod tests {
         ));
         // a huge count with few bytes allocates nothing big and fails
         let huge = Bytes::from_static(b"T\xff\xff\xff\xff\x00\x00\x00\x00\x01");
-        assert!(matches!(decode(&huge, false), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode(&huge, false),
+            Err(DecodeError::Truncated { .. })
+        ));
         // invalid UTF-8 in a name
         let bad = Bytes::from_static(b"O\0\0\0\0\0\0\0\x01\xff\xfe\0");
-        assert!(matches!(decode(&bad, false), Err(DecodeError::InvalidUtf8 { .. })));
+        assert!(matches!(
+            decode(&bad, false),
+            Err(DecodeError::InvalidUtf8 { .. })
+        ));
     }
 
     /// xorshift64*: a fixed-seed generator, so failures reproduce.
@@ -1230,8 +1334,20 @@ mod tests {
         let mut rng = Rng(0x5EED_CAFE_F00D_BEEF);
         let tags = b"BCORYIUDTMSEcA";
         let seeds = [
-            f::update(Some(3), 5, Some((b'K', &[V::T("1"), V::N])), &[V::T("2"), V::U]),
-            f::relation(Some(3), 16384, "public", "orders", b'f', &[(true, "id", 23)]),
+            f::update(
+                Some(3),
+                5,
+                Some((b'K', &[V::T("1"), V::N])),
+                &[V::T("2"), V::U],
+            ),
+            f::relation(
+                Some(3),
+                16384,
+                "public",
+                "orders",
+                b'f',
+                &[(true, "id", 23)],
+            ),
             f::truncate(Some(3), 3, &[1, 2]),
             f::message(Some(3), true, 9, "p", b"content"),
             f::stream_commit(3, 1, 2, 3),

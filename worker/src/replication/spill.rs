@@ -136,10 +136,9 @@ impl SpillWriter {
     pub fn append(&mut self, item: &Item) -> Result<(), SpillError> {
         if let Item::Change(change) = item {
             let oid = change.relation.oid;
-            let fresh = self
-                .written
-                .get(&oid)
-                .is_some_and(|last| Arc::ptr_eq(last, &change.relation) || **last == *change.relation);
+            let fresh = self.written.get(&oid).is_some_and(|last| {
+                Arc::ptr_eq(last, &change.relation) || **last == *change.relation
+            });
             if !fresh {
                 self.scratch.clear();
                 encode_relation(&change.relation, &mut self.scratch);
@@ -173,8 +172,10 @@ impl SpillWriter {
     pub fn truncate(&mut self, offset: u64) -> Result<(), SpillError> {
         self.out.flush().map_err(io_err("write", &self.path))?;
         let file = self.out.get_mut();
-        file.set_len(offset).map_err(io_err("truncate", &self.path))?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_err("seek in", &self.path))?;
+        file.set_len(offset)
+            .map_err(io_err("truncate", &self.path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io_err("seek in", &self.path))?;
         self.len = offset;
         // The dropped part may have held relation records.
         self.written.clear();
@@ -184,8 +185,13 @@ impl SpillWriter {
     /// Finishes writing and opens the file for reading from the start.
     pub fn into_reader(mut self) -> Result<SpillReader, SpillError> {
         self.out.flush().map_err(io_err("write", &self.path))?;
-        let mut file = self.out.get_ref().try_clone().map_err(io_err("reopen", &self.path))?;
-        file.seek(SeekFrom::Start(0)).map_err(io_err("seek in", &self.path))?;
+        let mut file = self
+            .out
+            .get_ref()
+            .try_clone()
+            .map_err(io_err("reopen", &self.path))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io_err("seek in", &self.path))?;
         // The reader owns the file from here: this writer's drop keeps it.
         let path = std::mem::take(&mut self.path);
         Ok(SpillReader {
@@ -255,13 +261,18 @@ impl SpillReader {
             let record = buf.freeze();
             let start = self.offset;
             self.offset = self.offset.saturating_add(4).saturating_add(len as u64);
-            let mut r = Reader { buf: &record, pos: 0 };
+            let mut r = Reader {
+                buf: &record,
+                pos: 0,
+            };
             let decoded = match r.u8() {
                 Some(RECORD_RELATION) => decode_relation(&mut r).map(|relation| {
                     self.relations.insert(relation.oid, Arc::new(relation));
                     None
                 }),
-                Some(RECORD_CHANGE) => decode_change(&mut r, &self.relations).map(|c| Some(Item::Change(c))),
+                Some(RECORD_CHANGE) => {
+                    decode_change(&mut r, &self.relations).map(|c| Some(Item::Change(c)))
+                }
                 Some(RECORD_MESSAGE) => decode_message(&mut r).map(|m| Some(Item::Message(m))),
                 _ => Err("unknown record kind"),
             };
@@ -426,7 +437,9 @@ impl Reader<'_> {
     fn string(&mut self) -> R<String> {
         let len = self.u32()? as usize;
         let raw = self.take(len)?;
-        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| "invalid UTF-8")
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| "invalid UTF-8")
     }
 }
 
@@ -482,7 +495,10 @@ fn decode_change(r: &mut Reader<'_>, relations: &HashMap<u32, Arc<Relation>>) ->
         _ => return Err("unknown op"),
     };
     let oid = r.u32()?;
-    let relation = relations.get(&oid).cloned().ok_or("change before its relation record")?;
+    let relation = relations
+        .get(&oid)
+        .cloned()
+        .ok_or("change before its relation record")?;
     let lsn = Lsn(r.u64()?);
     let xid = r.u32()?;
     let old = decode_row(r)?;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::Notify;
 
@@ -161,7 +162,13 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     }
 
     /// Hand one record to the producer. Waits while the queue is full.
-    pub async fn send(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), SinkError> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Vec<u8>)],
+    ) -> Result<(), SinkError> {
         let mark = self.lock_tracker().sent();
         let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, mark);
         if let Some(k) = key {
@@ -169,6 +176,13 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         }
         if let Some(v) = value {
             record = record.payload(v);
+        }
+        if !headers.is_empty() {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len());
+            for (name, value) in headers {
+                h = h.insert(Header { key: name, value: Some(value.as_slice()) });
+            }
+            record = record.headers(h);
         }
         loop {
             match self.producer.send(record) {

@@ -1,0 +1,621 @@
+//! The logical capture loop: WAL in, Kafka records out, positions confirmed.
+//!
+//! ```text
+//!  replication stream ──► decode ──► assemble ──► encode ──► KafkaSink ──► Kafka
+//!          ▲                                                    │ acks
+//!          └───── standby status: flush = sink.confirmable() ◄──┘
+//! ```
+//!
+//! One task, one `tokio::select!` whose arms are taken in priority order:
+//! 1. shutdown: stop reading, drain the sink, confirm, close the stream;
+//! 2. Kafka delivery reports: confirm the newest fully acknowledged position;
+//! 3. the status tick: tell the server how far we are (and answer keepalives);
+//! 4. the heartbeat tick: emit a logical message so an idle or filtered
+//!    database still moves the slot;
+//! 5. the next replication message.
+//!
+//! **Invariant (at least once).** The LSN sent as `flush` is always a value
+//! that came out of [`KafkaSink::confirmable`]: the end of a source
+//! transaction all of whose records, and all records before them, Kafka has
+//! acknowledged. PostgreSQL therefore only recycles WAL that Kafka holds.
+//!
+//! **Invariant (exactly once).** Records go out in Kafka transactions; each
+//! Kafka transaction ends with the position record (the end LSN of the last
+//! source transaction in it) in the offsets topic. A restart reads that
+//! position and skips every source transaction that ends at or before it, so
+//! a `read_committed` consumer sees each change once. PostgreSQL is told
+//! `flush` only after the Kafka transaction committed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use siphon_crds::capture::{Delivery, Operation, SslMode as SpecSslMode};
+use tokio::sync::watch;
+
+use crate::change::{Change, Lsn, Op};
+use crate::config::Validated;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::offsets::{self, Position};
+use crate::progress::Progress;
+use crate::record::{EncoderSettings, Record, RecordEncoder};
+use crate::replication::{
+    Assembler, AssemblerConfig, AssemblyError, ConnectParams, Decoder, DecodeError, ReplicationConnection,
+    ReplicationError, ReplicationMessage, ReplicationOptions, SslMode, TxEvent, choose_protocol,
+};
+use crate::sink::{KafkaSink, SinkError, options, topics};
+use crate::values::registry::TypeRegistry;
+
+/// Prefix of the heartbeat messages the worker emits (and skips on receipt).
+pub const HEARTBEAT_PREFIX: &str = "siphon.heartbeat";
+/// How often the server hears from us even when nothing is confirmed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a Kafka transaction stays open in exactly-once mode.
+const EOS_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most records in one Kafka transaction in exactly-once mode.
+const EOS_MAX_RECORDS: u64 = 50_000;
+
+/// Why the capture stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("PostgreSQL query failed ({what}): {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("replication slot {slot} does not exist: the operator (or `logical.createSlot: true`) must create it; a new slot would silently skip changes")]
+    SlotMissing { slot: String },
+    #[error("replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL this capture still needed; raise max_slot_wal_keep_size and re-create the capture to backfill again")]
+    SlotLost { slot: String },
+    #[error("replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot")]
+    SlotActive { slot: String, pid: i32 },
+    #[error("TLS for the worker's SQL connection needs sslMode disable or prefer for now: {0}")]
+    Unsupported(&'static str),
+}
+
+impl CaptureError {
+    /// Whether a restart from the last confirmed position may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Replication(e) => e.is_transient(),
+            CaptureError::Sink(e) => e.is_transient(),
+            CaptureError::Sql { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
+            CaptureError::SlotActive { .. } => true,
+            CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            CaptureError::Replication(e) => e.metric_label(),
+            CaptureError::Decode(_) => "decode",
+            CaptureError::Assembly(_) => "assembly",
+            CaptureError::Sink(_) => "kafka",
+            CaptureError::Offsets(_) => "offsets",
+            CaptureError::Sql { .. } => "sql",
+            CaptureError::SlotMissing { .. } => "slot_missing",
+            CaptureError::SlotLost { .. } => "slot_lost",
+            CaptureError::SlotActive { .. } => "slot_active",
+            CaptureError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// How a run ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Shutdown,
+}
+
+fn ssl_mode(mode: SpecSslMode) -> SslMode {
+    match mode {
+        SpecSslMode::Disable => SslMode::Disable,
+        SpecSslMode::Prefer => SslMode::Prefer,
+        SpecSslMode::Require => SslMode::Require,
+        SpecSslMode::VerifyCa => SslMode::VerifyCa,
+        SpecSslMode::VerifyFull => SslMode::VerifyFull,
+    }
+}
+
+/// Replication connection parameters of a configuration.
+pub fn connect_params(v: &Validated) -> ConnectParams {
+    let pg = &v.config.postgres;
+    let mut p = ConnectParams::new(pg.host.clone(), v.secrets.pg_user.clone(), pg.database.clone());
+    p.port = pg.port;
+    p.password = v.secrets.pg_password.clone();
+    p.ssl_mode = ssl_mode(pg.ssl_mode);
+    p.ssl_root_cert = pg.ssl_root_cert.as_ref().map(PathBuf::from);
+    p
+}
+
+/// A plain SQL connection (heartbeats, catalog reads).
+pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, CaptureError> {
+    let pg = &v.config.postgres;
+    if !matches!(pg.ssl_mode, SpecSslMode::Disable | SpecSslMode::Prefer) {
+        return Err(CaptureError::Unsupported("set postgres.sslMode to disable or prefer"));
+    }
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .dbname(&pg.database)
+        .user(&v.secrets.pg_user)
+        .application_name("siphon-worker")
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(pw) = &v.secrets.pg_password {
+        cfg.password(pw);
+    }
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| CaptureError::Sql { what: "connecting", source })?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "sql connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Check the slot before streaming: present, not lost, not active elsewhere.
+/// Creates it only when the configuration says so (standalone use).
+pub async fn check_slot(sql: &tokio_postgres::Client, v: &Validated) -> Result<(), CaptureError> {
+    let slot = &v.config.logical.slot_name;
+    let rows = sql
+        .query(
+            "SELECT wal_status, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(|source| CaptureError::Sql { what: "reading pg_replication_slots", source })?;
+    match rows.first() {
+        None if v.config.logical.create_slot => {
+            sql.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot])
+                .await
+                .map_err(|source| CaptureError::Sql { what: "creating the slot", source })?;
+            tracing::info!(%slot, "created replication slot");
+            Ok(())
+        }
+        None => Err(CaptureError::SlotMissing { slot: slot.clone() }),
+        Some(row) => {
+            let wal_status: Option<String> = row.get(0);
+            let pid: Option<i32> = row.get(1);
+            if wal_status.as_deref() == Some("lost") {
+                return Err(CaptureError::SlotLost { slot: slot.clone() });
+            }
+            if let Some(pid) = pid {
+                return Err(CaptureError::SlotActive { slot: slot.clone(), pid });
+            }
+            Ok(())
+        }
+    }
+}
+
+fn op_allowed(ops: &[Operation], op: Op) -> bool {
+    if ops.is_empty() {
+        return true;
+    }
+    let wanted = match op {
+        Op::Insert => Operation::Insert,
+        Op::Update => Operation::Update,
+        Op::Delete => Operation::Delete,
+        Op::Truncate => Operation::Truncate,
+        Op::Read => return true,
+    };
+    ops.contains(&wanted)
+}
+
+/// State of the loop between messages.
+struct Loop<'a> {
+    v: &'a Validated,
+    metrics: &'a Metrics,
+    progress: &'a Progress,
+    sink: KafkaSink<Lsn>,
+    encoder: RecordEncoder,
+    records: Vec<Record>,
+    /// Largest WAL position received.
+    received: Lsn,
+    /// Position last sent as `flush`.
+    flushed: Lsn,
+    /// Source transaction open in the stream.
+    in_txn: bool,
+    /// Exactly once: transactions at or before this end LSN were delivered.
+    skip_through: Lsn,
+    /// Exactly once: the Kafka transaction is open.
+    kafka_txn_open: bool,
+    kafka_txn_started: Instant,
+    kafka_txn_records: u64,
+    /// Exactly once: end LSN of the last source transaction in the open Kafka transaction.
+    kafka_txn_last: Option<Lsn>,
+    position: Position,
+    exactly_once: bool,
+    last_commit_ts_us: i64,
+    server_wal_end: Lsn,
+}
+
+impl Loop<'_> {
+    async fn begin_kafka_txn_if_needed(&mut self) -> Result<(), CaptureError> {
+        if self.exactly_once && !self.kafka_txn_open {
+            self.sink.begin_transaction()?;
+            self.kafka_txn_open = true;
+            self.kafka_txn_started = Instant::now();
+            self.kafka_txn_records = 0;
+        }
+        Ok(())
+    }
+
+    async fn handle_change(&mut self, change: &Change) -> Result<(), CaptureError> {
+        if !op_allowed(&self.v.config.logical.operations, change.op) {
+            return Ok(());
+        }
+        self.records.clear();
+        self.encoder.encode(change, &mut self.records);
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        self.begin_kafka_txn_if_needed().await?;
+        for r in self.records.drain(..) {
+            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+            if r.value.is_some() {
+                self.metrics.events.inc();
+            }
+            self.metrics.bytes.inc_by(bytes as u64);
+            self.sink.send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers).await?;
+            self.kafka_txn_records += 1;
+        }
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: TxEvent) -> Result<(), CaptureError> {
+        match event {
+            TxEvent::Begin { final_lsn, .. } => {
+                self.in_txn = true;
+                let _ = final_lsn;
+            }
+            TxEvent::Change(change) => {
+                if self.exactly_once && change.commit_lsn <= self.skip_through && self.skip_through.0 != 0 {
+                    return Ok(());
+                }
+                self.handle_change(&change).await?;
+            }
+            TxEvent::Message(_) => {}
+            TxEvent::Commit {
+                end_lsn,
+                commit_ts_us,
+                commit_lsn,
+                ..
+            } => {
+                self.in_txn = false;
+                self.last_commit_ts_us = commit_ts_us;
+                self.metrics.transactions.inc();
+                if self.exactly_once {
+                    if commit_lsn <= self.skip_through && self.skip_through.0 != 0 {
+                        return Ok(());
+                    }
+                    self.kafka_txn_last = Some(end_lsn);
+                    if self.kafka_txn_open
+                        && (self.kafka_txn_started.elapsed() >= EOS_COMMIT_INTERVAL
+                            || self.kafka_txn_records >= EOS_MAX_RECORDS)
+                    {
+                        self.commit_kafka_txn().await?;
+                    }
+                } else {
+                    self.sink.close_mark(end_lsn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exactly once: write the position and commit the Kafka transaction.
+    async fn commit_kafka_txn(&mut self) -> Result<(), CaptureError> {
+        let Some(end) = self.kafka_txn_last.take() else {
+            return Ok(());
+        };
+        self.begin_kafka_txn_if_needed().await?;
+        self.position.lsn = end.0;
+        let payload = self.position.encode();
+        let topic = self.v.config.kafka.offsets_topic.clone();
+        self.sink
+            .send(&topic, Some(self.v.config.name.as_bytes()), Some(&payload), &[])
+            .await?;
+        self.sink.commit_transaction(Duration::from_secs(60)).await?;
+        self.kafka_txn_open = false;
+        self.skip_through = end;
+        self.sink.close_mark(end);
+        Ok(())
+    }
+
+    /// The position that may be sent as `flush` now.
+    fn confirmable(&mut self) -> Lsn {
+        if let Some(lsn) = self.sink.confirmable() {
+            if lsn > self.flushed {
+                return lsn;
+            }
+        }
+        self.flushed
+    }
+
+    async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), CaptureError> {
+        let flush = self.confirmable();
+        conn.send_standby_status(self.received.max(flush), flush, flush, reply).await?;
+        if flush > self.flushed {
+            self.flushed = flush;
+            self.metrics.confirmed_lsn.set(flush.0 as i64);
+            let now_us = chrono::Utc::now().timestamp_micros();
+            if self.last_commit_ts_us > 0 {
+                let lag = (now_us - self.last_commit_ts_us).max(0) as f64 / 1e6;
+                self.metrics.lag_seconds.set(lag);
+            }
+            let lag_bytes = self.server_wal_end.0.saturating_sub(flush.0);
+            self.metrics.lag_bytes.set(lag_bytes as i64);
+            let events = self.metrics.events.get();
+            self.progress.update(|p| {
+                p.confirmed_lsn = Some(flush.to_string());
+                p.events = events;
+                p.lag_bytes = Some(lag_bytes);
+            });
+        }
+        self.metrics.in_flight.set(self.sink.in_flight() as i64);
+        Ok(())
+    }
+}
+
+/// Stream until shutdown or an error.
+pub async fn run(
+    v: &Validated,
+    metrics: Arc<Metrics>,
+    progress: Progress,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Stopped, CaptureError> {
+    let cfg = &v.config;
+    let exactly_once = cfg.kafka.delivery == Delivery::ExactlyOnce;
+    let tx_id = exactly_once.then(|| format!("siphon-{}", cfg.name.replace('/', "-")));
+    let client_id = format!("siphon-{}", cfg.name.replace('/', "-"));
+    let props = options::producer_properties(&cfg.kafka, &v.secrets, &client_id, tx_id.as_deref());
+    tracing::debug!(properties = ?options::redacted(&props), "kafka producer");
+
+    // Topics first (when asked), then the offsets topic (always compacted).
+    let sql = sql_connect(v).await?;
+    let registry = TypeRegistry::load(&sql).await.unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read pg_type; non-built-in types are encoded as text");
+        TypeRegistry::builtin()
+    });
+    if let Some(creation) = &cfg.kafka.topics {
+        if creation.create {
+            let encoder = RecordEncoder::new(EncoderSettings::from_config(cfg), Arc::new(TypeRegistry::builtin()));
+            let names: Vec<String> = cfg
+                .tables
+                .iter()
+                .filter_map(|t| t.name.split_once('.'))
+                .filter(|(_, t)| *t != "*")
+                .map(|(s, t)| encoder.topic_for(s, t))
+                .collect();
+            topics::ensure(&props, &names, creation, &[]).await?;
+        }
+    }
+    let offsets_settings = siphon_crds::capture::TopicCreation {
+        create: true,
+        partitions: 1,
+        replication_factor: cfg.kafka.topics.as_ref().map_or(1, |t| t.replication_factor),
+        config: Default::default(),
+    };
+    topics::ensure(&props, std::slice::from_ref(&cfg.kafka.offsets_topic), &offsets_settings, &[("cleanup.policy", "compact")]).await?;
+    let position = {
+        let props = props.clone();
+        let topic = cfg.kafka.offsets_topic.clone();
+        let key = cfg.name.clone();
+        tokio::task::spawn_blocking(move || offsets::load(&props, &topic, &key, Duration::from_secs(15)))
+            .await
+            .unwrap_or(Ok(None))?
+            .unwrap_or_default()
+    };
+
+    check_slot(&sql, v).await?;
+
+    let sink: KafkaSink<Lsn> = KafkaSink::new(&props)?;
+    if exactly_once {
+        // Registers the transactional id: any older worker of this capture is fenced.
+        sink.init_transactions(Duration::from_secs(60)).await?;
+    }
+
+    let mut conn = ReplicationConnection::connect(&connect_params(v)).await?;
+    let version = conn.server_version_num().await?;
+    let mut proto = choose_protocol(version);
+    if !cfg.logical.stream_in_progress {
+        proto.streaming = false;
+    }
+    let start = Lsn(0);
+    conn.start_replication(
+        &cfg.logical.slot_name,
+        start,
+        &ReplicationOptions {
+            proto,
+            publication_names: vec![cfg.logical.publication_name.clone()],
+        },
+    )
+    .await?;
+
+    let spill_dir = PathBuf::from(&cfg.spill_dir).join(cfg.name.replace('/', "_"));
+    let mut assembler = Assembler::new(AssemblerConfig {
+        max_memory: usize::try_from(cfg.max_transaction_memory).unwrap_or(usize::MAX),
+        spill_dir,
+    })?;
+    let mut decoder = Decoder::new();
+    let mut state = Loop {
+        v,
+        metrics: &metrics,
+        progress: &progress,
+        sink,
+        encoder: RecordEncoder::new(EncoderSettings::from_config(cfg), Arc::new(registry)),
+        records: Vec::with_capacity(4),
+        received: Lsn(0),
+        flushed: Lsn(0),
+        in_txn: false,
+        skip_through: position.lsn(),
+        kafka_txn_open: false,
+        kafka_txn_started: Instant::now(),
+        kafka_txn_records: 0,
+        kafka_txn_last: None,
+        position,
+        exactly_once,
+        last_commit_ts_us: 0,
+        server_wal_end: Lsn(0),
+    };
+    if exactly_once && state.skip_through.0 != 0 {
+        tracing::info!(lsn = %state.skip_through, "resuming exactly-once capture after the stored position");
+    }
+    metrics.set_ready(true);
+
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat_tick = tokio::time::interval(v.derived.heartbeat_interval);
+    heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let heartbeat_sql = format!(
+        "SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', now()::text)"
+    );
+
+    loop {
+        tokio::select! {
+            biased;
+            // 1. Shutdown: drain and confirm.
+            _ = shutdown.changed() => {
+                tracing::info!("draining before shutdown");
+                if exactly_once {
+                    if state.kafka_txn_open && !state.in_txn && state.kafka_txn_last.is_some() {
+                        state.commit_kafka_txn().await?;
+                    } else if state.kafka_txn_open {
+                        state.sink.abort_transaction(Duration::from_secs(30)).await?;
+                    }
+                }
+                state.sink.flush(Duration::from_secs(25)).await?;
+                state.send_status(&mut conn, false).await?;
+                tracing::info!(lsn = %state.flushed, "confirmed before shutdown");
+                let _ = conn.close().await;
+                return Ok(Stopped::Shutdown);
+            }
+            // 2. Kafka acks: confirm as soon as a prefix is complete.
+            _ = state.sink.delivered(Duration::from_millis(50)), if state.sink.in_flight() > 0 => {
+                state.sink.check()?;
+                if state.confirmable() > state.flushed {
+                    state.send_status(&mut conn, false).await?;
+                }
+            }
+            // 3. Status to the server; in exactly-once mode, close an idle Kafka transaction.
+            _ = status_tick.tick() => {
+                state.sink.check()?;
+                if exactly_once && state.kafka_txn_open && !state.in_txn
+                    && state.kafka_txn_started.elapsed() >= EOS_COMMIT_INTERVAL {
+                    state.commit_kafka_txn().await?;
+                }
+                state.send_status(&mut conn, false).await?;
+                metrics.buffered_bytes.set(assembler.buffered_memory() as i64);
+            }
+            // 4. Heartbeat: a WAL record in our database keeps the slot moving.
+            _ = heartbeat_tick.tick() => {
+                if let Err(source) = sql.batch_execute(&heartbeat_sql).await {
+                    return Err(CaptureError::Sql { what: "writing the heartbeat", source });
+                }
+            }
+            // 5. The stream.
+            msg = conn.next_message() => {
+                match msg? {
+                    ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                        state.server_wal_end = state.server_wal_end.max(wal_end);
+                        state.received = state.received.max(wal_start);
+                        let message = decoder.decode(&data)?;
+                        for event in assembler.handle(wal_start, message)? {
+                            state.handle_event(event?).await?;
+                        }
+                    }
+                    ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
+                        state.server_wal_end = state.server_wal_end.max(wal_end);
+                        // Nothing open and nothing in flight: everything up to
+                        // the server's end is delivered (idle or filtered WAL).
+                        if !state.in_txn && assembler.streamed_transactions() == 0
+                            && state.sink.in_flight() == 0 && !state.kafka_txn_open
+                            && state.kafka_txn_last.is_none() && wal_end > state.flushed {
+                            state.sink.close_mark(wal_end);
+                            state.received = state.received.max(wal_end);
+                        }
+                        if reply_requested {
+                            state.send_status(&mut conn, false).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Run until shutdown, restarting from the last confirmed position after
+/// transient errors (with backoff); a definite error ends the worker.
+pub async fn run_forever(
+    v: &Validated,
+    metrics: Arc<Metrics>,
+    progress: Progress,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        match run(v, metrics.clone(), progress.clone(), shutdown.clone()).await {
+            Ok(Stopped::Shutdown) => return Ok(()),
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                metrics.set_ready(false);
+                metrics
+                    .restarts
+                    .get_or_create(&ReasonLabels { reason: e.metric_label().into() })
+                    .inc();
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "capture interrupted; restarting from the last confirmed position");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                metrics.set_ready(false);
+                metrics.set_unhealthy();
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_filter() {
+        assert!(op_allowed(&[], Op::Delete));
+        assert!(op_allowed(&[Operation::Insert], Op::Insert));
+        assert!(!op_allowed(&[Operation::Insert], Op::Delete));
+        assert!(op_allowed(&[Operation::Insert], Op::Read), "backfill reads are never filtered");
+    }
+
+    #[test]
+    fn definite_errors_are_not_retried() {
+        assert!(!CaptureError::SlotMissing { slot: "s".into() }.is_transient());
+        assert!(!CaptureError::SlotLost { slot: "s".into() }.is_transient());
+        assert!(CaptureError::SlotActive { slot: "s".into(), pid: 1 }.is_transient());
+    }
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics of the worker (`siphon_worker_*`) and its HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// The worker's metrics. Counters are cheap atomics, safe on the hot path.
+pub struct Metrics {
+    registry: Registry,
+    /// Changes written to Kafka (records, tombstones excluded).
+    pub events: Counter,
+    /// Bytes of record keys and values handed to Kafka.
+    pub bytes: Counter,
+    /// Source transactions whose records were all handed to Kafka.
+    pub transactions: Counter,
+    /// Rows read by backfill.
+    pub backfill_rows: Counter,
+    /// Kafka errors, by reason.
+    pub kafka_errors: Family<ReasonLabels, Counter>,
+    /// Restarts of the capture loop after a transient error, by reason.
+    pub restarts: Family<ReasonLabels, Counter>,
+    /// Bytes of WAL between the server's end and the confirmed position.
+    pub lag_bytes: Gauge,
+    /// Seconds between the newest commit seen and now, when it was delivered.
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Last LSN confirmed to PostgreSQL, as a number.
+    pub confirmed_lsn: Gauge,
+    /// Records handed to Kafka and not yet acknowledged.
+    pub in_flight: Gauge,
+    /// Bytes of streamed transactions buffered in memory.
+    pub buffered_bytes: Gauge,
+    healthy: AtomicBool,
+    ready: AtomicBool,
+    /// Unix seconds of the last progress of the loop (health).
+    pub heartbeat_unix: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("siphon_worker");
+        let m = Self {
+            registry: Registry::default(),
+            events: Counter::default(),
+            bytes: Counter::default(),
+            transactions: Counter::default(),
+            backfill_rows: Counter::default(),
+            kafka_errors: Family::default(),
+            restarts: Family::default(),
+            lag_bytes: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            confirmed_lsn: Gauge::default(),
+            in_flight: Gauge::default(),
+            buffered_bytes: Gauge::default(),
+            healthy: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            heartbeat_unix: AtomicI64::new(0),
+        };
+        registry.register("events", "Changes written to Kafka", m.events.clone());
+        registry.register("bytes", "Bytes of keys and values handed to Kafka", m.bytes.clone());
+        registry.register("transactions", "Source transactions fully handed to Kafka", m.transactions.clone());
+        registry.register("backfill_rows", "Rows read by backfill", m.backfill_rows.clone());
+        registry.register("kafka_errors", "Kafka errors by reason", m.kafka_errors.clone());
+        registry.register("restarts", "Restarts of the capture loop by reason", m.restarts.clone());
+        registry.register("lag_bytes", "WAL bytes between the server's end and the confirmed position", m.lag_bytes.clone());
+        registry.register("lag_seconds", "Seconds from the newest commit to its delivery", m.lag_seconds.clone());
+        registry.register("confirmed_lsn", "Last LSN confirmed to PostgreSQL", m.confirmed_lsn.clone());
+        registry.register("in_flight_records", "Records not yet acknowledged by Kafka", m.in_flight.clone());
+        registry.register("buffered_bytes", "Bytes of streamed transactions buffered in memory", m.buffered_bytes.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// The capture is streaming (readiness).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The worker hit a definite error and is about to stop (liveness).
+    pub fn set_unhealthy(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
+    fn route(&self, path: &str) -> (StatusCode, String) {
+        match path {
+            "/metrics" => (StatusCode::OK, self.render()),
+            "/healthz" if self.healthy.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
+            "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n".into()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (status, body) = metrics.route(req.uri().path());
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = status;
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_and_names() {
+        let m = Metrics::default();
+        assert_eq!(m.route("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        m.set_ready(true);
+        assert_eq!(m.route("/readyz").0, StatusCode::OK);
+        m.events.inc_by(3);
+        let text = m.render();
+        assert!(text.contains("siphon_worker_events_total 3"), "{text}");
+        assert!(text.contains("siphon_worker_lag_bytes"), "{text}");
+    }
+}
