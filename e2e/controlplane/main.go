@@ -94,3 +94,5 @@ func main() {
 	}
 	os.Exit(run(os.Args[1:]))
 }
+
+// touch

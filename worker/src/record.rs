@@ -125,9 +125,14 @@ impl RecordEncoder {
         json::write_str(&mut source_db, settings.database.as_bytes());
         source_db.push(b',');
         let mut toast_json = Vec::new();
-        json::write_str(&mut toast_json, settings.output.toast_placeholder.as_bytes());
+        json::write_str(
+            &mut toast_json,
+            settings.output.toast_placeholder.as_bytes(),
+        );
         Self {
-            options: ValueOptions { decimal: settings.output.decimal_handling },
+            options: ValueOptions {
+                decimal: settings.output.decimal_handling,
+            },
             settings,
             registry,
             tables: HashMap::new(),
@@ -213,12 +218,24 @@ impl RecordEncoder {
             Op::Insert | Op::Read => {
                 let Some(new) = new else { return };
                 let key = ctx.key(new, None);
-                let value = envelope.value(settings, &mut ctx, change.op, None, Some(Side::new(new, None)));
+                let value = envelope.value(
+                    settings,
+                    &mut ctx,
+                    change.op,
+                    None,
+                    Some(Side::new(new, None)),
+                );
                 out.push(record(key, Some(value), &topic));
             }
             Op::Delete => {
                 let key = old.and_then(|o| ctx.key(o, None));
-                let value = envelope.value(settings, &mut ctx, Op::Delete, old.map(|o| Side::new(o, None)), None);
+                let value = envelope.value(
+                    settings,
+                    &mut ctx,
+                    Op::Delete,
+                    old.map(|o| Side::new(o, None)),
+                    None,
+                );
                 out.push(record(key.clone(), Some(value), &topic));
                 if settings.tombstones && key.is_some() {
                     out.push(record(key, None, &topic));
@@ -232,8 +249,13 @@ impl RecordEncoder {
                 if key_changed {
                     // Debezium's primary key change: a delete of the old key
                     // (and its tombstone), then a create under the new key.
-                    let delete =
-                        envelope.value(settings, &mut ctx, Op::Delete, old.map(|o| Side::new(o, None)), None);
+                    let delete = envelope.value(
+                        settings,
+                        &mut ctx,
+                        Op::Delete,
+                        old.map(|o| Side::new(o, None)),
+                        None,
+                    );
                     let mut first = record(old_key.clone(), Some(delete), &topic);
                     if settings.format == RecordFormat::Debezium
                         && let Some(k) = &new_key
@@ -244,8 +266,13 @@ impl RecordEncoder {
                     if settings.tombstones {
                         out.push(record(old_key.clone(), None, &topic));
                     }
-                    let create =
-                        envelope.value(settings, &mut ctx, Op::Insert, None, Some(Side::new(new, old)));
+                    let create = envelope.value(
+                        settings,
+                        &mut ctx,
+                        Op::Insert,
+                        None,
+                        Some(Side::new(new, old)),
+                    );
                     let mut second = record(new_key, Some(create), &topic);
                     if settings.format == RecordFormat::Debezium
                         && let Some(k) = old_key
@@ -258,8 +285,13 @@ impl RecordEncoder {
                     let before = old
                         .filter(|_| change.relation.replica_identity == b'f')
                         .map(|o| Side::new(o, None));
-                    let value =
-                        envelope.value(settings, &mut ctx, Op::Update, before, Some(Side::new(new, old)));
+                    let value = envelope.value(
+                        settings,
+                        &mut ctx,
+                        Op::Update,
+                        before,
+                        Some(Side::new(new, old)),
+                    );
                     out.push(record(new_key, Some(value), &topic));
                 }
             }
@@ -281,7 +313,12 @@ impl RecordEncoder {
         // Names already in snake_case keep them; a renamed column that would
         // collide with another column keeps its own name.
         let claimed: HashSet<&str> = if snake {
-            relation.columns.iter().map(|c| c.name.as_str()).filter(|n| snake_case(n) == *n).collect()
+            relation
+                .columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .filter(|n| snake_case(n) == *n)
+                .collect()
         } else {
             HashSet::new()
         };
@@ -290,7 +327,11 @@ impl RecordEncoder {
             .columns
             .iter()
             .map(|c| {
-                let renamed = if snake { snake_case(&c.name) } else { c.name.clone() };
+                let renamed = if snake {
+                    snake_case(&c.name)
+                } else {
+                    c.name.clone()
+                };
                 let chosen = if renamed == c.name
                     || claimed.contains(renamed.as_str())
                     || !taken.insert(renamed.clone())
@@ -302,17 +343,29 @@ impl RecordEncoder {
                 let mut name = Vec::with_capacity(chosen.len() + 3);
                 json::write_str(&mut name, chosen.as_bytes());
                 name.push(b':');
-                ColumnPlan { name, encoding: Encoding::resolve(c.type_oid, c.type_modifier, &self.registry) }
+                ColumnPlan {
+                    name,
+                    encoding: Encoding::resolve(c.type_oid, c.type_modifier, &self.registry),
+                }
             })
             .collect();
-        let key_columns = relation.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+        let key_columns = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_key)
+            .map(|(i, _)| i)
+            .collect();
         let mut source_tail = b",\"schema\":".to_vec();
         json::write_str(&mut source_tail, relation.schema.as_bytes());
         source_tail.extend_from_slice(b",\"table\":");
         json::write_str(&mut source_tail, relation.name.as_bytes());
         source_tail.extend_from_slice(b",\"txId\":");
         let mut qualified = Vec::new();
-        json::write_str(&mut qualified, format!("{}.{}", relation.schema, relation.name).as_bytes());
+        json::write_str(
+            &mut qualified,
+            format!("{}.{}", relation.schema, relation.name).as_bytes(),
+        );
         TablePlan {
             relation: Arc::clone(relation),
             topic: Arc::from(self.topic_for(&relation.schema, &relation.name)),
@@ -613,7 +666,13 @@ impl Envelope<'_> {
 /// (Debezium does the same).
 pub fn sanitize_topic(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -646,7 +705,11 @@ pub fn snake_case(name: &str) -> String {
     if out.ends_with('_') && !name.ends_with('_') {
         out.pop();
     }
-    if out.is_empty() { name.to_string() } else { out }
+    if out.is_empty() {
+        name.to_string()
+    } else {
+        out
+    }
 }
 
 #[cfg(test)]

@@ -87,7 +87,10 @@ pub enum Encoding {
     /// hstore → a string holding a JSON object (`hstore.handling.mode=json`).
     Hstore,
     /// An array (any number of dimensions) of `element`s.
-    Array { element: Box<Encoding>, delimiter: u8 },
+    Array {
+        element: Box<Encoding>,
+        delimiter: u8,
+    },
     /// A composite value → a JSON object; each field holds its `"name":` prefix.
     Composite { fields: Vec<(Box<[u8]>, Encoding)> },
 }
@@ -119,12 +122,20 @@ impl Encoding {
             oid::MONEY => Encoding::Money,
             oid::BYTEA => Encoding::Bytea,
             oid::DATE => Encoding::Date,
-            oid::TIME => Encoding::Time { millis: time_precision(typmod) <= 3 },
+            oid::TIME => Encoding::Time {
+                millis: time_precision(typmod) <= 3,
+            },
             oid::TIMETZ => Encoding::TimeTz,
-            oid::TIMESTAMP => Encoding::Timestamp { millis: time_precision(typmod) <= 3 },
-            oid::TIMESTAMPTZ => Encoding::TimestampTz { width: time_precision(typmod) as u8 },
+            oid::TIMESTAMP => Encoding::Timestamp {
+                millis: time_precision(typmod) <= 3,
+            },
+            oid::TIMESTAMPTZ => Encoding::TimestampTz {
+                width: time_precision(typmod) as u8,
+            },
             oid::INTERVAL => Encoding::Interval,
-            oid::BIT | oid::VARBIT => Encoding::Bits { boolean: typmod == 1 },
+            oid::BIT | oid::VARBIT => Encoding::Bits {
+                boolean: typmod == 1,
+            },
             oid::POINT => Encoding::Point,
             _ => {
                 if let Some(element) = oid::builtin_array_element(type_oid) {
@@ -138,7 +149,10 @@ impl Encoding {
                     return Encoding::Text;
                 };
                 match &info.kind {
-                    TypeKind::Domain { base, typmod: domain_typmod } => {
+                    TypeKind::Domain {
+                        base,
+                        typmod: domain_typmod,
+                    } => {
                         let typmod = if typmod >= 0 { typmod } else { *domain_typmod };
                         Self::resolve_at(*base, typmod, registry, next)
                     }
@@ -153,7 +167,8 @@ impl Encoding {
                                 let mut name = Vec::with_capacity(a.name.len() + 3);
                                 json::write_str(&mut name, a.name.as_bytes());
                                 name.push(b':');
-                                let encoding = Self::resolve_at(a.type_oid, a.type_modifier, registry, next);
+                                let encoding =
+                                    Self::resolve_at(a.type_oid, a.type_modifier, registry, next);
                                 (name.into_boxed_slice(), encoding)
                             })
                             .collect(),
@@ -191,7 +206,12 @@ impl Encoding {
 
     /// Writes the JSON of one value given its text. On error `out` is left as
     /// it was.
-    pub fn write_json(&self, text: &[u8], options: ValueOptions, out: &mut Vec<u8>) -> Result<(), ValueError> {
+    pub fn write_json(
+        &self,
+        text: &[u8],
+        options: ValueOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ValueError> {
         let start = out.len();
         let result = self.write(text, options, out);
         if result.is_err() {
@@ -200,7 +220,12 @@ impl Encoding {
         result
     }
 
-    fn write(&self, text: &[u8], options: ValueOptions, out: &mut Vec<u8>) -> Result<(), ValueError> {
+    fn write(
+        &self,
+        text: &[u8],
+        options: ValueOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ValueError> {
         match self {
             Encoding::Text => json::write_str(out, text),
             Encoding::Integer => {
@@ -236,12 +261,19 @@ impl Encoding {
                 let micros = temporal::parse_timetz(text).ok_or(bad("timetz"))?;
                 temporal::write_zoned_time(out, micros);
             }
-            Encoding::Timestamp { millis } => match temporal::parse_timestamp(text).ok_or(bad("timestamp"))? {
-                Instant::Finite(micros) => {
-                    json::write_i64(out, if *millis { micros.div_euclid(1000) } else { micros })
+            Encoding::Timestamp { millis } => {
+                match temporal::parse_timestamp(text).ok_or(bad("timestamp"))? {
+                    Instant::Finite(micros) => json::write_i64(
+                        out,
+                        if *millis {
+                            micros.div_euclid(1000)
+                        } else {
+                            micros
+                        },
+                    ),
+                    infinite => write_infinity(infinite, out),
                 }
-                infinite => write_infinity(infinite, out),
-            },
+            }
             Encoding::TimestampTz { width } => {
                 match temporal::parse_timestamptz(text).ok_or(bad("timestamptz"))? {
                     Instant::Finite(micros) => temporal::write_zoned_timestamp(out, micros, *width),
@@ -384,7 +416,9 @@ fn decode_bytea(text: &[u8]) -> Option<Cow<'_, [u8]>> {
             if !octal.iter().all(|b| (b'0'..=b'7').contains(b)) {
                 return None;
             }
-            let v = octal.iter().fold(0u16, |acc, b| acc * 8 + u16::from(b - b'0'));
+            let v = octal
+                .iter()
+                .fold(0u16, |acc, b| acc * 8 + u16::from(b - b'0'));
             bytes.push(u8::try_from(v).ok()?);
             i += 4;
         }
@@ -400,7 +434,11 @@ fn write_bits(text: &[u8], boolean: bool, out: &mut Vec<u8>) -> Option<()> {
         return None;
     }
     if boolean {
-        out.extend_from_slice(if text.contains(&b'1') { b"true" } else { b"false" });
+        out.extend_from_slice(if text.contains(&b'1') {
+            b"true"
+        } else {
+            b"false"
+        });
         return Some(());
     }
     let mut bytes = vec![0u8; text.len().div_ceil(8)];

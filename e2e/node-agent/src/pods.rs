@@ -993,10 +993,12 @@ impl Supervisor {
     }
 
     async fn refresh(&mut self) {
-        if self.sandbox_ready && !self.terminating && !self.frozen {
-            if let Err(e) = self.prepare_sandbox().await {
-                tracing::warn!(pod = %self.key, error = %e, "volume refresh failed");
-            }
+        if self.sandbox_ready
+            && !self.terminating
+            && !self.frozen
+            && let Err(e) = self.prepare_sandbox().await
+        {
+            tracing::warn!(pod = %self.key, error = %e, "volume refresh failed");
         }
         // Also retries a status report that failed.
     }

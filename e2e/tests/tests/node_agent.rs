@@ -112,17 +112,13 @@ fn pid_of(pod: &Pod) -> i32 {
     let id = pod
         .status
         .as_ref()
-        .unwrap()
-        .container_statuses
-        .as_ref()
-        .unwrap()[0]
-        .container_id
-        .clone()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
         .expect("containerID is set");
     id.strip_prefix("siphon://")
+        .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("unexpected containerID {id}"))
-        .parse()
-        .unwrap()
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -265,7 +261,7 @@ async fn scenario(client: &Client, ns: &str) {
             },
         )
         .await
-        .unwrap();
+        .expect("create secret");
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     config_maps
         .create(
@@ -280,22 +276,31 @@ async fn scenario(client: &Client, ns: &str) {
             },
         )
         .await
-        .unwrap();
+        .expect("create configmap");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments.create(&pp, &deployment()).await.unwrap();
+    deployments
+        .create(&pp, &deployment())
+        .await
+        .expect("create deployment");
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod = ready_pod(&pods, None).await;
     let name = pod.name_any();
-    let status = pod.status.clone().unwrap();
+    let status = pod.status.clone().expect("ready pod has a status");
     assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(status.start_time.is_some());
-    let cs = &status.container_statuses.as_ref().unwrap()[0];
+    let cs = &status
+        .container_statuses
+        .as_ref()
+        .expect("container statuses")[0];
     assert_eq!(cs.name, "app");
     assert_eq!(cs.image, "busybox:1.36");
     assert_eq!(cs.started, Some(true));
-    assert_eq!(pod.spec.as_ref().unwrap().node_name, Some(node_name()));
+    assert_eq!(
+        pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        Some(node_name())
+    );
     for t in ["Initialized", "ContainersReady", "Ready", "PodScheduled"] {
         assert!(
             status
@@ -336,7 +341,9 @@ async fn scenario(client: &Client, ns: &str) {
 
     // Deleting the pod stops the process, removes the pod, and the
     // Deployment's replacement comes up.
-    pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    pods.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
     wait_for("the deleted pod's process to exit", || async {
         (!process_alive(pid)).then_some(())
     })

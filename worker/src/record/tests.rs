@@ -43,7 +43,14 @@ fn row(id: &str, total: &str, note: Datum) -> Row {
 }
 
 fn key_only(id: &str) -> Row {
-    vec![t(id), Datum::Null, Datum::Null, Datum::Null, Datum::Null, Datum::Null]
+    vec![
+        t(id),
+        Datum::Null,
+        Datum::Null,
+        Datum::Null,
+        Datum::Null,
+        Datum::Null,
+    ]
 }
 
 fn change(op: Op, relation: Arc<Relation>, old: Option<Row>, new: Option<Row>) -> Change {
@@ -82,7 +89,8 @@ fn encode(enc: &mut RecordEncoder, c: &Change) -> Vec<Record> {
 
 fn parse(bytes: &Option<Vec<u8>>) -> Value {
     match bytes {
-        Some(b) => serde_json::from_slice(b).unwrap_or_else(|e| panic!("invalid JSON {:?}: {e}", String::from_utf8_lossy(b))),
+        Some(b) => serde_json::from_slice(b)
+            .unwrap_or_else(|e| panic!("invalid JSON {:?}: {e}", String::from_utf8_lossy(b))),
         None => Value::Null,
     }
 }
@@ -126,37 +134,86 @@ fn after_value(id: i64, total: &str, note: Value) -> Value {
 #[test]
 fn insert_is_a_create_with_key_and_topic() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "9.90", t("hi")))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "9.90", t("hi"))),
+        ),
+    );
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(&*r.topic, "shop.public.orders");
     assert_eq!(r.commit_lsn, Lsn(0x1_0000_0100));
     assert_eq!(parse(&r.key), json!({"id": 1}));
-    assert_eq!(parse(&r.value), envelope(Value::Null, after_value(1, "9.90", json!("hi")), "c"));
+    assert_eq!(
+        parse(&r.value),
+        envelope(Value::Null, after_value(1, "9.90", json!("hi")), "c")
+    );
     assert!(r.headers.is_empty());
 }
 
 #[test]
 fn the_envelope_keeps_debeziums_field_order() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "1", Datum::Null))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "1", Datum::Null)),
+        ),
+    );
     let text = String::from_utf8(records[0].value.clone().unwrap()).unwrap();
     let order = [
-        "\"before\"", "\"after\"", "\"source\"", "\"version\"", "\"connector\"", "\"name\"", "\"ts_ms\"",
-        "\"snapshot\"", "\"db\"", "\"sequence\"", "\"ts_us\"", "\"ts_ns\"", "\"schema\"", "\"table\"",
-        "\"txId\"", "\"lsn\"", "\"xmin\"", "\"op\"", "\"transaction\"",
+        "\"before\"",
+        "\"after\"",
+        "\"source\"",
+        "\"version\"",
+        "\"connector\"",
+        "\"name\"",
+        "\"ts_ms\"",
+        "\"snapshot\"",
+        "\"db\"",
+        "\"sequence\"",
+        "\"ts_us\"",
+        "\"ts_ns\"",
+        "\"schema\"",
+        "\"table\"",
+        "\"txId\"",
+        "\"lsn\"",
+        "\"xmin\"",
+        "\"op\"",
+        "\"transaction\"",
     ];
-    let positions: Vec<usize> = order.iter().map(|f| text.find(f).unwrap_or_else(|| panic!("{f} missing"))).collect();
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|f| text.find(f).unwrap_or_else(|| panic!("{f} missing")))
+        .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
 }
 
 #[test]
 fn update_with_default_identity_has_no_before() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Update, relation(b'd'), None, Some(row("1", "5", t("x")))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Update,
+            relation(b'd'),
+            None,
+            Some(row("1", "5", t("x"))),
+        ),
+    );
     assert_eq!(records.len(), 1);
     assert_eq!(parse(&records[0].key), json!({"id": 1}));
-    assert_eq!(parse(&records[0].value), envelope(Value::Null, after_value(1, "5", json!("x")), "u"));
+    assert_eq!(
+        parse(&records[0].value),
+        envelope(Value::Null, after_value(1, "5", json!("x")), "u")
+    );
 }
 
 #[test]
@@ -164,11 +221,18 @@ fn update_with_full_identity_has_the_old_row_and_fills_unchanged_toast_from_it()
     let mut enc = encoder(settings(RecordFormat::Debezium));
     let old = row("1", "4", t("long text"));
     let new = row("1", "5", Datum::UnchangedToast);
-    let records = encode(&mut enc, &change(Op::Update, relation(b'f'), Some(old), Some(new)));
+    let records = encode(
+        &mut enc,
+        &change(Op::Update, relation(b'f'), Some(old), Some(new)),
+    );
     assert_eq!(records.len(), 1);
     assert_eq!(
         parse(&records[0].value),
-        envelope(after_value(1, "4", json!("long text")), after_value(1, "5", json!("long text")), "u")
+        envelope(
+            after_value(1, "4", json!("long text")),
+            after_value(1, "5", json!("long text")),
+            "u"
+        )
     );
 }
 
@@ -183,12 +247,18 @@ fn unchanged_toast_without_old_value_is_the_placeholder() {
         Datum::UnchangedToast,
         Datum::UnchangedToast,
     ];
-    let records = encode(&mut enc, &change(Op::Update, relation(b'd'), None, Some(new)));
+    let records = encode(
+        &mut enc,
+        &change(Op::Update, relation(b'd'), None, Some(new)),
+    );
     let after = &parse(&records[0].value)["after"];
     let placeholder = "__debezium_unavailable_value";
     assert_eq!(after["note"], json!(placeholder));
     assert_eq!(after["tags"], json!([placeholder]));
-    assert_eq!(after["blob"], json!("X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="));
+    assert_eq!(
+        after["blob"],
+        json!("X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==")
+    );
     let bytes: Vec<Value> = placeholder.bytes().map(|b| json!(b)).collect();
     assert_eq!(after["counts"], Value::Array(bytes));
 }
@@ -196,24 +266,44 @@ fn unchanged_toast_without_old_value_is_the_placeholder() {
 #[test]
 fn key_change_is_delete_tombstone_create() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Update, relation(b'd'), Some(key_only("1")), Some(row("2", "5", t("x")))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Update,
+            relation(b'd'),
+            Some(key_only("1")),
+            Some(row("2", "5", t("x"))),
+        ),
+    );
     assert_eq!(records.len(), 3);
     let (delete, tombstone, create) = (&records[0], &records[1], &records[2]);
     assert_eq!(parse(&delete.key), json!({"id": 1}));
     let before = json!({"id": 1, "OrderTotal": null, "note": null, "tags": null, "blob": null, "counts": null});
     assert_eq!(parse(&delete.value), envelope(before, Value::Null, "d"));
-    assert_eq!(delete.headers, vec![(HEADER_NEW_KEY, br#"{"id":2}"#.to_vec())]);
+    assert_eq!(
+        delete.headers,
+        vec![(HEADER_NEW_KEY, br#"{"id":2}"#.to_vec())]
+    );
     assert_eq!(parse(&tombstone.key), json!({"id": 1}));
     assert_eq!(tombstone.value, None);
     assert_eq!(parse(&create.key), json!({"id": 2}));
-    assert_eq!(parse(&create.value), envelope(Value::Null, after_value(2, "5", json!("x")), "c"));
-    assert_eq!(create.headers, vec![(HEADER_OLD_KEY, br#"{"id":1}"#.to_vec())]);
+    assert_eq!(
+        parse(&create.value),
+        envelope(Value::Null, after_value(2, "5", json!("x")), "c")
+    );
+    assert_eq!(
+        create.headers,
+        vec![(HEADER_OLD_KEY, br#"{"id":1}"#.to_vec())]
+    );
 }
 
 #[test]
 fn delete_has_key_only_before_then_a_tombstone() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Delete, relation(b'd'), Some(key_only("3")), None));
+    let records = encode(
+        &mut enc,
+        &change(Op::Delete, relation(b'd'), Some(key_only("3")), None),
+    );
     assert_eq!(records.len(), 2);
     let before = json!({"id": 3, "OrderTotal": null, "note": null, "tags": null, "blob": null, "counts": null});
     assert_eq!(parse(&records[0].key), json!({"id": 3}));
@@ -223,15 +313,29 @@ fn delete_has_key_only_before_then_a_tombstone() {
 
     let mut quiet = settings(RecordFormat::Debezium);
     quiet.tombstones = false;
-    let records = encode(&mut encoder(quiet), &change(Op::Delete, relation(b'd'), Some(key_only("3")), None));
+    let records = encode(
+        &mut encoder(quiet),
+        &change(Op::Delete, relation(b'd'), Some(key_only("3")), None),
+    );
     assert_eq!(records.len(), 1);
 }
 
 #[test]
 fn delete_with_full_identity_has_the_whole_row() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Delete, relation(b'f'), Some(row("3", "1", t("n"))), None));
-    assert_eq!(parse(&records[0].value)["before"], after_value(3, "1", json!("n")));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Delete,
+            relation(b'f'),
+            Some(row("3", "1", t("n"))),
+            None,
+        ),
+    );
+    assert_eq!(
+        parse(&records[0].value)["before"],
+        after_value(3, "1", json!("n"))
+    );
 }
 
 #[test]
@@ -240,30 +344,52 @@ fn truncate_has_no_key_and_no_rows() {
     let records = encode(&mut enc, &change(Op::Truncate, relation(b'd'), None, None));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].key, None);
-    assert_eq!(parse(&records[0].value), envelope(Value::Null, Value::Null, "t"));
+    assert_eq!(
+        parse(&records[0].value),
+        envelope(Value::Null, Value::Null, "t")
+    );
 }
 
 #[test]
 fn read_carries_the_snapshot_marker() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let mut c = change(Op::Read, relation(b'd'), None, Some(row("1", "2", Datum::Null)));
+    let mut c = change(
+        Op::Read,
+        relation(b'd'),
+        None,
+        Some(row("1", "2", Datum::Null)),
+    );
     c.snapshot = Some("true");
     let records = encode(&mut enc, &c);
-    assert_eq!(parse(&records[0].value), envelope(Value::Null, after_value(1, "2", Value::Null), "r"));
+    assert_eq!(
+        parse(&records[0].value),
+        envelope(Value::Null, after_value(1, "2", Value::Null), "r")
+    );
 }
 
 #[test]
 fn sequence_names_the_previous_commit() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let first = change(Op::Insert, relation(b'd'), None, Some(row("1", "2", Datum::Null)));
+    let first = change(
+        Op::Insert,
+        relation(b'd'),
+        None,
+        Some(row("1", "2", Datum::Null)),
+    );
     let mut second = first.clone();
     second.commit_lsn = Lsn(0x2_0000_0000);
     second.lsn = Lsn(0x1_FFFF_FFF0);
     encode(&mut enc, &first);
     let again = encode(&mut enc, &first);
-    assert_eq!(parse(&again[0].value)["source"]["sequence"], json!("[null,\"4294967536\"]"));
+    assert_eq!(
+        parse(&again[0].value)["source"]["sequence"],
+        json!("[null,\"4294967536\"]")
+    );
     let records = encode(&mut enc, &second);
-    assert_eq!(parse(&records[0].value)["source"]["sequence"], json!("[\"4294967552\",\"8589934576\"]"));
+    assert_eq!(
+        parse(&records[0].value)["source"]["sequence"],
+        json!("[\"4294967552\",\"8589934576\"]")
+    );
 }
 
 #[test]
@@ -272,7 +398,15 @@ fn decimal_double_and_snake_case_options() {
     s.output.decimal_handling = DecimalHandling::Double;
     s.output.snake_case_columns = true;
     let mut enc = encoder(s);
-    let records = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "9.90", Datum::Null))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "9.90", Datum::Null)),
+        ),
+    );
     let after = &parse(&records[0].value)["after"];
     assert_eq!(after["order_total"], json!(9.9));
     assert_eq!(after.get("OrderTotal"), None);
@@ -281,8 +415,19 @@ fn decimal_double_and_snake_case_options() {
 #[test]
 fn a_value_in_an_unexpected_form_is_written_as_a_string() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "1,5", Datum::Null))));
-    assert_eq!(parse(&records[0].value)["after"]["OrderTotal"], json!("1,5"));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "1,5", Datum::Null)),
+        ),
+    );
+    assert_eq!(
+        parse(&records[0].value)["after"]["OrderTotal"],
+        json!("1,5")
+    );
     assert_eq!(enc.fallbacks(), 1);
 }
 
@@ -293,21 +438,48 @@ fn a_relation_without_key_columns_has_null_keys() {
         c.is_key = false;
     }
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    let records = encode(&mut enc, &change(Op::Insert, Arc::new(rel), None, Some(row("1", "1", Datum::Null))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            Arc::new(rel),
+            None,
+            Some(row("1", "1", Datum::Null)),
+        ),
+    );
     assert_eq!(records[0].key, None);
 }
 
 #[test]
 fn a_changed_relation_gets_a_new_plan() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
-    encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "1", Datum::Null))));
+    encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "1", Datum::Null)),
+        ),
+    );
     let mut renamed = (*relation(b'd')).clone();
     renamed.name = "orders v2".into();
     renamed.columns[2].name = "memo".into();
-    let records = encode(&mut enc, &change(Op::Insert, Arc::new(renamed), None, Some(row("1", "1", t("m")))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            Arc::new(renamed),
+            None,
+            Some(row("1", "1", t("m"))),
+        ),
+    );
     assert_eq!(&*records[0].topic, "shop.public.orders_v2");
     assert_eq!(parse(&records[0].value)["after"]["memo"], json!("m"));
-    assert_eq!(parse(&records[0].value)["source"]["table"], json!("orders v2"));
+    assert_eq!(
+        parse(&records[0].value)["source"]["table"],
+        json!("orders v2")
+    );
 }
 
 fn row_format(metadata: bool) -> RecordEncoder {
@@ -319,19 +491,38 @@ fn row_format(metadata: bool) -> RecordEncoder {
 #[test]
 fn row_format_insert_update_delete_truncate() {
     let mut enc = row_format(false);
-    let insert = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "2", t("a")))));
+    let insert = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "2", t("a"))),
+        ),
+    );
     assert_eq!(
         parse(&insert[0].value),
         json!({"table": "public.orders", "op": "insert", "ts": COMMIT_US / 1000,
                "data": after_value(1, "2", json!("a")), "old_data": null})
     );
-    let update = encode(&mut enc, &change(Op::Update, relation(b'f'), Some(row("1", "2", t("a"))), Some(row("1", "3", t("b")))));
+    let update = encode(
+        &mut enc,
+        &change(
+            Op::Update,
+            relation(b'f'),
+            Some(row("1", "2", t("a"))),
+            Some(row("1", "3", t("b"))),
+        ),
+    );
     assert_eq!(
         parse(&update[0].value),
         json!({"table": "public.orders", "op": "update", "ts": COMMIT_US / 1000,
                "data": after_value(1, "3", json!("b")), "old_data": after_value(1, "2", json!("a"))})
     );
-    let delete = encode(&mut enc, &change(Op::Delete, relation(b'd'), Some(key_only("1")), None));
+    let delete = encode(
+        &mut enc,
+        &change(Op::Delete, relation(b'd'), Some(key_only("1")), None),
+    );
     assert_eq!(delete.len(), 2);
     assert_eq!(parse(&delete[0].key), json!({"id": 1}));
     assert_eq!(
@@ -346,20 +537,44 @@ fn row_format_insert_update_delete_truncate() {
         parse(&truncate[0].value),
         json!({"table": "public.orders", "op": "truncate", "ts": COMMIT_US / 1000, "data": null, "old_data": null})
     );
-    let mut read = change(Op::Read, relation(b'd'), None, Some(row("1", "2", Datum::Null)));
+    let mut read = change(
+        Op::Read,
+        relation(b'd'),
+        None,
+        Some(row("1", "2", Datum::Null)),
+    );
     read.snapshot = Some("true");
-    assert_eq!(parse(&encode(&mut enc, &read)[0].value)["op"], json!("read"));
+    assert_eq!(
+        parse(&encode(&mut enc, &read)[0].value)["op"],
+        json!("read")
+    );
 }
 
 #[test]
 fn row_format_metadata() {
     let mut enc = row_format(true);
-    let records = encode(&mut enc, &change(Op::Insert, relation(b'd'), None, Some(row("1", "2", Datum::Null))));
+    let records = encode(
+        &mut enc,
+        &change(
+            Op::Insert,
+            relation(b'd'),
+            None,
+            Some(row("1", "2", Datum::Null)),
+        ),
+    );
     assert_eq!(
         parse(&records[0].value)["metadata"],
         json!({"schema": "public", "table": "orders", "lsn": "1/F0", "commit_lsn": "1/100", "tx_id": 777})
     );
-    let key_change = encode(&mut enc, &change(Op::Update, relation(b'd'), Some(key_only("1")), Some(row("2", "2", Datum::Null))));
+    let key_change = encode(
+        &mut enc,
+        &change(
+            Op::Update,
+            relation(b'd'),
+            Some(key_only("1")),
+            Some(row("2", "2", Datum::Null)),
+        ),
+    );
     assert_eq!(key_change.len(), 3);
     assert_eq!(parse(&key_change[0].value)["op"], json!("delete"));
     assert_eq!(parse(&key_change[2].value)["op"], json!("insert"));
@@ -390,7 +605,10 @@ fn snake_case_collisions_keep_the_original_name() {
     rel.columns[2].name = "order_total".into();
     let mut s = settings(RecordFormat::Debezium);
     s.output.snake_case_columns = true;
-    let records = encode(&mut encoder(s), &change(Op::Insert, Arc::new(rel), None, Some(row("1", "2", t("x")))));
+    let records = encode(
+        &mut encoder(s),
+        &change(Op::Insert, Arc::new(rel), None, Some(row("1", "2", t("x")))),
+    );
     let after = &parse(&records[0].value)["after"];
     assert_eq!(after["order_total"], json!("x"));
     assert_eq!(after["OrderTotal"], json!("2"));
@@ -399,5 +617,8 @@ fn snake_case_collisions_keep_the_original_name() {
 #[test]
 fn topics_are_sanitized() {
     assert_eq!(sanitize_topic("shop.public.orders"), "shop.public.orders");
-    assert_eq!(sanitize_topic("shop.My Schema.Ordres/été"), "shop.My_Schema.Ordres__t_");
+    assert_eq!(
+        sanitize_topic("shop.My Schema.Ordres/été"),
+        "shop.My_Schema.Ordres__t_"
+    );
 }

@@ -108,7 +108,11 @@ pub fn write_f64(out: &mut Vec<u8>, f: f64) {
     if f.is_nan() {
         out.extend_from_slice(b"\"NaN\"");
     } else if f.is_infinite() {
-        out.extend_from_slice(if f > 0.0 { b"\"Infinity\"" } else { b"\"-Infinity\"" });
+        out.extend_from_slice(if f > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
     } else {
         // serde_json formats finite floats with ryu; cannot fail into a Vec.
         let _ = serde_json::to_writer(&mut *out, &f);
@@ -189,7 +193,10 @@ mod tests {
     #[test]
     fn escapes_strings() {
         assert_eq!(s(|o| write_str(o, b"plain")), r#""plain""#);
-        assert_eq!(s(|o| write_str(o, b"a\"b\\c\nd\te\x01")), r#""a\"b\\c\nd\te\u0001""#);
+        assert_eq!(
+            s(|o| write_str(o, b"a\"b\\c\nd\te\x01")),
+            r#""a\"b\\c\nd\te\u0001""#
+        );
         assert_eq!(s(|o| write_str(o, "€ ✓".as_bytes())), "\"€ ✓\"");
         assert_eq!(s(|o| write_str(o, b"bad\xff")), "\"bad\u{fffd}\"");
         let round: String = serde_json::from_str(&s(|o| write_str(o, b"\x00\x1f\x7f\"'"))).unwrap();
@@ -207,9 +214,15 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(s(|o| write_base64(o, input.as_bytes())), format!("\"{expected}\""));
+            assert_eq!(
+                s(|o| write_base64(o, input.as_bytes())),
+                format!("\"{expected}\"")
+            );
         }
-        assert_eq!(s(|o| write_base64(o, &[0xff, 0xfe, 0xfd, 0x00])), "\"//79AA==\"");
+        assert_eq!(
+            s(|o| write_base64(o, &[0xff, 0xfe, 0xfd, 0x00])),
+            "\"//79AA==\""
+        );
     }
 
     #[test]
@@ -225,7 +238,9 @@ mod tests {
         for ok in ["0", "-0", "12", "1.5", "-1.5e+20", "1e-07", "1E5"] {
             assert!(is_json_number(ok.as_bytes()), "{ok}");
         }
-        for bad in ["", "-", "01", "1.", ".5", "1e", "NaN", "Infinity", "+1", "1 "] {
+        for bad in [
+            "", "-", "01", "1.", ".5", "1e", "NaN", "Infinity", "+1", "1 ",
+        ] {
             assert!(!is_json_number(bad.as_bytes()), "{bad}");
         }
         for ok in ["0", "-12", "9223372036854775807"] {

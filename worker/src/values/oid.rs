@@ -255,7 +255,10 @@ pub const NAMES: &[(u32, &str)] = &[
 
 /// The element type of a built-in array type.
 pub fn builtin_array_element(array_oid: u32) -> Option<u32> {
-    ARRAYS.iter().find(|(a, _)| *a == array_oid).map(|(_, e)| *e)
+    ARRAYS
+        .iter()
+        .find(|(a, _)| *a == array_oid)
+        .map(|(_, e)| *e)
 }
 
 /// First OID handed out to user-defined objects (`FirstNormalObjectId`);

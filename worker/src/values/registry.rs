@@ -54,10 +54,16 @@ pub struct TypeRegistry {
 /// Reading the catalog failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("reading types from pg_type failed (the capture user needs to be able to read pg_catalog): {0}")]
+    #[error(
+        "reading types from pg_type failed (the capture user needs to be able to read pg_catalog): {0}"
+    )]
     Query(#[source] tokio_postgres::Error),
     #[error("pg_type row for type {oid} has an unexpected {column}: {value:?}")]
-    Unexpected { oid: u32, column: &'static str, value: String },
+    Unexpected {
+        oid: u32,
+        column: &'static str,
+        value: String,
+    },
 }
 
 /// Non-built-in types plus every true array type (built-in arrays included,
@@ -95,14 +101,22 @@ impl TypeRegistry {
     pub async fn load(client: &tokio_postgres::Client) -> Result<Self, RegistryError> {
         let mut registry = Self::default();
         let mut attributes: HashMap<u32, Vec<Attribute>> = HashMap::new();
-        for row in client.query(ATTRIBUTES_SQL, &[]).await.map_err(RegistryError::Query)? {
+        for row in client
+            .query(ATTRIBUTES_SQL, &[])
+            .await
+            .map_err(RegistryError::Query)?
+        {
             attributes.entry(row.get(0)).or_default().push(Attribute {
                 name: row.get(1),
                 type_oid: row.get(2),
                 type_modifier: row.get(3),
             });
         }
-        for row in client.query(TYPES_SQL, &[]).await.map_err(RegistryError::Query)? {
+        for row in client
+            .query(TYPES_SQL, &[])
+            .await
+            .map_err(RegistryError::Query)?
+        {
             let oid: u32 = row.get(0);
             let typtype: String = row.get(3);
             let is_array: bool = row.get(4);
@@ -133,10 +147,21 @@ impl TypeRegistry {
                 },
                 "b" | "p" => TypeKind::Base,
                 _ => {
-                    return Err(RegistryError::Unexpected { oid, column: "typtype", value: typtype });
+                    return Err(RegistryError::Unexpected {
+                        oid,
+                        column: "typtype",
+                        value: typtype,
+                    });
                 }
             };
-            registry.insert(oid, TypeInfo { schema: row.get(1), name: row.get(2), kind });
+            registry.insert(
+                oid,
+                TypeInfo {
+                    schema: row.get(1),
+                    name: row.get(2),
+                    kind,
+                },
+            );
         }
         Ok(registry)
     }

@@ -148,7 +148,11 @@ fn time_part(c: &mut Cursor<'_>, allow_24: bool) -> Option<i64> {
     let s = c.fixed(2)?;
     let f = c.fraction_micros()?;
     let micros = ((h * 60 + m) * 60 + s) * MICROS_PER_SECOND + f;
-    let limit = if allow_24 { MICROS_PER_DAY } else { MICROS_PER_DAY - 1 };
+    let limit = if allow_24 {
+        MICROS_PER_DAY
+    } else {
+        MICROS_PER_DAY - 1
+    };
     (m < 60 && s < 60 && micros <= limit).then_some(micros)
 }
 
@@ -189,7 +193,8 @@ pub fn parse_date(s: &[u8]) -> Option<Instant> {
     let mut c = Cursor::new(s);
     let (year, month, day) = date_part(&mut c)?;
     let year = era(&mut c, year)?;
-    c.done().then(|| Instant::Finite(days_from_civil(year, month, day)))
+    c.done()
+        .then(|| Instant::Finite(days_from_civil(year, month, day)))
 }
 
 /// `time` output: microseconds of the day (24:00:00 is 86 400 000 000).
@@ -283,7 +288,8 @@ pub fn parse_interval(s: &[u8]) -> Option<i64> {
             _ => return None,
         }
     }
-    let total = months * i128::from(MICROS_PER_AVG_MONTH) + days * i128::from(MICROS_PER_DAY) + time;
+    let total =
+        months * i128::from(MICROS_PER_AVG_MONTH) + days * i128::from(MICROS_PER_DAY) + time;
     Some(total.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
 }
 
@@ -296,7 +302,9 @@ fn parse_signed(tok: &[u8]) -> Option<i128> {
     if digits.is_empty() || digits.len() > 30 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits.iter().fold(0_i128, |acc, b| acc * 10 + i128::from(b - b'0'));
+    let n = digits
+        .iter()
+        .fold(0_i128, |acc, b| acc * 10 + i128::from(b - b'0'));
     Some(if neg { -n } else { n })
 }
 
@@ -370,7 +378,16 @@ mod tests {
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(days_from_civil(1969, 12, 31), -1);
         assert_eq!(days_from_civil(0, 3, 1), -719_468);
-        for days in [-2_500_000, -719_469, -1, 0, 59, 11_016, 2_932_896, 2_145_042_905] {
+        for days in [
+            -2_500_000,
+            -719_469,
+            -1,
+            0,
+            59,
+            11_016,
+            2_932_896,
+            2_145_042_905,
+        ] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
@@ -386,9 +403,15 @@ mod tests {
             parse_date(b"0044-03-15 BC"),
             Some(Instant::Finite(days_from_civil(-43, 3, 15)))
         );
-        assert_eq!(parse_date(b"4714-11-24 BC"), Some(Instant::Finite(-2_440_588)));
+        assert_eq!(
+            parse_date(b"4714-11-24 BC"),
+            Some(Instant::Finite(-2_440_588))
+        );
         // The ends of PostgreSQL's date range (julian day 0 is 4714-11-24 BC).
-        assert_eq!(parse_date(b"5874897-12-31"), Some(Instant::Finite(2_145_042_905)));
+        assert_eq!(
+            parse_date(b"5874897-12-31"),
+            Some(Instant::Finite(2_145_042_905))
+        );
         assert_eq!(parse_date(b"infinity"), Some(Instant::PosInfinity));
         assert_eq!(parse_date(b"-infinity"), Some(Instant::NegInfinity));
         assert_eq!(parse_date(b"01/02/2024"), None);
@@ -408,23 +431,41 @@ mod tests {
 
     #[test]
     fn times_with_zone() {
-        assert_eq!(parse_timetz(b"10:00:00+02"), Some(8 * 3600 * MICROS_PER_SECOND));
-        assert_eq!(parse_timetz(b"01:00:00+05:30"), Some((19 * 3600 + 1800) * MICROS_PER_SECOND));
+        assert_eq!(
+            parse_timetz(b"10:00:00+02"),
+            Some(8 * 3600 * MICROS_PER_SECOND)
+        );
+        assert_eq!(
+            parse_timetz(b"01:00:00+05:30"),
+            Some((19 * 3600 + 1800) * MICROS_PER_SECOND)
+        );
         assert_eq!(parse_timetz(b"23:00:00-02"), Some(3600 * MICROS_PER_SECOND));
         assert_eq!(parse_timetz(b"24:00:00+00"), Some(MICROS_PER_DAY));
-        assert_eq!(parse_timetz(b"24:00:00+01"), Some(23 * 3600 * MICROS_PER_SECOND));
-        assert_eq!(parse_timetz(b"12:00:00+00:00:30"), Some((12 * 3600 - 30) * MICROS_PER_SECOND));
+        assert_eq!(
+            parse_timetz(b"24:00:00+01"),
+            Some(23 * 3600 * MICROS_PER_SECOND)
+        );
+        assert_eq!(
+            parse_timetz(b"12:00:00+00:00:30"),
+            Some((12 * 3600 - 30) * MICROS_PER_SECOND)
+        );
         assert_eq!(parse_timetz(b"12:00:00"), None);
     }
 
     #[test]
     fn timestamps() {
-        assert_eq!(parse_timestamp(b"1970-01-01 00:00:00"), Some(Instant::Finite(0)));
+        assert_eq!(
+            parse_timestamp(b"1970-01-01 00:00:00"),
+            Some(Instant::Finite(0))
+        );
         assert_eq!(
             parse_timestamp(b"2024-01-02 03:04:05.123456"),
             Some(Instant::Finite(1_704_164_645_123_456))
         );
-        assert_eq!(parse_timestamp(b"1969-12-31 23:59:59.5"), Some(Instant::Finite(-500_000)));
+        assert_eq!(
+            parse_timestamp(b"1969-12-31 23:59:59.5"),
+            Some(Instant::Finite(-500_000))
+        );
         assert_eq!(
             parse_timestamp(b"0001-01-01 00:00:00 BC"),
             Some(Instant::Finite(days_from_civil(0, 1, 1) * MICROS_PER_DAY))
@@ -442,11 +483,15 @@ mod tests {
         );
         assert_eq!(
             parse_timestamptz(b"1900-01-01 00:00:00+00:09:21"),
-            Some(Instant::Finite(days_from_civil(1900, 1, 1) * MICROS_PER_DAY - 561 * MICROS_PER_SECOND))
+            Some(Instant::Finite(
+                days_from_civil(1900, 1, 1) * MICROS_PER_DAY - 561 * MICROS_PER_SECOND
+            ))
         );
         assert_eq!(
             parse_timestamptz(b"0044-03-15 12:00:00+00 BC"),
-            Some(Instant::Finite(days_from_civil(-43, 3, 15) * MICROS_PER_DAY + 12 * 3600 * MICROS_PER_SECOND))
+            Some(Instant::Finite(
+                days_from_civil(-43, 3, 15) * MICROS_PER_DAY + 12 * 3600 * MICROS_PER_SECOND
+            ))
         );
         assert_eq!(parse_timestamptz(b"2024-01-02 03:04:05"), None);
     }
@@ -482,16 +527,40 @@ mod tests {
     #[test]
     fn zoned_strings() {
         let t = 1_704_164_645_123_000;
-        assert_eq!(written(|o| write_zoned_timestamp(o, t, 6)), r#""2024-01-02T03:04:05.123000Z""#);
-        assert_eq!(written(|o| write_zoned_timestamp(o, t, 3)), r#""2024-01-02T03:04:05.123Z""#);
-        assert_eq!(written(|o| write_zoned_timestamp(o, t, 0)), r#""2024-01-02T03:04:05.123Z""#);
-        assert_eq!(written(|o| write_zoned_timestamp(o, 0, 0)), r#""1970-01-01T00:00:00Z""#);
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, t, 6)),
+            r#""2024-01-02T03:04:05.123000Z""#
+        );
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, t, 3)),
+            r#""2024-01-02T03:04:05.123Z""#
+        );
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, t, 0)),
+            r#""2024-01-02T03:04:05.123Z""#
+        );
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, 0, 0)),
+            r#""1970-01-01T00:00:00Z""#
+        );
         let bc = days_from_civil(-43, 3, 15) * MICROS_PER_DAY;
-        assert_eq!(written(|o| write_zoned_timestamp(o, bc, 6)), r#""-0043-03-15T00:00:00.000000Z""#);
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, bc, 6)),
+            r#""-0043-03-15T00:00:00.000000Z""#
+        );
         let far = days_from_civil(10_000, 1, 1) * MICROS_PER_DAY;
-        assert_eq!(written(|o| write_zoned_timestamp(o, far, 0)), r#""+10000-01-01T00:00:00Z""#);
+        assert_eq!(
+            written(|o| write_zoned_timestamp(o, far, 0)),
+            r#""+10000-01-01T00:00:00Z""#
+        );
         assert_eq!(written(|o| write_zoned_time(o, 0)), r#""00:00:00Z""#);
-        assert_eq!(written(|o| write_zoned_time(o, 3_723_450_000)), r#""01:02:03.45Z""#);
-        assert_eq!(written(|o| write_zoned_time(o, MICROS_PER_DAY)), r#""24:00:00Z""#);
+        assert_eq!(
+            written(|o| write_zoned_time(o, 3_723_450_000)),
+            r#""01:02:03.45Z""#
+        );
+        assert_eq!(
+            written(|o| write_zoned_time(o, MICROS_PER_DAY)),
+            r#""24:00:00Z""#
+        );
     }
 }
