@@ -94,5 +94,3 @@ func main() {
 	}
 	os.Exit(run(os.Args[1:]))
 }
-
-// touch

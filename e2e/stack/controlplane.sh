@@ -84,7 +84,8 @@ cp__check_gomod() {
         cp__die "$gomod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION (versions.env); update go.mod and run 'go mod tidy'"
     bad="$(grep -E '=> k8s\.io/' "$gomod" | grep -Ev " ${KUBERNETES_STAGING_VERSION//./\\.}\$" || true)"
     [[ -z "$bad" ]] ||
-        cp__die "$gomod has staging replaces not at $KUBERNETES_STAGING_VERSION (versions.env): $bad"
+        cp__die "$gomod has $(wc -l <<<"$bad") staging replace(s) not at $KUBERNETES_STAGING_VERSION" \
+            "(versions.env), e.g. '$(head -n1 <<<"$bad" | tr -d '\t')'; update go.mod and run 'go mod tidy'"
 }
 
 # cp__ldflags prints the linker flags: strip symbols, and stamp the versions
