@@ -47,7 +47,10 @@ mod tests {
             on_disk == crd_yaml(),
             "crds/postgrescapture.yaml is stale: run `make crd` and commit the result"
         );
-        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/siphon/crds/postgrescapture.yaml");
+        let chart = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/siphon/crds/postgrescapture.yaml"
+        );
         assert!(
             std::fs::read_to_string(chart).unwrap_or_default() == on_disk,
             "charts/siphon/crds/postgrescapture.yaml differs from crds/: run `make crd`"

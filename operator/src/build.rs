@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -70,7 +71,10 @@ pub fn worker_config(capture: &PostgresCapture, plan: &Plan) -> WorkerConfig {
             password: None,
             password_env: Some(names::ENV_PG_PASSWORD.into()),
             ssl_mode: pg.ssl_mode,
-            ssl_root_cert: pg.ca_secret_ref.as_ref().map(|r| format!("{PG_CA_DIR}/{}", r.key)),
+            ssl_root_cert: pg
+                .ca_secret_ref
+                .as_ref()
+                .map(|r| format!("{PG_CA_DIR}/{}", r.key)),
         },
         mode: spec.mode,
         tables: spec.tables.clone(),
@@ -94,8 +98,16 @@ pub fn worker_config(capture: &PostgresCapture, plan: &Plan) -> WorkerConfig {
             topics: spec.kafka.topics.clone(),
             security_protocol: spec.kafka.security_protocol.clone(),
             sasl_mechanism: spec.kafka.sasl_mechanism.clone(),
-            sasl_username_env: spec.kafka.sasl_mechanism.as_ref().map(|_| names::ENV_KAFKA_USER.into()),
-            sasl_password_env: spec.kafka.sasl_mechanism.as_ref().map(|_| names::ENV_KAFKA_PASSWORD.into()),
+            sasl_username_env: spec
+                .kafka
+                .sasl_mechanism
+                .as_ref()
+                .map(|_| names::ENV_KAFKA_USER.into()),
+            sasl_password_env: spec
+                .kafka
+                .sasl_mechanism
+                .as_ref()
+                .map(|_| names::ENV_KAFKA_PASSWORD.into()),
             ssl_ca_location: kafka_auth
                 .then(|| spec.kafka.security_protocol.ends_with("ssl"))
                 .filter(|b| *b)
@@ -122,7 +134,10 @@ fn labels(plan: &Plan) -> BTreeMap<String, String> {
     BTreeMap::from([
         (names::CAPTURE_LABEL.to_string(), plan.name.clone()),
         (names::COMPONENT_LABEL.to_string(), "worker".to_string()),
-        (names::MANAGED_BY_LABEL.to_string(), "siphon-operator".to_string()),
+        (
+            names::MANAGED_BY_LABEL.to_string(),
+            "siphon-operator".to_string(),
+        ),
     ])
 }
 
@@ -170,7 +185,10 @@ pub fn worker_objects(
 
     let config_map = ConfigMap {
         metadata: meta(capture, plan),
-        data: Some(BTreeMap::from([(names::WORKER_CONFIG_KEY.to_string(), config_yaml)])),
+        data: Some(BTreeMap::from([(
+            names::WORKER_CONFIG_KEY.to_string(),
+            config_yaml,
+        )])),
         ..ConfigMap::default()
     };
 
@@ -185,7 +203,10 @@ pub fn worker_objects(
         metadata: meta(capture, plan),
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec![siphon_crds::GROUP.into()]),
-            resources: Some(vec!["postgrescaptures".into(), "postgrescaptures/status".into()]),
+            resources: Some(vec![
+                "postgrescaptures".into(),
+                "postgrescaptures/status".into(),
+            ]),
             resource_names: Some(vec![plan.name.clone()]),
             verbs: vec!["get".into(), "patch".into()],
             ..PolicyRule::default()
@@ -223,7 +244,12 @@ pub fn worker_objects(
         env_from_secret(names::ENV_PG_PASSWORD, &creds.name, &creds.password_key),
         EnvVar {
             name: "RUST_LOG".into(),
-            value: Some(pod_spec_in.log_level.clone().unwrap_or_else(|| "info".into())),
+            value: Some(
+                pod_spec_in
+                    .log_level
+                    .clone()
+                    .unwrap_or_else(|| "info".into()),
+            ),
             ..EnvVar::default()
         },
     ];
@@ -273,8 +299,16 @@ pub fn worker_objects(
     }
     if let Some(auth) = &spec.kafka.auth_secret_ref {
         if spec.kafka.sasl_mechanism.is_some() {
-            env.push(env_from_secret(names::ENV_KAFKA_USER, &auth.name, "username"));
-            env.push(env_from_secret(names::ENV_KAFKA_PASSWORD, &auth.name, "password"));
+            env.push(env_from_secret(
+                names::ENV_KAFKA_USER,
+                &auth.name,
+                "username",
+            ));
+            env.push(env_from_secret(
+                names::ENV_KAFKA_PASSWORD,
+                &auth.name,
+                "password",
+            ));
         }
         volumes.push(Volume {
             name: "kafka-tls".into(),
@@ -305,7 +339,12 @@ pub fn worker_objects(
 
     let container = Container {
         name: "worker".into(),
-        image: Some(pod_spec_in.image.clone().unwrap_or_else(|| defaults.image.clone())),
+        image: Some(
+            pod_spec_in
+                .image
+                .clone()
+                .unwrap_or_else(|| defaults.image.clone()),
+        ),
         image_pull_policy: Some(
             pod_spec_in
                 .image_pull_policy
@@ -356,7 +395,10 @@ pub fn worker_objects(
                 ..DeploymentStrategy::default()
             }),
             selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([(names::CAPTURE_LABEL.to_string(), plan.name.clone())])),
+                match_labels: Some(BTreeMap::from([(
+                    names::CAPTURE_LABEL.to_string(),
+                    plan.name.clone(),
+                )])),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
@@ -370,8 +412,10 @@ pub fn worker_objects(
                     automount_service_account_token: Some(true),
                     containers: vec![container],
                     volumes: Some(volumes),
-                    node_selector: (!pod_spec_in.node_selector.is_empty()).then(|| pod_spec_in.node_selector.clone()),
-                    tolerations: (!pod_spec_in.tolerations.is_empty()).then(|| pod_spec_in.tolerations.clone()),
+                    node_selector: (!pod_spec_in.node_selector.is_empty())
+                        .then(|| pod_spec_in.node_selector.clone()),
+                    tolerations: (!pod_spec_in.tolerations.is_empty())
+                        .then(|| pod_spec_in.tolerations.clone()),
                     termination_grace_period_seconds: Some(30),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -400,7 +444,7 @@ pub fn worker_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{tests::fixture, tests::SPEC, validate};
+    use crate::validate::{tests::SPEC, tests::fixture, validate};
 
     fn defaults() -> WorkerDefaults {
         WorkerDefaults {
@@ -439,7 +483,10 @@ mod tests {
         assert!(!yaml.contains("password:"), "no inline password: {yaml}");
         let pod = o.deployment.spec.unwrap().template.spec.unwrap();
         let env = pod.containers[0].env.clone().unwrap();
-        let pw = env.iter().find(|e| e.name == names::ENV_PG_PASSWORD).unwrap();
+        let pw = env
+            .iter()
+            .find(|e| e.name == names::ENV_PG_PASSWORD)
+            .unwrap();
         let sel = pw.value_from.clone().unwrap().secret_key_ref.unwrap();
         assert_eq!((sel.name.as_str(), sel.key.as_str()), ("pg", "password"));
     }
@@ -452,9 +499,15 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(o.service_account.automount_service_account_token, Some(false));
+        assert_eq!(
+            o.service_account.automount_service_account_token,
+            Some(false)
+        );
         let rule = &o.role.rules.unwrap()[0];
-        assert_eq!(rule.resource_names.as_deref(), Some(&["shop".to_string()][..]));
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["shop".to_string()][..])
+        );
     }
 
     #[test]

@@ -84,9 +84,20 @@ impl Context {
         Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
-    async fn event(&self, capture: &PostgresCapture, warning: bool, reason: &str, note: String, action: &str) {
+    async fn event(
+        &self,
+        capture: &PostgresCapture,
+        warning: bool,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
         let ev = KubeEvent {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
             action: action.into(),
@@ -103,7 +114,10 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let captures = Api::<PostgresCapture>::all(client.clone());
     Controller::new(captures, watcher::Config::default().any_semantic())
-        .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default())
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -127,10 +141,14 @@ async fn reconcile(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<A
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
-    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
     result
 }
 
@@ -167,15 +185,30 @@ async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Cr
             message: format!("cannot read Secret {ns}/{}: {e}", r.name),
             transient: true,
         })?
-        .ok_or_else(|| missing(format!("Secret {ns}/{} does not exist: create it with keys {} and {}", r.name, r.username_key, r.password_key)))?;
+        .ok_or_else(|| {
+            missing(format!(
+                "Secret {ns}/{} does not exist: create it with keys {} and {}",
+                r.name, r.username_key, r.password_key
+            ))
+        })?;
     let get = |key: &str| -> Result<String, Unfit> {
         secret
             .data
             .as_ref()
             .and_then(|d| d.get(key))
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key).cloned()))
-            .ok_or_else(|| missing(format!("Secret {ns}/{} has no key {key:?}: add it or set usernameKey/passwordKey", r.name)))
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key).cloned())
+            })
+            .ok_or_else(|| {
+                missing(format!(
+                    "Secret {ns}/{} has no key {key:?}: add it or set usernameKey/passwordKey",
+                    r.name
+                ))
+            })
     };
     Ok(Credentials {
         user: get(&r.username_key)?,
@@ -196,14 +229,22 @@ fn connect_params(capture: &PostgresCapture, creds: Credentials) -> ConnectParam
 }
 
 /// Patch the operator-owned part of the status (server-side apply).
-async fn patch_status(api: &Api<PostgresCapture>, name: &str, status: serde_json::Value) -> Result<(), kube::Error> {
+async fn patch_status(
+    api: &Api<PostgresCapture>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
     let body = json!({
         "apiVersion": format!("{}/{}", siphon_crds::GROUP, siphon_crds::VERSION),
         "kind": "PostgresCapture",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(names::OPERATOR_MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    api.patch_status(
+        name,
+        &PatchParams::apply(names::OPERATOR_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -217,12 +258,24 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
     let mut managed = old.managed.clone().unwrap_or_default();
     let mut slot = old.slot.clone();
 
-    let outcome = provision_and_deploy(&capture, &ctx, &api, &mut conds, &mut managed, &mut slot).await;
+    let outcome =
+        provision_and_deploy(&capture, &ctx, &api, &mut conds, &mut managed, &mut slot).await;
     let requeue = match &outcome {
         Ok(()) => Duration::from_secs(30),
         Err(Error::Unfit(u)) => {
-            set_condition(&mut conds, conditions::PROVISIONED, false, u.reason, &u.message, generation);
-            if u.transient { Duration::from_secs(10) } else { Duration::from_secs(60) }
+            set_condition(
+                &mut conds,
+                conditions::PROVISIONED,
+                false,
+                u.reason,
+                &u.message,
+                generation,
+            );
+            if u.transient {
+                Duration::from_secs(10)
+            } else {
+                Duration::from_secs(60)
+            }
         }
         Err(_) => Duration::from_secs(15),
     };
@@ -279,55 +332,133 @@ async fn provision_and_deploy(
             let api = patch_api.clone();
             let name = patch_name.clone();
             async move {
-                patch_status(&api, &name, json!({ "managed": m })).await.map_err(|e| Unfit {
-                    reason: reason::PROVISIONING_FAILED,
-                    message: format!("cannot record managed objects in the status: {e}"),
-                    transient: true,
-                })
+                patch_status(&api, &name, json!({ "managed": m }))
+                    .await
+                    .map_err(|e| Unfit {
+                        reason: reason::PROVISIONING_FAILED,
+                        message: format!("cannot record managed objects in the status: {e}"),
+                        transient: true,
+                    })
             }
         })
         .await?;
-        set_condition(conds, conditions::PROVISIONED, true, reason::RECONCILED, format!(
-            "slot {} and publication {} ready for {} table(s)", plan.slot, plan.publication, facts.tables.len()
-        ), generation);
+        set_condition(
+            conds,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            format!(
+                "slot {} and publication {} ready for {} table(s)",
+                plan.slot,
+                plan.publication,
+                facts.tables.len()
+            ),
+            generation,
+        );
     } else {
-        set_condition(conds, conditions::PROVISIONED, true, reason::RECONCILED, format!("{} table(s) ready for polling", facts.tables.len()), generation);
+        set_condition(
+            conds,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            format!("{} table(s) ready for polling", facts.tables.len()),
+            generation,
+        );
     }
 
     // Worker objects.
     let objects = build::worker_objects(capture, &plan, &ctx.defaults)?;
     let pp = PatchParams::apply(names::OPERATOR_MANAGER).force();
     let object_name = names::worker_object_name(&name);
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.config_map)).await?;
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.service_account)).await?;
-    Api::<Role>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.role)).await?;
-    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns).patch(&object_name, &pp, &Patch::Apply(&objects.role_binding)).await?;
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .patch(&object_name, &pp, &Patch::Apply(&objects.config_map))
+        .await?;
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+        .patch(&object_name, &pp, &Patch::Apply(&objects.service_account))
+        .await?;
+    Api::<Role>::namespaced(ctx.client.clone(), &ns)
+        .patch(&object_name, &pp, &Patch::Apply(&objects.role))
+        .await?;
+    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+        .patch(&object_name, &pp, &Patch::Apply(&objects.role_binding))
+        .await?;
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&object_name, &pp, &Patch::Apply(&objects.deployment))
         .await?;
 
-    let available = deployment.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     if capture.spec.suspend {
-        set_condition(conds, conditions::WORKER_AVAILABLE, false, reason::SUSPENDED, "suspended: the worker is scaled to zero", generation);
+        set_condition(
+            conds,
+            conditions::WORKER_AVAILABLE,
+            false,
+            reason::SUSPENDED,
+            "suspended: the worker is scaled to zero",
+            generation,
+        );
     } else if available > 0 {
-        set_condition(conds, conditions::WORKER_AVAILABLE, true, reason::STREAMING, "the worker pod is ready", generation);
+        set_condition(
+            conds,
+            conditions::WORKER_AVAILABLE,
+            true,
+            reason::STREAMING,
+            "the worker pod is ready",
+            generation,
+        );
     } else {
         let (why, msg) = worker_trouble(ctx, &ns, &name).await;
-        set_condition(conds, conditions::WORKER_AVAILABLE, false, why, msg, generation);
+        set_condition(
+            conds,
+            conditions::WORKER_AVAILABLE,
+            false,
+            why,
+            msg,
+            generation,
+        );
     }
 
     if logical {
         *slot = database::slot_status(&client, plan.slot.as_str()).await?;
         match slot.as_ref() {
-            None => set_condition(conds, conditions::WAL_HEALTHY, false, reason::SLOT_MISSING, format!(
-                "replication slot {} is missing; it is recreated only by deleting and re-creating the capture (a new slot would skip changes)", plan.slot
-            ), generation),
-            Some(s) if s.wal_status.as_deref() == Some("lost") => set_condition(conds, conditions::WAL_HEALTHY, false, reason::SLOT_LOST, format!(
-                "replication slot {} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed; raise max_slot_wal_keep_size, then delete and re-create the capture to backfill again", plan.slot
-            ), generation),
-            Some(s) => set_condition(conds, conditions::WAL_HEALTHY, true, reason::RECONCILED, format!(
-                "slot {} retains {} of WAL (wal_status {})", s.name, s.retained_wal.clone().unwrap_or_default(), s.wal_status.clone().unwrap_or_default()
-            ), generation),
+            None => set_condition(
+                conds,
+                conditions::WAL_HEALTHY,
+                false,
+                reason::SLOT_MISSING,
+                format!(
+                    "replication slot {} is missing; it is recreated only by deleting and re-creating the capture (a new slot would skip changes)",
+                    plan.slot
+                ),
+                generation,
+            ),
+            Some(s) if s.wal_status.as_deref() == Some("lost") => set_condition(
+                conds,
+                conditions::WAL_HEALTHY,
+                false,
+                reason::SLOT_LOST,
+                format!(
+                    "replication slot {} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed; raise max_slot_wal_keep_size, then delete and re-create the capture to backfill again",
+                    plan.slot
+                ),
+                generation,
+            ),
+            Some(s) => set_condition(
+                conds,
+                conditions::WAL_HEALTHY,
+                true,
+                reason::RECONCILED,
+                format!(
+                    "slot {} retains {} of WAL (wal_status {})",
+                    s.name,
+                    s.retained_wal.clone().unwrap_or_default(),
+                    s.wal_status.clone().unwrap_or_default()
+                ),
+                generation,
+            ),
         }
     }
     backfill_condition(capture, conds);
@@ -342,53 +473,132 @@ async fn worker_trouble(ctx: &Context, ns: &str, name: &str) -> (&'static str, S
         return (reason::WORKER_STARTING, "waiting for the worker pod".into());
     };
     for pod in list.items {
-        for cs in pod.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+        for cs in pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+        {
             if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
                 let r = w.reason.clone().unwrap_or_default();
-                if r == "CrashLoopBackOff" || r == "CreateContainerConfigError" || r.contains("Err") {
-                    return (reason::WORKER_FAILING, format!("worker container is {r}: {}; see its log", w.message.clone().unwrap_or_default()));
+                if r == "CrashLoopBackOff" || r == "CreateContainerConfigError" || r.contains("Err")
+                {
+                    return (
+                        reason::WORKER_FAILING,
+                        format!(
+                            "worker container is {r}: {}; see its log",
+                            w.message.clone().unwrap_or_default()
+                        ),
+                    );
                 }
             }
-            if cs.restart_count > 0 {
-                if let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-                    return (reason::WORKER_FAILING, format!(
-                        "worker restarted {} time(s), last exit code {}: {}", cs.restart_count, t.exit_code, t.message.clone().unwrap_or_default()
-                    ));
-                }
+            if cs.restart_count > 0
+                && let Some(t) = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+            {
+                return (
+                    reason::WORKER_FAILING,
+                    format!(
+                        "worker restarted {} time(s), last exit code {}: {}",
+                        cs.restart_count,
+                        t.exit_code,
+                        t.message.clone().unwrap_or_default()
+                    ),
+                );
             }
         }
     }
-    (reason::WORKER_STARTING, "waiting for the worker pod to become ready".into())
+    (
+        reason::WORKER_STARTING,
+        "waiting for the worker pod to become ready".into(),
+    )
 }
 
 fn backfill_condition(capture: &PostgresCapture, conds: &mut Vec<Condition>) {
     let generation = capture.metadata.generation;
-    if capture.spec.mode != CaptureMode::Logical || capture.spec.snapshot_or_default().mode == siphon_crds::capture::SnapshotMode::Never {
-        set_condition(conds, conditions::BACKFILL_COMPLETE, true, reason::BACKFILL_DISABLED, "no backfill requested", generation);
+    if capture.spec.mode != CaptureMode::Logical
+        || capture.spec.snapshot_or_default().mode == siphon_crds::capture::SnapshotMode::Never
+    {
+        set_condition(
+            conds,
+            conditions::BACKFILL_COMPLETE,
+            true,
+            reason::BACKFILL_DISABLED,
+            "no backfill requested",
+            generation,
+        );
         return;
     }
-    let tables = capture.status.as_ref().and_then(|s| s.progress.as_ref()).map(|p| p.tables.clone()).unwrap_or_default();
-    let pending: Vec<_> = tables.iter().filter(|t| t.state != "Done" && t.state != "Skipped").collect();
+    let tables = capture
+        .status
+        .as_ref()
+        .and_then(|s| s.progress.as_ref())
+        .map(|p| p.tables.clone())
+        .unwrap_or_default();
+    let pending: Vec<_> = tables
+        .iter()
+        .filter(|t| t.state != "Done" && t.state != "Skipped")
+        .collect();
     if tables.is_empty() {
-        set_condition(conds, conditions::BACKFILL_COMPLETE, false, reason::BACKFILL_RUNNING, "waiting for the worker to report backfill progress", generation);
+        set_condition(
+            conds,
+            conditions::BACKFILL_COMPLETE,
+            false,
+            reason::BACKFILL_RUNNING,
+            "waiting for the worker to report backfill progress",
+            generation,
+        );
     } else if pending.is_empty() {
-        set_condition(conds, conditions::BACKFILL_COMPLETE, true, reason::BACKFILL_DONE, format!("{} table(s) backfilled", tables.len()), generation);
+        set_condition(
+            conds,
+            conditions::BACKFILL_COMPLETE,
+            true,
+            reason::BACKFILL_DONE,
+            format!("{} table(s) backfilled", tables.len()),
+            generation,
+        );
     } else {
         let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
-        set_condition(conds, conditions::BACKFILL_COMPLETE, false, reason::BACKFILL_RUNNING, format!("{} of {} table(s) left, {copied} rows copied", pending.len(), tables.len()), generation);
+        set_condition(
+            conds,
+            conditions::BACKFILL_COMPLETE,
+            false,
+            reason::BACKFILL_RUNNING,
+            format!(
+                "{} of {} table(s) left, {copied} rows copied",
+                pending.len(),
+                tables.len()
+            ),
+            generation,
+        );
     }
 }
 
-async fn announce_transitions(ctx: &Context, capture: &PostgresCapture, old: &[Condition], new: &[Condition]) {
+async fn announce_transitions(
+    ctx: &Context,
+    capture: &PostgresCapture,
+    old: &[Condition],
+    new: &[Condition],
+) {
     for c in new {
         let before = status::find(old, &c.type_);
-        let changed = before.map(|b| b.status != c.status || b.reason != c.reason).unwrap_or(true);
+        let changed = before
+            .map(|b| b.status != c.status || b.reason != c.reason)
+            .unwrap_or(true);
         if !changed {
             continue;
         }
-        let warning = c.status == "False" && c.reason != reason::PROVISIONING && c.reason != reason::WORKER_STARTING
-            && c.reason != reason::BACKFILL_RUNNING && c.reason != reason::SUSPENDED;
-        ctx.event(capture, warning, &c.reason, format!("{}={}: {}", c.type_, c.status, c.message), &c.type_).await;
+        let warning = c.status == "False"
+            && c.reason != reason::PROVISIONING
+            && c.reason != reason::WORKER_STARTING
+            && c.reason != reason::BACKFILL_RUNNING
+            && c.reason != reason::SUSPENDED;
+        ctx.event(
+            capture,
+            warning,
+            &c.reason,
+            format!("{}={}: {}", c.type_, c.status, c.message),
+            &c.type_,
+        )
+        .await;
     }
 }
 
@@ -400,7 +610,10 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
 
     // 1. Stop the worker and wait for its pods to be gone.
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    match deployments.delete(&object_name, &DeleteParams::foreground()).await {
+    match deployments
+        .delete(&object_name, &DeleteParams::foreground())
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(e.into()),
@@ -414,26 +627,68 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         return Err(Error::WorkerStillRunning(name));
     }
 
-    let managed = capture.status.as_ref().and_then(|s| s.managed.clone()).unwrap_or_default();
+    let managed = capture
+        .status
+        .as_ref()
+        .and_then(|s| s.managed.clone())
+        .unwrap_or_default();
     if capture.spec.deletion_policy == DeletionPolicy::Retain {
-        ctx.event(&capture, false, "Retained", "deletionPolicy is Retain: database objects were left in place".into(), "Teardown").await;
+        ctx.event(
+            &capture,
+            false,
+            "Retained",
+            "deletionPolicy is Retain: database objects were left in place".into(),
+            "Teardown",
+        )
+        .await;
         return Ok(Action::await_change());
     }
-    if managed.slot.is_none() && managed.publication.is_none() && managed.watermark_table.is_none() && managed.triggers.is_empty() {
+    if managed.slot.is_none()
+        && managed.publication.is_none()
+        && managed.watermark_table.is_none()
+        && managed.triggers.is_empty()
+    {
         return Ok(Action::await_change());
     }
 
     // 2..6. Drop what we created.
     let blocked = |msg: String| async {
-        let mut conds = capture.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        set_condition(&mut conds, conditions::TEARDOWN_BLOCKED, true, reason::TEARDOWN_FAILED, &msg, capture.metadata.generation);
-        let _ = patch_status(&api, &name, json!({ "phase": "Deleting", "conditions": conds })).await;
-        ctx.event(&capture, true, reason::TEARDOWN_FAILED, msg.clone(), "Teardown").await;
+        let mut conds = capture
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        set_condition(
+            &mut conds,
+            conditions::TEARDOWN_BLOCKED,
+            true,
+            reason::TEARDOWN_FAILED,
+            &msg,
+            capture.metadata.generation,
+        );
+        let _ = patch_status(
+            &api,
+            &name,
+            json!({ "phase": "Deleting", "conditions": conds }),
+        )
+        .await;
+        ctx.event(
+            &capture,
+            true,
+            reason::TEARDOWN_FAILED,
+            msg.clone(),
+            "Teardown",
+        )
+        .await;
         Error::TeardownBlocked(msg)
     };
     let creds = match read_credentials(&ctx, &capture).await {
         Ok(c) => c,
-        Err(u) => return Err(blocked(format!("{}; or set spec.deletionPolicy: Retain to let go without dropping database objects", u.message)).await),
+        Err(u) => return Err(blocked(format!(
+            "{}; or set spec.deletionPolicy: Retain to let go without dropping database objects",
+            u.message
+        ))
+        .await),
     };
     let client = match database::connect(&connect_params(&capture, creds)).await {
         Ok(c) => c,
@@ -441,10 +696,22 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
     };
     let capture_id = names::capture_id(&ns, &name);
     if let Err(u) = database::teardown(&client, &managed, &capture_id).await {
-        return Err(blocked(format!("{}; or set spec.deletionPolicy: Retain to let go", u.message)).await);
+        return Err(blocked(format!(
+            "{}; or set spec.deletionPolicy: Retain to let go",
+            u.message
+        ))
+        .await);
     }
-    ctx.event(&capture, false, "TornDown", format!(
-        "dropped slot {:?}, publication {:?}, watermark table {:?}", managed.slot, managed.publication, managed.watermark_table
-    ), "Teardown").await;
+    ctx.event(
+        &capture,
+        false,
+        "TornDown",
+        format!(
+            "dropped slot {:?}, publication {:?}, watermark table {:?}",
+            managed.slot, managed.publication, managed.watermark_table
+        ),
+        "Teardown",
+    )
+    .await;
     Ok(Action::await_change())
 }

@@ -90,7 +90,10 @@ pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
         .password(&params.password)
         .application_name("siphon-operator")
         .connect_timeout(Duration::from_secs(10));
-    if matches!(params.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+    if matches!(
+        params.ssl_mode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
         return Err(Unfit::definite(
             reason::INVALID_SPEC,
             "the operator connects without TLS; set spec.postgres.sslMode to disable or prefer (TLS for the operator's own connection is not built yet; the worker supports every sslMode)",
@@ -121,7 +124,10 @@ fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> 
         ),
         Some("3D000") => Unfit::definite(
             reason::DATABASE_UNREACHABLE,
-            format!("database {:?} does not exist: fix spec.postgres.database", params.database),
+            format!(
+                "database {:?} does not exist: fix spec.postgres.database",
+                params.database
+            ),
         ),
         _ => Unfit {
             reason: reason::DATABASE_UNREACHABLE,
@@ -129,7 +135,9 @@ fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> 
                 "cannot reach PostgreSQL at {}:{}: {}; check spec.postgres.host and port and that the server accepts connections",
                 params.host,
                 params.port,
-                e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
             ),
             transient: true,
         },
@@ -138,7 +146,10 @@ fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> 
 
 fn sql_error(context: &str, e: tokio_postgres::Error) -> Unfit {
     let transient = e.is_closed() || e.as_db_error().is_none();
-    let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
     let reason = match e.code().map(|c| c.code()) {
         Some("42501") => reason::INSUFFICIENT_PRIVILEGE,
         _ if transient => reason::DATABASE_UNREACHABLE,
@@ -188,7 +199,9 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     if version < 100_000 {
         return Err(Unfit::definite(
             reason::UNSUPPORTED_SERVER_VERSION,
-            format!("PostgreSQL {version} is too old: Siphon needs PostgreSQL 10 or newer (14+ streams large transactions)"),
+            format!(
+                "PostgreSQL {version} is too old: Siphon needs PostgreSQL 10 or newer (14+ streams large transactions)"
+            ),
         ));
     }
 
@@ -196,7 +209,9 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         if wal_level != "logical" {
             return Err(Unfit::definite(
                 reason::WAL_LEVEL_NOT_LOGICAL,
-                format!("wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart PostgreSQL (or use mode: Polling)"),
+                format!(
+                    "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart PostgreSQL (or use mode: Polling)"
+                ),
             ));
         }
         if !can_replicate {
@@ -216,13 +231,17 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         if !exists && used_slots >= max_slots {
             return Err(Unfit::definite(
                 reason::NO_FREE_SLOTS,
-                format!("all {max_slots} replication slots are in use: raise max_replication_slots and restart PostgreSQL, or drop unused slots"),
+                format!(
+                    "all {max_slots} replication slots are in use: raise max_replication_slots and restart PostgreSQL, or drop unused slots"
+                ),
             ));
         }
         if used_senders >= max_senders {
             return Err(Unfit::definite(
                 reason::NO_FREE_WAL_SENDERS,
-                format!("all {max_senders} WAL senders are busy: raise max_wal_senders and restart PostgreSQL"),
+                format!(
+                    "all {max_senders} WAL senders are busy: raise max_wal_senders and restart PostgreSQL"
+                ),
             ));
         }
         exists
@@ -236,7 +255,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     }
 
     let publication_exists: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&plan.publication])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&plan.publication],
+        )
         .await
         .map_err(q("reading pg_publication"))?
         .get(0);
@@ -267,7 +289,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
             if !can_create {
                 return Err(Unfit::definite(
                     reason::INSUFFICIENT_PRIVILEGE,
-                    format!("the watermark table {ws}.{wt} is missing and the role may not create it: create it yourself (see docs) or GRANT CREATE ON SCHEMA {} TO the role", quote_ident(ws)),
+                    format!(
+                        "the watermark table {ws}.{wt} is missing and the role may not create it: create it yourself (see docs) or GRANT CREATE ON SCHEMA {} TO the role",
+                        quote_ident(ws)
+                    ),
                 ));
             }
         }
@@ -282,7 +307,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     })
 }
 
-async fn resolve_tables(client: &Client, refs: &[TableRef]) -> Result<Vec<(String, String)>, Unfit> {
+async fn resolve_tables(
+    client: &Client,
+    refs: &[TableRef],
+) -> Result<Vec<(String, String)>, Unfit> {
     let mut out = Vec::new();
     for t in refs {
         match &t.name {
@@ -299,7 +327,10 @@ async fn resolve_tables(client: &Client, refs: &[TableRef]) -> Result<Vec<(Strin
                 if !exists {
                     return Err(Unfit::definite(
                         reason::TABLE_NOT_FOUND,
-                        format!("table {}.{} does not exist: create it or remove it from spec.tables", t.schema, name),
+                        format!(
+                            "table {}.{} does not exist: create it or remove it from spec.tables",
+                            t.schema, name
+                        ),
                     ));
                 }
                 out.push((t.schema.clone(), name.clone()));
@@ -317,10 +348,16 @@ async fn resolve_tables(client: &Client, refs: &[TableRef]) -> Result<Vec<(Strin
                 if rows.is_empty() {
                     return Err(Unfit::definite(
                         reason::TABLE_NOT_FOUND,
-                        format!("schema {} has no tables (or does not exist): fix spec.tables", t.schema),
+                        format!(
+                            "schema {} has no tables (or does not exist): fix spec.tables",
+                            t.schema
+                        ),
                     ));
                 }
-                out.extend(rows.iter().map(|r| (t.schema.clone(), r.get::<_, String>(0))));
+                out.extend(
+                    rows.iter()
+                        .map(|r| (t.schema.clone(), r.get::<_, String>(0))),
+                );
             }
         }
     }
@@ -328,7 +365,13 @@ async fn resolve_tables(client: &Client, refs: &[TableRef]) -> Result<Vec<(Strin
     Ok(out)
 }
 
-async fn check_table(client: &Client, schema: &str, table: &str, plan: &Plan, superuser: bool) -> Result<(), Unfit> {
+async fn check_table(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    plan: &Plan,
+    superuser: bool,
+) -> Result<(), Unfit> {
     let row = client
         .query_one(
             "SELECT c.relreplident::text, \
@@ -371,7 +414,10 @@ async fn check_table(client: &Client, schema: &str, table: &str, plan: &Plan, su
     if !can_select {
         return Err(Unfit::definite(
             reason::INSUFFICIENT_PRIVILEGE,
-            format!("the role may not read {schema}.{table}: GRANT SELECT ON {} TO the role", qualified(schema, table)),
+            format!(
+                "the role may not read {schema}.{table}: GRANT SELECT ON {} TO the role",
+                qualified(schema, table)
+            ),
         ));
     }
     if plan.publication_mode == PublicationMode::Create && !owns && !superuser {
@@ -414,7 +460,13 @@ pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
                         cols.push(k.clone());
                     }
                 }
-                item.push_str(&format!(" ({})", cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")));
+                item.push_str(&format!(
+                    " ({})",
+                    cols.iter()
+                        .map(|c| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
             if let Some(filter) = &spec.filter {
                 item.push_str(&format!(" WHERE ({filter})"));
@@ -467,11 +519,20 @@ where
                 "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish_via_partition_root = true)",
                 quote_ident(&plan.publication)
             );
-            client.batch_execute(&sql).await.map_err(|e| sql_error("creating the publication", e))?;
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| sql_error("creating the publication", e))?;
         } else if managed.publication.as_deref() == Some(plan.publication.as_str()) {
             // Ours: keep its table list in step with the spec.
-            let sql = format!("ALTER PUBLICATION {} SET TABLE {tables}", quote_ident(&plan.publication));
-            client.batch_execute(&sql).await.map_err(|e| sql_error("updating the publication", e))?;
+            let sql = format!(
+                "ALTER PUBLICATION {} SET TABLE {tables}",
+                quote_ident(&plan.publication)
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| sql_error("updating the publication", e))?;
         } else {
             return Err(Unfit::definite(
                 reason::SLOT_CLAIMED,
@@ -489,7 +550,10 @@ where
             record(managed.clone()).await?;
         }
         match client
-            .query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&plan.slot.as_str()])
+            .query(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&plan.slot.as_str()],
+            )
             .await
         {
             Ok(_) => {}
@@ -534,11 +598,19 @@ pub fn human_bytes(n: i64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n}") } else { format!("{v:.1}{}", units[i]) }
+    if i == 0 {
+        format!("{n}")
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
 }
 
 /// Drop what `managed` lists, in the design's order; every step idempotent.
-pub async fn teardown(client: &Client, managed: &ManagedObjects, capture_id: &str) -> Result<(), Unfit> {
+pub async fn teardown(
+    client: &Client,
+    managed: &ManagedObjects,
+    capture_id: &str,
+) -> Result<(), Unfit> {
     if let Some(slot) = &managed.slot {
         client
             .query(
@@ -568,7 +640,10 @@ pub async fn teardown(client: &Client, managed: &ManagedObjects, capture_id: &st
     }
     if let Some(publication) = &managed.publication {
         client
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(publication)
+            ))
             .await
             .map_err(|e| sql_error("dropping the publication", e))?;
     }
@@ -578,32 +653,45 @@ pub async fn teardown(client: &Client, managed: &ManagedObjects, capture_id: &st
             let sql = format!(
                 "DO $$ BEGIN IF to_regclass({}) IS NOT NULL THEN EXECUTE {}; END IF; END $$",
                 quote_literal(&qualified(schema, name)),
-                quote_literal(&format!("DROP TRIGGER IF EXISTS {} ON {}", quote_ident(&trigger), qualified(schema, name)))
+                quote_literal(&format!(
+                    "DROP TRIGGER IF EXISTS {} ON {}",
+                    quote_ident(&trigger),
+                    qualified(schema, name)
+                ))
             );
-            client.batch_execute(&sql).await.map_err(|e| sql_error("dropping a NOTIFY trigger", e))?;
-        }
-    }
-    if let Some(function) = &managed.trigger_function {
-        if let Some((schema, name)) = function.split_once('.') {
             client
-                .batch_execute(&format!("DROP FUNCTION IF EXISTS {}()", qualified(schema, name)))
+                .batch_execute(&sql)
                 .await
-                .map_err(|e| sql_error("dropping the trigger function", e))?;
+                .map_err(|e| sql_error("dropping a NOTIFY trigger", e))?;
         }
     }
-    if let Some(wm) = &managed.watermark_table {
-        if let Some((schema, name)) = wm.split_once('.') {
-            let t = qualified(schema, name);
-            let sql = format!(
-                "DO $$ BEGIN IF to_regclass({lit}) IS NOT NULL THEN \
+    if let Some(function) = &managed.trigger_function
+        && let Some((schema, name)) = function.split_once('.')
+    {
+        client
+            .batch_execute(&format!(
+                "DROP FUNCTION IF EXISTS {}()",
+                qualified(schema, name)
+            ))
+            .await
+            .map_err(|e| sql_error("dropping the trigger function", e))?;
+    }
+    if let Some(wm) = &managed.watermark_table
+        && let Some((schema, name)) = wm.split_once('.')
+    {
+        let t = qualified(schema, name);
+        let sql = format!(
+            "DO $$ BEGIN IF to_regclass({lit}) IS NOT NULL THEN \
                    DELETE FROM {t} WHERE capture = {cap}; \
                    IF NOT EXISTS (SELECT 1 FROM {t}) THEN DROP TABLE {t}; END IF; \
                  END IF; END $$",
-                lit = quote_literal(&t),
-                cap = quote_literal(capture_id),
-            );
-            client.batch_execute(&sql).await.map_err(|e| sql_error("dropping the watermark table", e))?;
-        }
+            lit = quote_literal(&t),
+            cap = quote_literal(capture_id),
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| sql_error("dropping the watermark table", e))?;
     }
     Ok(())
 }
@@ -611,7 +699,7 @@ pub async fn teardown(client: &Client, managed: &ManagedObjects, capture_id: &st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::{tests::fixture, tests::SPEC, validate};
+    use crate::validate::{tests::SPEC, tests::fixture, validate};
 
     #[test]
     fn identifiers_are_quoted() {
@@ -639,7 +727,10 @@ mod tests {
             "\"public\".\"orders\" (\"id\", \"total\") WHERE (total > 0), \"public\".\"siphon_watermarks\""
         );
         facts.server_version_num = 140_000;
-        assert_eq!(publication_tables(&facts, &plan), "\"public\".\"orders\", \"public\".\"siphon_watermarks\"");
+        assert_eq!(
+            publication_tables(&facts, &plan),
+            "\"public\".\"orders\", \"public\".\"siphon_watermarks\""
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 /// Serve until the process ends; `ready` flips once the controller runs.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
@@ -35,11 +37,25 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
 
 fn route(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<Bytes>> {
     let (status, body, ctype) = match path {
-        "/metrics" => (StatusCode::OK, metrics.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => (
+            StatusCode::OK,
+            metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/readyz" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string(), "text/plain"),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_string(), "text/plain"),
+        "/readyz" if ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "ok\n".to_string(), "text/plain")
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".to_string(),
+            "text/plain",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "not found\n".to_string(),
+            "text/plain",
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;

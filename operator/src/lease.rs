@@ -27,10 +27,16 @@ pub struct LeaseConfig {
 
 /// Whether `lease` may be taken by `identity` at `now`.
 pub fn can_acquire(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
-    match (&spec.holder_identity, &spec.renew_time, spec.lease_duration_seconds) {
+    match (
+        &spec.holder_identity,
+        &spec.renew_time,
+        spec.lease_duration_seconds,
+    ) {
         (None, _, _) => true,
         (Some(h), _, _) if h == identity || h.is_empty() => true,
-        (Some(_), Some(renewed), Some(secs)) => renewed.0 + SignedDuration::from_secs(i64::from(secs)) < now,
+        (Some(_), Some(renewed), Some(secs)) => {
+            renewed.0 + SignedDuration::from_secs(i64::from(secs)) < now
+        }
         (Some(_), None, _) => true,
         (Some(_), Some(_), None) => true,
     }
@@ -87,7 +93,11 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, ku
 
 /// Block until this replica leads; then keep renewing in the background and
 /// call `lost` if leadership cannot be renewed in time.
-pub async fn acquire_and_hold(client: Client, cfg: LeaseConfig, lost: impl FnOnce() + Send + 'static) {
+pub async fn acquire_and_hold(
+    client: Client,
+    cfg: LeaseConfig,
+    lost: impl FnOnce() + Send + 'static,
+) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     loop {
         match try_acquire(&api, &cfg).await {
@@ -127,7 +137,9 @@ mod tests {
     fn spec(holder: &str, renewed_secs_ago: i64, duration: i32) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(holder.into()),
-            renew_time: Some(MicroTime(Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago))),
+            renew_time: Some(MicroTime(
+                Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago),
+            )),
             lease_duration_seconds: Some(duration),
             ..LeaseSpec::default()
         }

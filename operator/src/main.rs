@@ -22,10 +22,18 @@ struct Args {
     #[arg(long, env = "SIPHON_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: String,
     /// Image of the worker pods when a capture names none.
-    #[arg(long, env = "SIPHON_WORKER_IMAGE", default_value = "ghcr.io/siphon-dev/siphon:latest")]
+    #[arg(
+        long,
+        env = "SIPHON_WORKER_IMAGE",
+        default_value = "ghcr.io/siphon-dev/siphon:latest"
+    )]
     worker_image: String,
     /// Pull policy of the worker image.
-    #[arg(long, env = "SIPHON_WORKER_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    #[arg(
+        long,
+        env = "SIPHON_WORKER_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
     worker_image_pull_policy: String,
     /// Hold a Lease before reconciling, so that several replicas are safe.
     #[arg(long, env = "SIPHON_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -44,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -56,9 +67,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(http::serve(listener, metrics.clone(), ready.clone()));
 
-    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
-        format!("{}-{}", hostname(), std::process::id())
-    });
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
     if args.leader_election {
         let cfg = LeaseConfig {
             namespace: args.leader_election_namespace.clone(),
@@ -91,5 +101,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "siphon-operator".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "siphon-operator".into())
 }

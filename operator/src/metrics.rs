@@ -31,9 +31,21 @@ impl Default for Metrics {
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciliations by reason", errors.clone());
-        registry.register("reconcile_duration_seconds", "Time spent in one reconciliation", duration.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -49,7 +61,11 @@ impl Metrics {
         self.reconciles.inc();
         self.duration.observe(took.as_secs_f64());
         if let Some(reason) = error {
-            self.errors.get_or_create(&ErrorLabels { reason: reason.to_string() }).inc();
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    reason: reason.to_string(),
+                })
+                .inc();
         }
     }
 
@@ -72,7 +88,13 @@ mod tests {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(20), Some("kube"));
         let text = m.render();
-        assert!(text.contains("siphon_operator_reconciles_total 1"), "{text}");
-        assert!(text.contains("siphon_operator_reconcile_errors_total{reason=\"kube\"} 1"), "{text}");
+        assert!(
+            text.contains("siphon_operator_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("siphon_operator_reconcile_errors_total{reason=\"kube\"} 1"),
+            "{text}"
+        );
     }
 }

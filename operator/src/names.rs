@@ -43,7 +43,10 @@ impl SlotName {
         if name.is_empty() || name.len() > PG_IDENT_MAX {
             return Err(format!("slot name {name:?} must be 1 to 63 bytes"));
         }
-        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(format!(
                 "slot name {name:?} may hold only lowercase letters, digits and underscores"
             ));
@@ -59,7 +62,11 @@ impl SlotName {
             .chars()
             .map(|c| {
                 let c = c.to_ascii_lowercase();
-                if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '_' }
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '_'
+                }
             })
             .collect();
         if s.len() > PG_IDENT_MAX {
@@ -103,11 +110,20 @@ mod tests {
 
     #[test]
     fn derived_slot_names_are_valid_postgres_identifiers() {
-        assert_eq!(SlotName::derive("default", "shop-orders").as_str(), "siphon_default_shop_orders");
-        let long = SlotName::derive("a-very-long-namespace-name-indeed", "and-an-even-longer-capture-name-here");
+        assert_eq!(
+            SlotName::derive("default", "shop-orders").as_str(),
+            "siphon_default_shop_orders"
+        );
+        let long = SlotName::derive(
+            "a-very-long-namespace-name-indeed",
+            "and-an-even-longer-capture-name-here",
+        );
         assert!(long.as_str().len() <= 63);
         assert!(SlotName::parse(long.as_str()).is_ok());
-        let other = SlotName::derive("a-very-long-namespace-name-indeed", "and-an-even-longer-capture-name-herf");
+        let other = SlotName::derive(
+            "a-very-long-namespace-name-indeed",
+            "and-an-even-longer-capture-name-herf",
+        );
         assert_ne!(long, other, "hash suffix keeps long names apart");
     }
 

@@ -44,36 +44,76 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 
 /// Whether a condition is present and True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    find(conditions, type_).map(|c| c.status == "True").unwrap_or(false)
+    find(conditions, type_)
+        .map(|c| c.status == "True")
+        .unwrap_or(false)
 }
 
 /// Ready sums up the others: provisioned, worker available and WAL healthy.
-pub fn summarize_ready(conds: &mut Vec<Condition>, generation: Option<i64>, suspended: bool) -> &'static str {
+pub fn summarize_ready(
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    suspended: bool,
+) -> &'static str {
     use conditions::reason;
-    let blocker = [conditions::PROVISIONED, conditions::WORKER_AVAILABLE, conditions::WAL_HEALTHY]
-        .into_iter()
-        .filter_map(|t| find(conds, t))
-        .find(|c| c.status != "True")
-        .map(|c| (c.reason.clone(), c.message.clone()));
+    let blocker = [
+        conditions::PROVISIONED,
+        conditions::WORKER_AVAILABLE,
+        conditions::WAL_HEALTHY,
+    ]
+    .into_iter()
+    .filter_map(|t| find(conds, t))
+    .find(|c| c.status != "True")
+    .map(|c| (c.reason.clone(), c.message.clone()));
     if suspended {
-        set_condition(conds, conditions::READY, false, reason::SUSPENDED, "spec.suspend is true: the worker is stopped and the slot retains WAL", generation);
+        set_condition(
+            conds,
+            conditions::READY,
+            false,
+            reason::SUSPENDED,
+            "spec.suspend is true: the worker is stopped and the slot retains WAL",
+            generation,
+        );
         return "Suspended";
     }
     match blocker {
         Some((r, m)) => {
             set_condition(conds, conditions::READY, false, &r, m, generation);
-            if r == reason::PROVISIONING || r == reason::WORKER_STARTING { "Pending" } else { "Failed" }
+            if r == reason::PROVISIONING || r == reason::WORKER_STARTING {
+                "Pending"
+            } else {
+                "Failed"
+            }
         }
-        None if is_true(conds, conditions::PROVISIONED) && is_true(conds, conditions::WORKER_AVAILABLE) => {
-            set_condition(conds, conditions::READY, true, reason::STREAMING, "the worker is streaming changes into Kafka", generation);
-            if find(conds, conditions::BACKFILL_COMPLETE).map(|c| c.status == "False").unwrap_or(false) {
+        None if is_true(conds, conditions::PROVISIONED)
+            && is_true(conds, conditions::WORKER_AVAILABLE) =>
+        {
+            set_condition(
+                conds,
+                conditions::READY,
+                true,
+                reason::STREAMING,
+                "the worker is streaming changes into Kafka",
+                generation,
+            );
+            if find(conds, conditions::BACKFILL_COMPLETE)
+                .map(|c| c.status == "False")
+                .unwrap_or(false)
+            {
                 "Backfilling"
             } else {
                 "Streaming"
             }
         }
         None => {
-            set_condition(conds, conditions::READY, false, reason::PROVISIONING, "provisioning has not finished", generation);
+            set_condition(
+                conds,
+                conditions::READY,
+                false,
+                reason::PROVISIONING,
+                "provisioning has not finished",
+                generation,
+            );
             "Pending"
         }
     }
@@ -115,19 +155,50 @@ mod tests {
     #[test]
     fn ready_carries_the_first_blocker() {
         let mut c = Vec::new();
-        set_condition(&mut c, conditions::PROVISIONED, false, reason::WAL_LEVEL_NOT_LOGICAL, "set wal_level", Some(1));
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            false,
+            reason::WAL_LEVEL_NOT_LOGICAL,
+            "set wal_level",
+            Some(1),
+        );
         let phase = summarize_ready(&mut c, Some(1), false);
         let ready = find(&c, conditions::READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reason::WAL_LEVEL_NOT_LOGICAL));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::WAL_LEVEL_NOT_LOGICAL)
+        );
         assert_eq!(phase, "Failed");
     }
 
     #[test]
     fn ready_when_provisioned_and_worker_available() {
         let mut c = Vec::new();
-        set_condition(&mut c, conditions::PROVISIONED, true, reason::RECONCILED, "", Some(1));
-        set_condition(&mut c, conditions::WORKER_AVAILABLE, true, reason::STREAMING, "", Some(1));
-        set_condition(&mut c, conditions::WAL_HEALTHY, true, reason::RECONCILED, "", Some(1));
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            "",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            true,
+            reason::STREAMING,
+            "",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::WAL_HEALTHY,
+            true,
+            reason::RECONCILED,
+            "",
+            Some(1),
+        );
         assert_eq!(summarize_ready(&mut c, Some(1), false), "Streaming");
         assert!(is_true(&c, conditions::READY));
     }

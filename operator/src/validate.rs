@@ -74,10 +74,15 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
 
     let logical = spec.logical_or_default();
     let slot = match &logical.slot_name {
-        Some(s) => SlotName::parse(s).map_err(|e| invalid(format!("spec.logical.slotName: {e}")))?,
+        Some(s) => {
+            SlotName::parse(s).map_err(|e| invalid(format!("spec.logical.slotName: {e}")))?
+        }
         None => SlotName::derive(&namespace, &name),
     };
-    let publication = logical.publication_name.clone().unwrap_or_else(|| slot.as_str().to_string());
+    let publication = logical
+        .publication_name
+        .clone()
+        .unwrap_or_else(|| slot.as_str().to_string());
     let heartbeat = duration::parse(&logical.heartbeat_interval)
         .map_err(|e| invalid(format!("spec.logical.heartbeatInterval: {e}")))?;
 
@@ -108,7 +113,8 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
             .polling
             .as_ref()
             .ok_or_else(|| invalid("spec.polling is required when spec.mode is Polling".into()))?;
-        duration::parse(&polling.interval).map_err(|e| invalid(format!("spec.polling.interval: {e}")))?;
+        duration::parse(&polling.interval)
+            .map_err(|e| invalid(format!("spec.polling.interval: {e}")))?;
         if let Some(l) = &polling.lateness {
             duration::parse(l).map_err(|e| invalid(format!("spec.polling.lateness: {e}")))?;
         }
@@ -147,31 +153,49 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         heartbeat,
         database_id,
     };
-    if plan.mode == CaptureMode::Logical {
-        if let Some(conflict) = claim_conflict(capture, &plan, others) {
-            return Err(conflict);
-        }
+    if plan.mode == CaptureMode::Logical
+        && let Some(conflict) = claim_conflict(capture, &plan, others)
+    {
+        return Err(conflict);
     }
     Ok(plan)
 }
 
 /// Another, older capture already uses this slot or publication in the same
 /// database: the newer one is refused and touches nothing.
-fn claim_conflict(me: &PostgresCapture, plan: &Plan, others: &[PostgresCapture]) -> Option<Invalid> {
-    let my_key = (me.creation_timestamp().map(|t| t.0), me.namespace(), me.name_any());
+fn claim_conflict(
+    me: &PostgresCapture,
+    plan: &Plan,
+    others: &[PostgresCapture],
+) -> Option<Invalid> {
+    let my_key = (
+        me.creation_timestamp().map(|t| t.0),
+        me.namespace(),
+        me.name_any(),
+    );
     for other in others {
         if other.uid() == me.uid() || other.spec.mode != CaptureMode::Logical {
             continue;
         }
-        let Ok(theirs) = validate_names_only(other) else { continue };
+        let Ok(theirs) = validate_names_only(other) else {
+            continue;
+        };
         if theirs.database_id != plan.database_id {
             continue;
         }
-        let other_key = (other.creation_timestamp().map(|t| t.0), other.namespace(), other.name_any());
+        let other_key = (
+            other.creation_timestamp().map(|t| t.0),
+            other.namespace(),
+            other.name_any(),
+        );
         if other_key >= my_key {
             continue;
         }
-        let who = format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any());
+        let who = format!(
+            "{}/{}",
+            other.namespace().unwrap_or_default(),
+            other.name_any()
+        );
         if theirs.slot == plan.slot {
             return Some(Invalid {
                 reason: reason::SLOT_CLAIMED,
@@ -181,7 +205,9 @@ fn claim_conflict(me: &PostgresCapture, plan: &Plan, others: &[PostgresCapture])
                 ),
             });
         }
-        if theirs.publication == plan.publication && plan.publication_mode == PublicationMode::Create {
+        if theirs.publication == plan.publication
+            && plan.publication_mode == PublicationMode::Create
+        {
             return Some(Invalid {
                 reason: reason::SLOT_CLAIMED,
                 message: format!(
@@ -204,11 +230,16 @@ fn validate_names_only(capture: &PostgresCapture) -> Result<Names, ()> {
     let logical = capture.spec.logical_or_default();
     let slot = match &logical.slot_name {
         Some(s) => SlotName::parse(s).map_err(|_| ())?,
-        None => SlotName::derive(&capture.namespace().unwrap_or_default(), &capture.name_any()),
+        None => SlotName::derive(
+            &capture.namespace().unwrap_or_default(),
+            &capture.name_any(),
+        ),
     };
     let pg = &capture.spec.postgres;
     Ok(Names {
-        publication: logical.publication_name.unwrap_or_else(|| slot.as_str().to_string()),
+        publication: logical
+            .publication_name
+            .unwrap_or_else(|| slot.as_str().to_string()),
         slot,
         database_id: format!("{}:{}/{}", pg.host, pg.port, pg.database),
     })
@@ -238,42 +269,66 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
         let plan = validate(&fixture("default", "shop", SPEC), &[]).unwrap();
         assert_eq!(plan.slot.as_str(), "siphon_default_shop");
         assert_eq!(plan.publication, "siphon_default_shop");
-        assert_eq!(plan.watermark, Some(("public".into(), "siphon_watermarks".into())));
+        assert_eq!(
+            plan.watermark,
+            Some(("public".into(), "siphon_watermarks".into()))
+        );
         assert_eq!(plan.tables[0].qualified(), "public.orders");
         assert_eq!(plan.database_id, "127.0.0.1:5432/shop");
     }
 
     #[test]
     fn reserved_kafka_options_are_refused_with_the_fix() {
-        let spec = SPEC.replace("topicPrefix: shop", "topicPrefix: shop, options: { acks: \"1\" }");
+        let spec = SPEC.replace(
+            "topicPrefix: shop",
+            "topicPrefix: shop, options: { acks: \"1\" }",
+        );
         let err = validate(&fixture("default", "shop", &spec), &[]).unwrap_err();
         assert_eq!(err.reason, reason::INVALID_SPEC);
-        assert!(err.message.contains("spec.kafka.options.acks"), "{}", err.message);
+        assert!(
+            err.message.contains("spec.kafka.options.acks"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn the_younger_of_two_captures_on_one_slot_is_refused() {
         let spec = SPEC.replace("tables:", "logical: { slotName: shared }\ntables:");
         let mut old = fixture("a", "first", &spec);
-        old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap()));
+        old.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap(),
+        ));
         let mut young = fixture("b", "second", &spec);
-        young.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap()));
+        young.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+        ));
         let err = validate(&young, &[old.clone(), young.clone()]).unwrap_err();
         assert_eq!(err.reason, reason::SLOT_CLAIMED);
         assert!(err.message.contains("a/first"), "{}", err.message);
-        assert!(validate(&old, &[old.clone(), young]).is_ok(), "the older one keeps its slot");
+        assert!(
+            validate(&old, &[old.clone(), young]).is_ok(),
+            "the older one keeps its slot"
+        );
     }
 
     #[test]
     fn same_slot_name_in_another_database_is_fine() {
         let spec = SPEC.replace("tables:", "logical: { slotName: shared }\ntables:");
-        let other = fixture("a", "first", &spec.replace("database: shop", "database: other"));
+        let other = fixture(
+            "a",
+            "first",
+            &spec.replace("database: shop", "database: other"),
+        );
         assert!(validate(&fixture("b", "second", &spec), &[other]).is_ok());
     }
 
     #[test]
     fn schema_wildcards_cannot_carry_column_lists() {
-        let spec = SPEC.replace("{ name: public.orders }", "{ name: public.*, columns: [id] }");
+        let spec = SPEC.replace(
+            "{ name: public.orders }",
+            "{ name: public.*, columns: [id] }",
+        );
         assert!(validate(&fixture("default", "x", &spec), &[]).is_err());
     }
 }

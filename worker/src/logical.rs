@@ -40,8 +40,9 @@ use crate::offsets::{self, Position};
 use crate::progress::Progress;
 use crate::record::{EncoderSettings, Record, RecordEncoder};
 use crate::replication::{
-    Assembler, AssemblerConfig, AssemblyError, ConnectParams, Decoder, DecodeError, ReplicationConnection,
-    ReplicationError, ReplicationMessage, ReplicationOptions, SslMode, TxEvent, choose_protocol,
+    Assembler, AssemblerConfig, AssemblyError, ConnectParams, DecodeError, Decoder,
+    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationOptions, SslMode,
+    TxEvent, choose_protocol,
 };
 use crate::sink::{KafkaSink, SinkError, options, topics};
 use crate::values::registry::TypeRegistry;
@@ -74,11 +75,17 @@ pub enum CaptureError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("replication slot {slot} does not exist: the operator (or `logical.createSlot: true`) must create it; a new slot would silently skip changes")]
+    #[error(
+        "replication slot {slot} does not exist: the operator (or `logical.createSlot: true`) must create it; a new slot would silently skip changes"
+    )]
     SlotMissing { slot: String },
-    #[error("replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL this capture still needed; raise max_slot_wal_keep_size and re-create the capture to backfill again")]
+    #[error(
+        "replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL this capture still needed; raise max_slot_wal_keep_size and re-create the capture to backfill again"
+    )]
     SlotLost { slot: String },
-    #[error("replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot")]
+    #[error(
+        "replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot"
+    )]
     SlotActive { slot: String, pid: i32 },
     #[error("TLS for the worker's SQL connection needs sslMode disable or prefer for now: {0}")]
     Unsupported(&'static str),
@@ -90,7 +97,9 @@ impl CaptureError {
         match self {
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Sink(e) => e.is_transient(),
-            CaptureError::Sql { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            CaptureError::Sql { source, .. } => {
+                source.is_closed() || source.as_db_error().is_none()
+            }
             CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
             CaptureError::SlotActive { .. } => true,
             CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
@@ -134,7 +143,11 @@ fn ssl_mode(mode: SpecSslMode) -> SslMode {
 /// Replication connection parameters of a configuration.
 pub fn connect_params(v: &Validated) -> ConnectParams {
     let pg = &v.config.postgres;
-    let mut p = ConnectParams::new(pg.host.clone(), v.secrets.pg_user.clone(), pg.database.clone());
+    let mut p = ConnectParams::new(
+        pg.host.clone(),
+        v.secrets.pg_user.clone(),
+        pg.database.clone(),
+    );
     p.port = pg.port;
     p.password = v.secrets.pg_password.clone();
     p.ssl_mode = ssl_mode(pg.ssl_mode);
@@ -146,7 +159,9 @@ pub fn connect_params(v: &Validated) -> ConnectParams {
 pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, CaptureError> {
     let pg = &v.config.postgres;
     if !matches!(pg.ssl_mode, SpecSslMode::Disable | SpecSslMode::Prefer) {
-        return Err(CaptureError::Unsupported("set postgres.sslMode to disable or prefer"));
+        return Err(CaptureError::Unsupported(
+            "set postgres.sslMode to disable or prefer",
+        ));
     }
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&pg.host)
@@ -158,10 +173,13 @@ pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, Captur
     if let Some(pw) = &v.secrets.pg_password {
         cfg.password(pw);
     }
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|source| CaptureError::Sql { what: "connecting", source })?;
+    let (client, conn) =
+        cfg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| CaptureError::Sql {
+                what: "connecting",
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, "sql connection closed");
@@ -180,12 +198,21 @@ pub async fn check_slot(sql: &tokio_postgres::Client, v: &Validated) -> Result<(
             &[slot],
         )
         .await
-        .map_err(|source| CaptureError::Sql { what: "reading pg_replication_slots", source })?;
+        .map_err(|source| CaptureError::Sql {
+            what: "reading pg_replication_slots",
+            source,
+        })?;
     match rows.first() {
         None if v.config.logical.create_slot => {
-            sql.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[slot])
-                .await
-                .map_err(|source| CaptureError::Sql { what: "creating the slot", source })?;
+            sql.query(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
+            .await
+            .map_err(|source| CaptureError::Sql {
+                what: "creating the slot",
+                source,
+            })?;
             tracing::info!(%slot, "created replication slot");
             Ok(())
         }
@@ -197,7 +224,10 @@ pub async fn check_slot(sql: &tokio_postgres::Client, v: &Validated) -> Result<(
                 return Err(CaptureError::SlotLost { slot: slot.clone() });
             }
             if let Some(pid) = pid {
-                return Err(CaptureError::SlotActive { slot: slot.clone(), pid });
+                return Err(CaptureError::SlotActive {
+                    slot: slot.clone(),
+                    pid,
+                });
             }
             Ok(())
         }
@@ -273,7 +303,9 @@ impl Loop<'_> {
                 self.metrics.events.inc();
             }
             self.metrics.bytes.inc_by(bytes as u64);
-            self.sink.send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers).await?;
+            self.sink
+                .send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
+                .await?;
             self.kafka_txn_records += 1;
         }
         Ok(())
@@ -286,7 +318,10 @@ impl Loop<'_> {
                 let _ = final_lsn;
             }
             TxEvent::Change(change) => {
-                if self.exactly_once && change.commit_lsn <= self.skip_through && self.skip_through.0 != 0 {
+                if self.exactly_once
+                    && change.commit_lsn <= self.skip_through
+                    && self.skip_through.0 != 0
+                {
                     return Ok(());
                 }
                 self.handle_change(&change).await?;
@@ -330,9 +365,16 @@ impl Loop<'_> {
         let payload = self.position.encode();
         let topic = self.v.config.kafka.offsets_topic.clone();
         self.sink
-            .send(&topic, Some(self.v.config.name.as_bytes()), Some(&payload), &[])
+            .send(
+                &topic,
+                Some(self.v.config.name.as_bytes()),
+                Some(&payload),
+                &[],
+            )
             .await?;
-        self.sink.commit_transaction(Duration::from_secs(60)).await?;
+        self.sink
+            .commit_transaction(Duration::from_secs(60))
+            .await?;
         self.kafka_txn_open = false;
         self.skip_through = end;
         self.sink.close_mark(end);
@@ -341,17 +383,22 @@ impl Loop<'_> {
 
     /// The position that may be sent as `flush` now.
     fn confirmable(&mut self) -> Lsn {
-        if let Some(lsn) = self.sink.confirmable() {
-            if lsn > self.flushed {
-                return lsn;
-            }
+        if let Some(lsn) = self.sink.confirmable()
+            && lsn > self.flushed
+        {
+            return lsn;
         }
         self.flushed
     }
 
-    async fn send_status(&mut self, conn: &mut ReplicationConnection, reply: bool) -> Result<(), CaptureError> {
+    async fn send_status(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        reply: bool,
+    ) -> Result<(), CaptureError> {
         let flush = self.confirmable();
-        conn.send_standby_status(self.received.max(flush), flush, flush, reply).await?;
+        conn.send_standby_status(self.received.max(flush), flush, flush, reply)
+            .await?;
         if flush > self.flushed {
             self.flushed = flush;
             self.metrics.confirmed_lsn.set(flush.0 as i64);
@@ -394,34 +441,49 @@ pub async fn run(
         tracing::warn!(%error, "cannot read pg_type; non-built-in types are encoded as text");
         TypeRegistry::builtin()
     });
-    if let Some(creation) = &cfg.kafka.topics {
-        if creation.create {
-            let encoder = RecordEncoder::new(EncoderSettings::from_config(cfg), Arc::new(TypeRegistry::builtin()));
-            let names: Vec<String> = cfg
-                .tables
-                .iter()
-                .filter_map(|t| t.name.split_once('.'))
-                .filter(|(_, t)| *t != "*")
-                .map(|(s, t)| encoder.topic_for(s, t))
-                .collect();
-            topics::ensure(&props, &names, creation, &[]).await?;
-        }
+    if let Some(creation) = &cfg.kafka.topics
+        && creation.create
+    {
+        let encoder = RecordEncoder::new(
+            EncoderSettings::from_config(cfg),
+            Arc::new(TypeRegistry::builtin()),
+        );
+        let names: Vec<String> = cfg
+            .tables
+            .iter()
+            .filter_map(|t| t.name.split_once('.'))
+            .filter(|(_, t)| *t != "*")
+            .map(|(s, t)| encoder.topic_for(s, t))
+            .collect();
+        topics::ensure(&props, &names, creation, &[]).await?;
     }
     let offsets_settings = siphon_crds::capture::TopicCreation {
         create: true,
         partitions: 1,
-        replication_factor: cfg.kafka.topics.as_ref().map_or(1, |t| t.replication_factor),
+        replication_factor: cfg
+            .kafka
+            .topics
+            .as_ref()
+            .map_or(1, |t| t.replication_factor),
         config: Default::default(),
     };
-    topics::ensure(&props, std::slice::from_ref(&cfg.kafka.offsets_topic), &offsets_settings, &[("cleanup.policy", "compact")]).await?;
+    topics::ensure(
+        &props,
+        std::slice::from_ref(&cfg.kafka.offsets_topic),
+        &offsets_settings,
+        &[("cleanup.policy", "compact")],
+    )
+    .await?;
     let position = {
         let props = props.clone();
         let topic = cfg.kafka.offsets_topic.clone();
         let key = cfg.name.clone();
-        tokio::task::spawn_blocking(move || offsets::load(&props, &topic, &key, Duration::from_secs(15)))
-            .await
-            .unwrap_or(Ok(None))?
-            .unwrap_or_default()
+        tokio::task::spawn_blocking(move || {
+            offsets::load(&props, &topic, &key, Duration::from_secs(15))
+        })
+        .await
+        .unwrap_or(Ok(None))?
+        .unwrap_or_default()
     };
 
     check_slot(&sql, v).await?;
@@ -484,9 +546,8 @@ pub async fn run(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(v.derived.heartbeat_interval);
     heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let heartbeat_sql = format!(
-        "SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', now()::text)"
-    );
+    let heartbeat_sql =
+        format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', now()::text)");
 
     loop {
         tokio::select! {
@@ -578,7 +639,9 @@ pub async fn run_forever(
                 metrics.set_ready(false);
                 metrics
                     .restarts
-                    .get_or_create(&ReasonLabels { reason: e.metric_label().into() })
+                    .get_or_create(&ReasonLabels {
+                        reason: e.metric_label().into(),
+                    })
                     .inc();
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(500);
@@ -609,13 +672,22 @@ mod tests {
         assert!(op_allowed(&[], Op::Delete));
         assert!(op_allowed(&[Operation::Insert], Op::Insert));
         assert!(!op_allowed(&[Operation::Insert], Op::Delete));
-        assert!(op_allowed(&[Operation::Insert], Op::Read), "backfill reads are never filtered");
+        assert!(
+            op_allowed(&[Operation::Insert], Op::Read),
+            "backfill reads are never filtered"
+        );
     }
 
     #[test]
     fn definite_errors_are_not_retried() {
         assert!(!CaptureError::SlotMissing { slot: "s".into() }.is_transient());
         assert!(!CaptureError::SlotLost { slot: "s".into() }.is_transient());
-        assert!(CaptureError::SlotActive { slot: "s".into(), pid: 1 }.is_transient());
+        assert!(
+            CaptureError::SlotActive {
+                slot: "s".into(),
+                pid: 1
+            }
+            .is_transient()
+        );
     }
 }

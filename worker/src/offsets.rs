@@ -65,7 +65,9 @@ pub enum OffsetsError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("the offsets topic {topic} holds an unreadable position for {key}: {source}; delete that record to start over")]
+    #[error(
+        "the offsets topic {topic} holds an unreadable position for {key}: {source}; delete that record to start over"
+    )]
     Corrupt {
         topic: String,
         key: String,
@@ -97,7 +99,9 @@ pub fn load(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = cfg.create().map_err(kafka)?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(kafka)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
@@ -107,12 +111,15 @@ pub fn load(
     let mut latest: Option<Vec<u8>> = None;
     let mut found = false;
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout).map_err(kafka)?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(kafka)?;
         if high <= low {
             continue;
         }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning).map_err(kafka)?;
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(kafka)?;
         consumer.assign(&tpl).map_err(kafka)?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -122,21 +129,20 @@ pub fn load(
                 .position()
                 .ok()
                 .and_then(|p| p.find_partition(topic, partition).map(|e| e.offset()));
-            if let Some(Offset::Offset(o)) = position {
-                if o >= high {
-                    break;
-                }
+            if let Some(Offset::Offset(o)) = position
+                && o >= high
+            {
+                break;
             }
             if std::time::Instant::now() > deadline {
                 break;
             }
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    if m.key() == Some(key.as_bytes()) {
-                        found = true;
-                        latest = m.payload().map(<[u8]>::to_vec);
-                    }
+                Some(Ok(m)) if m.key() == Some(key.as_bytes()) => {
+                    found = true;
+                    latest = m.payload().map(<[u8]>::to_vec);
                 }
+                Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(kafka(e)),
                 None => {}
             }
@@ -147,11 +153,15 @@ pub fn load(
     }
     match latest {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| OffsetsError::Corrupt {
-            topic: topic.to_string(),
-            key: key.to_string(),
-            source,
-        }),
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| OffsetsError::Corrupt {
+                    topic: topic.to_string(),
+                    key: key.to_string(),
+                    source,
+                })
+        }
     }
 }
 

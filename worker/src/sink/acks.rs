@@ -57,7 +57,10 @@ impl<P: Clone> AckTracker<P> {
         match self.marks.back() {
             Some(m) if m.position.is_none() => self.base + self.marks.len() - 1,
             _ => {
-                self.marks.push_back(Mark { remaining: 0, position: None });
+                self.marks.push_back(Mark {
+                    remaining: 0,
+                    position: None,
+                });
                 self.base + self.marks.len() - 1
             }
         }

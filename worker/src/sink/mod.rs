@@ -35,7 +35,9 @@ use acks::{AckTracker, MarkId};
 pub enum SinkError {
     #[error("cannot create the Kafka producer: {0}; check kafka.options and the bootstrap servers")]
     Create(#[source] KafkaError),
-    #[error("kafka delivery failed ({code:?}); the worker restarts from its last confirmed position")]
+    #[error(
+        "kafka delivery failed ({code:?}); the worker restarts from its last confirmed position"
+    )]
     Retriable {
         code: Option<RDKafkaErrorCode>,
         #[source]
@@ -62,31 +64,47 @@ pub fn classify(err: KafkaError) -> SinkError {
     use RDKafkaErrorCode as C;
     let code = err.rdkafka_error_code();
     let fatal_hint = match code {
-        Some(C::TopicAuthorizationFailed) => Some("the Kafka principal may not write this topic; grant WRITE on it"),
-        Some(C::ClusterAuthorizationFailed) => Some("the Kafka principal lacks cluster permissions (IdempotentWrite)"),
+        Some(C::TopicAuthorizationFailed) => {
+            Some("the Kafka principal may not write this topic; grant WRITE on it")
+        }
+        Some(C::ClusterAuthorizationFailed) => {
+            Some("the Kafka principal lacks cluster permissions (IdempotentWrite)")
+        }
         Some(C::TransactionalIdAuthorizationFailed) => {
             Some("the Kafka principal may not use the transactional id; grant WRITE on it")
         }
         Some(C::ProducerFenced) | Some(C::InvalidProducerEpoch) => {
             Some("another worker took over this capture's transactional id; this one stops")
         }
-        Some(C::MessageSizeTooLarge) => Some("a record exceeds the topic's max.message.bytes; raise it on the topic"),
-        Some(C::InvalidRecord) | Some(C::InvalidMessage) => Some("the broker rejected a record as invalid"),
+        Some(C::MessageSizeTooLarge) => {
+            Some("a record exceeds the topic's max.message.bytes; raise it on the topic")
+        }
+        Some(C::InvalidRecord) | Some(C::InvalidMessage) => {
+            Some("the broker rejected a record as invalid")
+        }
         Some(C::SaslAuthenticationFailed) | Some(C::Authentication) => {
             Some("Kafka authentication failed; check the auth Secret")
         }
-        Some(C::InvalidConfig) | Some(C::InvalidArgument) => Some("invalid producer configuration; check kafka.options"),
+        Some(C::InvalidConfig) | Some(C::InvalidArgument) => {
+            Some("invalid producer configuration; check kafka.options")
+        }
         Some(C::UnknownTopicOrPartition) | Some(C::UnknownTopic) => {
             Some("the topic does not exist and auto-creation is off; set kafka.topics.create: true")
         }
         Some(C::Fatal) => Some("librdkafka raised a fatal error; see the worker log"),
         _ => match &err {
-            KafkaError::Transaction(e) if e.is_fatal() => Some("the transactional producer hit a fatal error"),
+            KafkaError::Transaction(e) if e.is_fatal() => {
+                Some("the transactional producer hit a fatal error")
+            }
             _ => None,
         },
     };
     match fatal_hint {
-        Some(hint) => SinkError::Fatal { code, hint, source: err },
+        Some(hint) => SinkError::Fatal {
+            code,
+            hint,
+            source: err,
+        },
         None => SinkError::Retriable { code, source: err },
     }
 }
@@ -116,10 +134,10 @@ impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
                 }
             }
             Err((err, _)) => {
-                if let Ok(mut f) = self.shared.failure.lock() {
-                    if f.is_none() {
-                        *f = Some(err.clone());
-                    }
+                if let Ok(mut f) = self.shared.failure.lock()
+                    && f.is_none()
+                {
+                    *f = Some(err.clone());
                 }
             }
         }
@@ -147,7 +165,9 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
             delivered: Notify::new(),
         });
         let producer: ThreadedProducer<SinkContext<P>> = cfg
-            .create_with_context(SinkContext { shared: shared.clone() })
+            .create_with_context(SinkContext {
+                shared: shared.clone(),
+            })
             .map_err(SinkError::Create)?;
         Ok(Self {
             producer: Arc::new(producer),
@@ -180,7 +200,10 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         if !headers.is_empty() {
             let mut h = OwnedHeaders::new_with_capacity(headers.len());
             for (name, value) in headers {
-                h = h.insert(Header { key: name, value: Some(value.as_slice()) });
+                h = h.insert(Header {
+                    key: name,
+                    value: Some(value.as_slice()),
+                });
             }
             record = record.headers(h);
         }
@@ -277,7 +300,10 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     fn lock_tracker(&self) -> std::sync::MutexGuard<'_, AckTracker<P>> {
         // A poisoned lock means a callback panicked; the tracker itself is
         // still consistent (every method leaves it so), so keep using it.
-        self.shared.tracker.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -287,11 +313,17 @@ mod tests {
 
     #[test]
     fn fencing_and_authorization_are_fatal_timeouts_are_not() {
-        let fenced = classify(KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced));
+        let fenced = classify(KafkaError::MessageProduction(
+            RDKafkaErrorCode::ProducerFenced,
+        ));
         assert!(!fenced.is_transient());
-        let timeout = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
+        let timeout = classify(KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ));
         assert!(timeout.is_transient());
-        let auth = classify(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed));
+        let auth = classify(KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ));
         assert!(auth.to_string().contains("grant WRITE"));
     }
 }

@@ -43,7 +43,10 @@ pub fn producer_properties(
     set("linger.ms", LINGER_MS.to_string());
     set("batch.size", BATCH_BYTES.to_string());
     set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string());
-    set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES.to_string());
+    set(
+        "queue.buffering.max.messages",
+        QUEUE_MAX_MESSAGES.to_string(),
+    );
     // Retries are librdkafka's job until this deadline; past it a record has
     // failed for good and the worker restarts from its last confirmed position.
     set("message.timeout.ms", "120000".into());
@@ -114,7 +117,12 @@ mod tests {
 
     #[test]
     fn exactly_once_sets_the_transactional_id() {
-        let p = producer_properties(&KafkaConfig::default(), &Secrets::default(), "c", Some("siphon-shop"));
+        let p = producer_properties(
+            &KafkaConfig::default(),
+            &Secrets::default(),
+            "c",
+            Some("siphon-shop"),
+        );
         assert_eq!(p["transactional.id"], "siphon-shop");
     }
 

@@ -28,12 +28,20 @@ pub async fn ensure(
         }
     }
     let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(SinkError::Create)?;
-    let mut topic_config: Vec<(&str, &str)> = settings.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut topic_config: Vec<(&str, &str)> = settings
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     topic_config.extend_from_slice(extra_config);
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|n| {
-            let mut t = NewTopic::new(n, settings.partitions, TopicReplication::Fixed(settings.replication_factor));
+            let mut t = NewTopic::new(
+                n,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            );
             for (k, v) in &topic_config {
                 t = t.set(k, v);
             }
@@ -41,13 +49,16 @@ pub async fn ensure(
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin.create_topics(new_topics.iter(), &opts).await.map_err(classify)?;
+    let results = admin
+        .create_topics(new_topics.iter(), &opts)
+        .await
+        .map_err(classify)?;
     for result in results {
-        if let Err((topic, code)) = result {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                tracing::warn!(%topic, ?code, "cannot create topic");
-                return Err(classify(rdkafka::error::KafkaError::AdminOp(code)));
-            }
+        if let Err((topic, code)) = result
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            tracing::warn!(%topic, ?code, "cannot create topic");
+            return Err(classify(rdkafka::error::KafkaError::AdminOp(code)));
         }
     }
     Ok(())
@@ -56,6 +67,9 @@ pub async fn ensure(
 /// Properties that describe how to reach and authenticate to the cluster (as
 /// opposed to producer behaviour), shared by admin clients and consumers.
 pub fn is_connection_key(key: &str) -> bool {
-    key == "bootstrap.servers" || key == "client.id" || key.starts_with("security.") || key.starts_with("sasl.")
+    key == "bootstrap.servers"
+        || key == "client.id"
+        || key.starts_with("security.")
+        || key.starts_with("sasl.")
         || key.starts_with("ssl.")
 }
