@@ -58,9 +58,15 @@ impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
             .field("pg_user", &self.pg_user)
-            .field("pg_password", &self.pg_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "pg_password",
+                &self.pg_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("sasl_username", &self.sasl_username)
-            .field("sasl_password", &self.sasl_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "sasl_password",
+                &self.sasl_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -88,10 +94,11 @@ pub fn load(path: &std::path::Path) -> Result<Validated, ConfigError> {
         path: display.clone(),
         source,
     })?;
-    let config: WorkerConfig = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: display,
-        source,
-    })?;
+    let config: WorkerConfig =
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: display,
+            source,
+        })?;
     validate(config, &|name| std::env::var(name).ok())
 }
 
@@ -109,7 +116,10 @@ pub fn validate(
     };
 
     if config.name.trim().is_empty() {
-        err("name", "required: a name for this capture (used in the offsets key and transactional id)");
+        err(
+            "name",
+            "required: a name for this capture (used in the offsets key and transactional id)",
+        );
     }
 
     let pg = &config.postgres;
@@ -122,7 +132,14 @@ pub fn validate(
     if pg.database.trim().is_empty() {
         err("postgres.database", "required");
     }
-    let pg_user = resolve(&pg.user, &pg.user_env, env, "postgres.user", "postgres.userEnv", &mut err);
+    let pg_user = resolve(
+        &pg.user,
+        &pg.user_env,
+        env,
+        "postgres.user",
+        "postgres.userEnv",
+        &mut err,
+    );
     let pg_password = resolve(
         &pg.password,
         &pg.password_env,
@@ -132,21 +149,35 @@ pub fn validate(
         &mut err,
     );
     if pg_user.is_none() && pg.user.is_none() && pg.user_env.is_none() {
-        err("postgres.user", "required (or postgres.userEnv naming an environment variable)");
+        err(
+            "postgres.user",
+            "required (or postgres.userEnv naming an environment variable)",
+        );
     }
-    if matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.ssl_root_cert.is_none() {
-        err("postgres.sslRootCert", "required when sslMode is verify-ca or verify-full: the CA certificate file");
+    if matches!(pg.ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) && pg.ssl_root_cert.is_none()
+    {
+        err(
+            "postgres.sslRootCert",
+            "required when sslMode is verify-ca or verify-full: the CA certificate file",
+        );
     }
 
     if config.tables.is_empty() {
-        err("tables", "required: list at least one schema-qualified table");
+        err(
+            "tables",
+            "required: list at least one schema-qualified table",
+        );
     }
     for (i, table) in config.tables.iter().enumerate() {
         match table.name.split_once('.') {
-            Some((schema, name)) if !schema.is_empty() && !name.is_empty() && !name.contains('.') => {}
+            Some((schema, name))
+                if !schema.is_empty() && !name.is_empty() && !name.contains('.') => {}
             _ => err(
                 &format!("tables[{i}].name"),
-                &format!("{:?} is not schema-qualified: write schema.table, e.g. public.orders", table.name),
+                &format!(
+                    "{:?} is not schema-qualified: write schema.table, e.g. public.orders",
+                    table.name
+                ),
             ),
         }
     }
@@ -177,7 +208,10 @@ pub fn validate(
             }
         }
         CaptureMode::Polling => match &config.polling {
-            None => err("polling", "required when mode is Polling (set polling.cursorColumn)"),
+            None => err(
+                "polling",
+                "required when mode is Polling (set polling.cursorColumn)",
+            ),
             Some(p) => {
                 if p.cursor_column.trim().is_empty() {
                     err("polling.cursorColumn", "required");
@@ -198,18 +232,30 @@ pub fn validate(
 
     let kafka = &config.kafka;
     if kafka.bootstrap_servers.trim().is_empty() {
-        err("kafka.bootstrapServers", "required: host:port of at least one broker");
+        err(
+            "kafka.bootstrapServers",
+            "required: host:port of at least one broker",
+        );
     }
     if kafka.topic_prefix.trim().is_empty() {
-        err("kafka.topicPrefix", "required: topics are named <topicPrefix>.<schema>.<table>");
+        err(
+            "kafka.topicPrefix",
+            "required: topics are named <topicPrefix>.<schema>.<table>",
+        );
     } else if !kafka
         .topic_prefix
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     {
-        err("kafka.topicPrefix", "use only letters, digits, '.', '_' and '-' (Kafka topic rules)");
+        err(
+            "kafka.topicPrefix",
+            "use only letters, digits, '.', '_' and '-' (Kafka topic rules)",
+        );
     }
-    if !matches!(kafka.compression.as_str(), "none" | "gzip" | "snappy" | "lz4" | "zstd") {
+    if !matches!(
+        kafka.compression.as_str(),
+        "none" | "gzip" | "snappy" | "lz4" | "zstd"
+    ) {
         err("kafka.compression", "one of none, gzip, snappy, lz4, zstd");
     }
     for key in kafka.options.keys() {
@@ -221,13 +267,22 @@ pub fn validate(
     let sasl_password = kafka.sasl_password_env.as_ref().and_then(|n| env(n));
     if kafka.security_protocol.starts_with("sasl") {
         if kafka.sasl_mechanism.is_none() {
-            err("kafka.saslMechanism", "required with a SASL security protocol");
+            err(
+                "kafka.saslMechanism",
+                "required with a SASL security protocol",
+            );
         }
         if sasl_username.is_none() {
-            err("kafka.saslUsernameEnv", "must name a set environment variable holding the SASL user");
+            err(
+                "kafka.saslUsernameEnv",
+                "must name a set environment variable holding the SASL user",
+            );
         }
         if sasl_password.is_none() {
-            err("kafka.saslPasswordEnv", "must name a set environment variable holding the SASL password");
+            err(
+                "kafka.saslPasswordEnv",
+                "must name a set environment variable holding the SASL password",
+            );
         }
     }
 
@@ -260,7 +315,10 @@ fn resolve(
 ) -> Option<String> {
     match (inline, env_name) {
         (Some(_), Some(_)) => {
-            err(inline_path, &format!("set either {inline_path} or {env_path}, not both"));
+            err(
+                inline_path,
+                &format!("set either {inline_path} or {env_path}, not both"),
+            );
             None
         }
         (Some(v), None) => Some(v.clone()),
@@ -318,7 +376,10 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
         assert_eq!(v.secrets.pg_user, "siphon");
         assert_eq!(v.secrets.pg_password.as_deref(), Some("secret"));
         assert_eq!(v.derived.heartbeat_interval, Duration::from_secs(10));
-        assert!(!format!("{:?}", v.secrets).contains("secret"), "secrets must not reach Debug");
+        assert!(
+            !format!("{:?}", v.secrets).contains("secret"),
+            "secrets must not reach Debug"
+        );
     }
 
     #[test]
@@ -328,22 +389,33 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
         c.postgres.host.clear();
         c.tables[0].name = "orders".into();
         let paths = paths(validate(c, &env_with_pw).unwrap_err());
-        assert_eq!(paths, vec!["postgres.host", "tables[0].name", "kafka.bootstrapServers"]);
+        assert_eq!(
+            paths,
+            vec!["postgres.host", "tables[0].name", "kafka.bootstrapServers"]
+        );
     }
 
     #[test]
     fn an_unset_environment_variable_names_itself() {
         let err = validate(minimal(), &|_| None).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("postgres.passwordEnv: environment variable PGPW is not set"), "{text}");
+        assert!(
+            text.contains("postgres.passwordEnv: environment variable PGPW is not set"),
+            "{text}"
+        );
     }
 
     #[test]
     fn reserved_kafka_options_are_refused() {
         let mut c = minimal();
-        c.kafka.options.insert("enable.idempotence".into(), "false".into());
+        c.kafka
+            .options
+            .insert("enable.idempotence".into(), "false".into());
         c.kafka.options.insert("linger.ms".into(), "10".into());
-        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["kafka.options.enable.idempotence"]);
+        assert_eq!(
+            paths(validate(c, &env_with_pw).unwrap_err()),
+            vec!["kafka.options.enable.idempotence"]
+        );
     }
 
     #[test]
@@ -353,14 +425,20 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
         assert!(!valid_slot_name(&"a".repeat(64)));
         let mut c = minimal();
         c.logical.slot_name = "bad-name".into();
-        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["logical.slotName"]);
+        assert_eq!(
+            paths(validate(c, &env_with_pw).unwrap_err()),
+            vec!["logical.slotName"]
+        );
     }
 
     #[test]
     fn polling_needs_its_block() {
         let mut c = minimal();
         c.mode = CaptureMode::Polling;
-        assert_eq!(paths(validate(c, &env_with_pw).unwrap_err()), vec!["polling"]);
+        assert_eq!(
+            paths(validate(c, &env_with_pw).unwrap_err()),
+            vec!["polling"]
+        );
     }
 
     #[test]

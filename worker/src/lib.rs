@@ -10,6 +10,7 @@
 //! * [`config`], [`metrics`], [`progress`]: configuration, telemetry and
 //!   status reporting.
 
+pub mod catalog;
 pub mod change;
 pub mod config;
 pub mod logical;

@@ -169,6 +169,8 @@ pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, Captur
         .dbname(&pg.database)
         .user(&v.secrets.pg_user)
         .application_name("siphon-worker")
+        // The same text forms as the replication connection's values.
+        .options("-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c lc_monetary=C -c bytea_output=hex")
         .connect_timeout(Duration::from_secs(10));
     if let Some(pw) = &v.secrets.pg_password {
         cfg.password(pw);
@@ -515,6 +517,9 @@ pub async fn run(
     let mut assembler = Assembler::new(AssemblerConfig {
         max_memory: usize::try_from(cfg.max_transaction_memory).unwrap_or(usize::MAX),
         spill_dir,
+        key_columns: crate::catalog::full_identity_keys(&sql, cfg)
+            .await
+            .map_err(|source| CaptureError::Sql { what: "reading the key columns of REPLICA IDENTITY FULL tables", source })?,
     })?;
     let mut decoder = Decoder::new();
     let mut state = Loop {

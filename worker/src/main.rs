@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("siphon-worker: cannot start the runtime: {e}");
@@ -53,7 +57,9 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::default());
-        let listen = args.metrics_addr.unwrap_or_else(|| validated.config.metrics.listen.clone());
+        let listen = args
+            .metrics_addr
+            .unwrap_or_else(|| validated.config.metrics.listen.clone());
         match tokio::net::TcpListener::bind(&listen).await {
             Ok(listener) => {
                 tracing::info!(addr = %listen, "serving /metrics, /healthz, /readyz");
@@ -63,7 +69,11 @@ fn main() -> ExitCode {
         }
         let progress = Progress::default();
         if let Some(target) = validated.config.status.clone() {
-            tokio::spawn(progress::report(target, progress.clone(), Duration::from_secs(10)));
+            tokio::spawn(progress::report(
+                target,
+                progress.clone(),
+                Duration::from_secs(10),
+            ));
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {

@@ -75,16 +75,56 @@ impl Default for Metrics {
             heartbeat_unix: AtomicI64::new(0),
         };
         registry.register("events", "Changes written to Kafka", m.events.clone());
-        registry.register("bytes", "Bytes of keys and values handed to Kafka", m.bytes.clone());
-        registry.register("transactions", "Source transactions fully handed to Kafka", m.transactions.clone());
-        registry.register("backfill_rows", "Rows read by backfill", m.backfill_rows.clone());
-        registry.register("kafka_errors", "Kafka errors by reason", m.kafka_errors.clone());
-        registry.register("restarts", "Restarts of the capture loop by reason", m.restarts.clone());
-        registry.register("lag_bytes", "WAL bytes between the server's end and the confirmed position", m.lag_bytes.clone());
-        registry.register("lag_seconds", "Seconds from the newest commit to its delivery", m.lag_seconds.clone());
-        registry.register("confirmed_lsn", "Last LSN confirmed to PostgreSQL", m.confirmed_lsn.clone());
-        registry.register("in_flight_records", "Records not yet acknowledged by Kafka", m.in_flight.clone());
-        registry.register("buffered_bytes", "Bytes of streamed transactions buffered in memory", m.buffered_bytes.clone());
+        registry.register(
+            "bytes",
+            "Bytes of keys and values handed to Kafka",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "transactions",
+            "Source transactions fully handed to Kafka",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "backfill_rows",
+            "Rows read by backfill",
+            m.backfill_rows.clone(),
+        );
+        registry.register(
+            "kafka_errors",
+            "Kafka errors by reason",
+            m.kafka_errors.clone(),
+        );
+        registry.register(
+            "restarts",
+            "Restarts of the capture loop by reason",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "lag_bytes",
+            "WAL bytes between the server's end and the confirmed position",
+            m.lag_bytes.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Seconds from the newest commit to its delivery",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "confirmed_lsn",
+            "Last LSN confirmed to PostgreSQL",
+            m.confirmed_lsn.clone(),
+        );
+        registry.register(
+            "in_flight_records",
+            "Records not yet acknowledged by Kafka",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Bytes of streamed transactions buffered in memory",
+            m.buffered_bytes.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -124,7 +164,9 @@ impl Metrics {
 /// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {

@@ -50,15 +50,21 @@ pub async fn report(target: StatusTarget, progress: Progress, every: Duration) {
         snapshot.updated_at = None;
         if last.as_ref() != Some(&snapshot) {
             let mut sent = snapshot.clone();
-            sent.updated_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            sent.updated_at =
+                Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             let body = json!({
                 "apiVersion": format!("{}/{}", siphon_crds::GROUP, siphon_crds::VERSION),
                 "kind": "PostgresCapture",
                 "status": { "progress": sent },
             });
-            match api.patch_status(&target.name, &params, &Patch::Apply(&body)).await {
+            match api
+                .patch_status(&target.name, &params, &Patch::Apply(&body))
+                .await
+            {
                 Ok(_) => last = Some(snapshot),
-                Err(error) => tracing::warn!(%error, capture = %target.name, "cannot report progress"),
+                Err(error) => {
+                    tracing::warn!(%error, capture = %target.name, "cannot report progress")
+                }
             }
         }
         tokio::time::sleep(every).await;

@@ -174,10 +174,10 @@ impl RecordEncoder {
     /// [`RecordEncoder::encode`] with the processing time (`ts_ms` of the
     /// envelope) given, in microseconds since the epoch.
     pub fn encode_at(&mut self, change: &Change, now_us: i64, out: &mut Vec<Record>) {
-        if self.current_commit != Some(change.commit_lsn) {
-            if change.op != Op::Read {
-                self.last_commit = self.current_commit;
-            }
+        // Backfill reads carry no transaction of their own: they leave the
+        // previous-commit bookkeeping of `source.sequence` alone.
+        if change.op != Op::Read && self.current_commit != Some(change.commit_lsn) {
+            self.last_commit = self.current_commit;
             self.current_commit = Some(change.commit_lsn);
         }
         self.ensure_plan(&change.relation);

@@ -141,6 +141,7 @@ impl Session {
         let asm = Assembler::new(AssemblerConfig {
             max_memory,
             spill_dir: spill_dir.clone(),
+            key_columns: Default::default(),
         })
         .expect("assembler");
         Session {

@@ -4,6 +4,31 @@
 //! running against the local control plane cannot tell it is not on a real
 //! cluster (within the limits documented in each module).
 //!
+//! Usage (what `e2e/stack/stack.sh` runs):
+//!
+//! ```text
+//! siphon-node-agent --kubeconfig .stack/controlplane/kubeconfig --node-name siphon-node \
+//!     --state-dir .stack/node --log-dir .stack/logs/pods --image-map siphon=$PWD/target/debug
+//! ```
+//!
+//! What a real kubelet does and this agent does not (known limitations):
+//!
+//! * no isolation: containers are host processes of the agent's user, with
+//!   the host's file system, network and PID namespace; `resources`,
+//!   `securityContext`, image pull policies and lifecycle hooks are ignored;
+//! * one network: every pod's IP is 127.0.0.1, so two pods listening on the
+//!   same port collide (give them distinct ports); there is no kube-proxy and
+//!   no cluster DNS, so Service IPs and `*.svc` names do not resolve, and only
+//!   the `kubernetes` service environment variables are injected;
+//! * volumes are directories of the pod's sandbox and mount paths are
+//!   *rewritten* in arguments, environment and `workingDir`, not mounted (see
+//!   [`volumes`]); a pod's processes use the API through a per-pod
+//!   `KUBECONFIG` carrying their ServiceAccount token;
+//! * no kubelet API: `kubectl logs/exec/port-forward` do not work; container
+//!   output is in `--log-dir` files; no Events are emitted;
+//! * a container's image cannot be changed in place (the running process is
+//!   kept), and ephemeral containers are not supported.
+//!
 //! This file only parses flags and wires the parts together.
 
 mod cluster;
@@ -42,7 +67,7 @@ struct Cli {
     node_name: String,
 
     /// Directory for pod sandboxes (`pods/<namespace>_<name>_<uid>/`).
-    #[arg(long, default_value = ".stack/node-agent", value_name = "DIR")]
+    #[arg(long, default_value = ".stack/node", value_name = "DIR")]
     state_dir: PathBuf,
 
     /// Directory for container logs (`<namespace>_<pod>_<container>.log`).

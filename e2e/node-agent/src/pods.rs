@@ -116,6 +116,15 @@ pub fn sandbox_uid(dir_name: &str) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
+/// True if every field of `ours` (a JSON object) has the same value in
+/// `current`: a merge patch of `ours` would change nothing.
+pub fn covers(current: &serde_json::Value, ours: &serde_json::Value) -> bool {
+    match ours.as_object() {
+        Some(fields) => fields.iter().all(|(k, v)| current.get(k) == Some(v)),
+        None => current == ours,
+    }
+}
+
 struct Handle {
     pods: watch::Sender<Option<Pod>>,
     task: JoinHandle<()>,
@@ -328,7 +337,6 @@ struct Supervisor {
     shutting_down: bool,
     finished: bool,
     start_time: Timestamp,
-    last_reported: Option<serde_json::Value>,
     last_resource_version: u64,
 }
 
@@ -472,7 +480,6 @@ impl Supervisor {
             shutting_down: false,
             finished: false,
             start_time,
-            last_reported: None,
         }
     }
 
@@ -1178,6 +1185,7 @@ impl Supervisor {
             ports: spec.ports.clone().unwrap_or_default(),
         };
         let ctx = probes::ExecContext {
+            pod_ip: crate::status::pod_ip(self.pod.metadata.uid.as_deref().unwrap_or_default()),
             image_map,
             image,
             env: environment,
@@ -1224,8 +1232,10 @@ impl Supervisor {
             containers,
             sandbox_ready: self.sandbox_ready,
             start_time: self.start_time,
+            pod_ip: crate::status::pod_ip(self.pod.metadata.uid.as_deref().unwrap_or_default()),
             readiness_gates,
             initialized: self.initialized,
+            generation: self.pod.metadata.generation,
         }
     }
 
@@ -1238,7 +1248,11 @@ impl Supervisor {
         let Ok(value) = serde_json::to_value(&built) else {
             return;
         };
-        if self.last_reported.as_ref() == Some(&value) {
+        // Compared with the stored status, not with what we sent last: if
+        // someone else changed it (the node lifecycle controller marks pods
+        // not ready when the node was not ready), it is put right again.
+        let current = serde_json::to_value(&self.pod.status).unwrap_or_default();
+        if covers(&current, &value) {
             return;
         }
         let patch = json!({ "status": value });
@@ -1251,7 +1265,6 @@ impl Supervisor {
                 tracing::debug!(pod = %self.key, phase = ?built.phase, "status reported");
                 self.last_resource_version = resource_version(&pod).max(self.last_resource_version);
                 self.pod.status = pod.status;
-                self.last_reported = Some(value);
             }
             Err(e) if has_code(&e, 404) => self.vanished(),
             Err(e) => {
@@ -1347,6 +1360,22 @@ mod tests {
             backoff(Duration::from_secs(10), 1, MAX_BACKOFF),
             Duration::from_secs(20)
         );
+    }
+
+    #[test]
+    fn covers_compares_only_our_fields() {
+        let current = json!({"phase": "Running", "qosClass": "BestEffort", "conditions": [{"type": "Ready"}]});
+        assert!(covers(&current, &json!({"phase": "Running"})));
+        assert!(covers(
+            &current,
+            &json!({"phase": "Running", "conditions": [{"type": "Ready"}]})
+        ));
+        assert!(!covers(&current, &json!({"phase": "Pending"})));
+        assert!(!covers(&current, &json!({"podIP": "127.0.0.1"})));
+        assert!(!covers(
+            &serde_json::Value::Null,
+            &json!({"phase": "Running"})
+        ));
     }
 
     #[test]

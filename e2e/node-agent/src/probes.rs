@@ -46,6 +46,8 @@ pub enum Update {
 /// How to run exec probes like the container's process.
 #[derive(Clone, Debug)]
 pub struct ExecContext {
+    /// Address that httpGet and tcpSocket probes dial when they name no host.
+    pub pod_ip: String,
     pub image_map: Arc<ImageMap>,
     pub image: String,
     pub env: Env,
@@ -93,10 +95,10 @@ pub fn port_number(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, S
         .ok_or_else(|| format!("invalid port {n}"))
 }
 
-fn host_of(host: Option<&String>) -> String {
+fn host_of(host: Option<&String>, pod_ip: &str) -> String {
     host.filter(|h| !h.is_empty())
         .cloned()
-        .unwrap_or_else(|| crate::status::POD_IP.to_owned())
+        .unwrap_or_else(|| pod_ip.to_owned())
 }
 
 /// Parses the status code of an HTTP status line.
@@ -106,9 +108,9 @@ pub fn status_code(line: &str) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-async fn http_get(action: &HTTPGetAction, ports: &[ContainerPort]) -> Result<(), String> {
+async fn http_get(action: &HTTPGetAction, ports: &[ContainerPort], pod_ip: &str) -> Result<(), String> {
     let port = port_number(&action.port, ports)?;
-    let host = host_of(action.host.as_ref());
+    let host = host_of(action.host.as_ref(), pod_ip);
     let mut stream = TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
@@ -219,10 +221,10 @@ pub async fn check(
     let timeout = seconds(probe.timeout_seconds, 1);
     let run = async {
         if let Some(h) = &probe.http_get {
-            http_get(h, ports).await
+            http_get(h, ports, &ctx.pod_ip).await
         } else if let Some(t) = &probe.tcp_socket {
             let port = port_number(&t.port, ports)?;
-            let host = host_of(t.host.as_ref());
+            let host = host_of(t.host.as_ref(), &ctx.pod_ip);
             TcpStream::connect((host.as_str(), port))
                 .await
                 .map(drop)
@@ -231,10 +233,10 @@ pub async fn check(
             exec(e.command.as_deref().unwrap_or_default(), ctx).await
         } else if let Some(g) = &probe.grpc {
             let port = u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?;
-            TcpStream::connect((crate::status::POD_IP, port))
+            TcpStream::connect((ctx.pod_ip.as_str(), port))
                 .await
                 .map(drop)
-                .map_err(|e| format!("dial tcp 127.0.0.1:{port}: {e}"))
+                .map_err(|e| format!("dial tcp {}:{port}: {e}", ctx.pod_ip))
         } else {
             Ok(())
         }
@@ -429,6 +431,7 @@ mod tests {
             }
         });
         let ctx = ExecContext {
+            pod_ip: "127.0.0.1".into(),
             image_map: Arc::new(ImageMap::default()),
             image: "busybox".into(),
             env: {

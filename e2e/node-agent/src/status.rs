@@ -17,6 +17,24 @@ use k8s_openapi::jiff::Timestamp;
 /// The address every pod and the node have: all pods share the host's loopback.
 pub const POD_IP: &str = "127.0.0.1";
 
+/// The IP of a pod: its own address in 127.0.0.0/8, derived from its UID, so
+/// that pods listening on the same port (each worker serves metrics on 9187)
+/// do not collide, as on a real node where every pod has its own network
+/// namespace. The host IP stays 127.0.0.1.
+pub fn pod_ip(uid: &str) -> String {
+    // FNV-1a over the UID; the first octet after 127 avoids 0 (127.0.0.x is
+    // the host's) and 255.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in uid.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let a = 1 + (h >> 16) % 254;
+    let b = (h >> 8) & 0xff;
+    let c = 1 + (h & 0xff) % 254;
+    format!("127.{a}.{b}.{c}")
+}
+
 /// Which list of the pod spec a container comes from, and how it is restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -125,11 +143,15 @@ pub struct PodView {
     /// The sandbox directory and volumes exist.
     pub sandbox_ready: bool,
     pub start_time: Timestamp,
+    /// The pod's own loopback address ([`pod_ip`]).
+    pub pod_ip: String,
     /// `spec.readinessGates[].conditionType`.
     pub readiness_gates: Vec<String>,
     /// Initialisation completed once (a sidecar restarting later does not
     /// make the pod uninitialised again).
     pub initialized: bool,
+    /// `metadata.generation`, reported as `observedGeneration`.
+    pub generation: Option<i64>,
 }
 
 /// `status.phase` values.
@@ -385,6 +407,7 @@ pub fn build(view: &PodView, previous: Option<&PodStatus>, now: Timestamp) -> Po
                 reason: c.reason.map(str::to_owned),
                 message: c.message.clone(),
                 last_transition_time: Some(since),
+                observed_generation: view.generation,
                 ..PodCondition::default()
             }
         })
@@ -421,17 +444,30 @@ pub fn build(view: &PodView, previous: Option<&PodStatus>, now: Timestamp) -> Po
         conditions: Some(out),
         host_ip: Some(POD_IP.into()),
         host_ips: Some(vec![HostIP { ip: POD_IP.into() }]),
-        pod_ip: Some(POD_IP.into()),
-        pod_ips: Some(vec![PodIP { ip: POD_IP.into() }]),
+        pod_ip: Some(view.pod_ip.clone()),
+        pod_ips: Some(vec![PodIP { ip: view.pod_ip.clone() }]),
         start_time: Some(time(view.start_time)),
         init_container_statuses: statuses(true),
         container_statuses: statuses(false),
+        observed_generation: view.generation,
         ..PodStatus::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pod_ips_are_distinct_loopback_addresses() {
+        let a = super::pod_ip("0b6f3c1e-1111-4a5b-9c1d-000000000001");
+        let b = super::pod_ip("0b6f3c1e-1111-4a5b-9c1d-000000000002");
+        assert_ne!(a, b);
+        for ip in [&a, &b] {
+            let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+            assert_eq!(octets[0], 127);
+            assert_ne!(octets[1], 0, "127.0.0.x belongs to the host");
+        }
+    }
+
     use super::*;
 
     fn ts(secs: i64) -> Timestamp {
@@ -471,8 +507,10 @@ mod tests {
             containers,
             sandbox_ready: true,
             start_time: ts(0),
+            pod_ip: "127.3.4.5".into(),
             readiness_gates: vec![],
             initialized: false,
+            generation: Some(1),
         }
     }
 
@@ -554,7 +592,8 @@ mod tests {
         c.container_id = Some("siphon://42".into());
         let status = build(&pod(RestartPolicy::Always, vec![c]), None, ts(10));
         assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert_eq!(status.pod_ip.as_deref(), Some(POD_IP));
+        assert_eq!(status.pod_ip.as_deref(), Some("127.3.4.5"));
+        assert_eq!(status.observed_generation, Some(1));
         let conds = status.conditions.unwrap();
         for t in [
             "PodReadyToStartContainers",

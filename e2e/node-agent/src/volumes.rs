@@ -18,9 +18,12 @@
 //! rewriting: every occurrence of the `mountPath` (at a path boundary, e.g.
 //! `--config=/etc/app/config.yaml`) in the process's arguments, environment
 //! values and `workingDir` is replaced by the materialised host directory
-//! (plus `subPath`). A program that opens a mount path it did not receive
-//! through its arguments or environment (a path compiled into it) will not
-//! find its files.
+//! (plus `subPath`). Because configuration files name the paths of other
+//! mounts (`spill_dir: /var/lib/app/spill`, `ca: /etc/app/tls/ca.crt`), the
+//! same rewriting is applied to the text files of `configMap` volumes, with
+//! the mounts of all the pod's containers (Secrets are written verbatim).
+//! A program that opens a mount path it learns in any other way (a path
+//! compiled into it) will not find its files.
 //!
 //! The service-account mount `/var/run/secrets/kubernetes.io/serviceaccount`
 //! is rewritten like any other. Because kube-rs' in-cluster configuration
@@ -398,12 +401,16 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 pub fn materialise(pod: &Pod, volumes_dir: &Path, materials: &Materials<'_>) -> Result<(), String> {
     let io = |e: std::io::Error| format!("writing volumes in {}: {e}", volumes_dir.display());
     std::fs::create_dir_all(volumes_dir).map_err(io)?;
+    let all_mounts = pod_mounts(pod, volumes_dir);
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let dir = volumes_dir.join(&volume.name);
         match plan(pod, volume, materials)? {
             Plan::Files(files) => {
                 std::fs::create_dir_all(&dir).map_err(io)?;
-                for f in files {
+                for mut f in files {
+                    if volume.config_map.is_some() {
+                        f.data = rewrite_text_file(f.data, &all_mounts);
+                    }
                     write_atomic(&dir.join(&f.path), &f.data, f.mode).map_err(io)?;
                 }
             }
@@ -466,6 +473,34 @@ pub fn mounts(pod: &Pod, container: &Container, volumes_dir: &Path, env: &Env) -
     out.sort_by_key(|m| std::cmp::Reverse(m.mount_path.len()));
     out.retain(|m| !m.mount_path.is_empty());
     out
+}
+
+/// The mounts of all the pod's containers (for a mount path used by several
+/// containers, the first one's), longest mount path first.
+pub fn pod_mounts(pod: &Pod, volumes_dir: &Path) -> Vec<Mount> {
+    let mut out: Vec<Mount> = Vec::new();
+    for c in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+    {
+        for m in mounts(pod, c, volumes_dir, &Env::default()) {
+            if !out.iter().any(|o| o.mount_path == m.mount_path) {
+                out.push(m);
+            }
+        }
+    }
+    out.sort_by_key(|m| std::cmp::Reverse(m.mount_path.len()));
+    out
+}
+
+/// Rewrites mount paths inside a text file (configuration files name the
+/// paths of other mounts); binary content is left alone.
+pub fn rewrite_text_file(data: Vec<u8>, mounts: &[Mount]) -> Vec<u8> {
+    match String::from_utf8(data) {
+        Ok(text) => rewrite(&text, mounts).into_bytes(),
+        Err(e) => e.into_bytes(),
+    }
 }
 
 /// Creates the directories `subPath` mounts of empty dirs point to.
@@ -825,6 +860,78 @@ mod tests {
         let mut no_sa = pod.clone();
         no_sa.spec.as_mut().unwrap().automount_service_account_token = Some(false);
         assert!(!needs_synthetic_token(&no_sa));
+    }
+
+    #[test]
+    fn config_map_files_name_host_paths() {
+        let volumes = vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(k8s_openapi::api::core::v1::ConfigMapVolumeSource {
+                    name: "cfg".into(),
+                    ..Default::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "spill".into(),
+                empty_dir: Some(Default::default()),
+                ..Volume::default()
+            },
+        ];
+        let pod = pod_with(
+            volumes,
+            vec![
+                VolumeMount {
+                    name: "config".into(),
+                    mount_path: "/etc/app".into(),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "spill".into(),
+                    mount_path: "/var/lib/app/spill".into(),
+                    ..VolumeMount::default()
+                },
+            ],
+            None,
+        );
+        let dir = std::env::temp_dir().join(format!("siphon-volumes-test-{}", std::process::id()));
+        let mut sources = Sources::default();
+        sources.config_maps.insert(
+            "cfg".into(),
+            Some(
+                [
+                    (
+                        "config.yaml".to_owned(),
+                        b"spill_dir: /var/lib/app/spill\nself: \"/etc/app/x\"\n".to_vec(),
+                    ),
+                    ("blob".to_owned(), vec![0xff, 0xfe, b'/']),
+                ]
+                .into(),
+            ),
+        );
+        let tokens = BTreeMap::new();
+        let materials = Materials {
+            sources: &sources,
+            tokens: &tokens,
+            ca_pem: b"",
+        };
+        materialise(&pod, &dir, &materials).unwrap();
+        let text = std::fs::read_to_string(dir.join("config/config.yaml")).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "spill_dir: {}\nself: \"{}/x\"\n",
+                dir.join("spill").display(),
+                dir.join("config").display()
+            )
+        );
+        assert_eq!(
+            std::fs::read(dir.join("config/blob")).unwrap(),
+            vec![0xff, 0xfe, b'/']
+        );
+        assert!(dir.join("spill").is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

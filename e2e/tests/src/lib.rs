@@ -95,3 +95,6 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+pub mod scenario;
+pub mod topic;

@@ -134,6 +134,9 @@ pub struct AssemblerConfig {
     pub max_memory: usize,
     /// Where spill files go; one directory per capture (cleared at start).
     pub spill_dir: PathBuf,
+    /// Record key columns per `(schema, table)`, overriding the replica
+    /// identity flags of Relation messages (needed for REPLICA IDENTITY FULL).
+    pub key_columns: HashMap<(String, String), Vec<String>>,
 }
 
 /// The open plain (non-streamed) transaction.
@@ -365,7 +368,19 @@ impl Assembler {
                 }))
             }
             Message::Origin { .. } => Ok(Emit::None),
-            Message::Relation { relation, .. } => {
+            Message::Relation { mut relation, .. } => {
+                // Under REPLICA IDENTITY FULL pgoutput flags every column as
+                // part of the identity; the record key must stay the primary
+                // key (or the configured key columns).
+                if let Some(keys) = self
+                    .config
+                    .key_columns
+                    .get(&(relation.schema.clone(), relation.name.clone()))
+                {
+                    for column in &mut relation.columns {
+                        column.is_key = keys.iter().any(|k| k == &column.name);
+                    }
+                }
                 let relation = Arc::new(relation);
                 match self.stream_block {
                     Some(top) => {
@@ -759,6 +774,7 @@ mod tests {
             let asm = Assembler::new(AssemblerConfig {
                 max_memory,
                 spill_dir: dir.0.clone(),
+                key_columns: Default::default(),
             })
             .expect("assembler");
             Self {
@@ -1205,6 +1221,7 @@ mod tests {
         Assembler::new(AssemblerConfig {
             max_memory: 1,
             spill_dir: dir.0.clone(),
+            key_columns: Default::default(),
         })
         .expect("assembler");
         assert!(!spill_path(&dir.0, 42).exists());

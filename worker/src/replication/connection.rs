@@ -725,6 +725,8 @@ impl ReplicationConnection {
             ("IntervalStyle", "postgres"),
             ("TimeZone", "UTC"),
             ("extra_float_digits", "3"),
+            ("lc_monetary", "C"),
+            ("bytea_output", "hex"),
         ];
         frontend::startup_message(parameters, &mut self.write).map_err(protocol_io)?;
         self.flush().await?;

@@ -1,0 +1,176 @@
+//! One end-to-end scenario: its own namespace, its own database, a Secret with
+//! the stack's superuser, and helpers to apply captures and wait on them.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use siphon_crds::PostgresCapture;
+
+use crate::{eventually, fresh_database, kube_client, stack_var, unique};
+
+/// A namespace, a database and a credentials Secret named `pg`.
+pub struct Scenario {
+    pub client: kube::Client,
+    pub ns: String,
+    pub db: String,
+    pub pg: tokio_postgres::Client,
+}
+
+impl Scenario {
+    pub async fn new(prefix: &str) -> Self {
+        let client = kube_client().await;
+        let ns = unique(prefix);
+        let db = ns.replace('-', "_");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({ "metadata": { "name": ns } })).expect("namespace"),
+            )
+            .await
+            .expect("create namespace");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": { "name": "pg" },
+                    "stringData": { "username": stack_var("PGUSER"), "password": stack_var("PGPASSWORD") }
+                }))
+                .expect("secret"),
+            )
+            .await
+            .expect("create secret");
+        let pg = fresh_database(&db).await;
+        Self { client, ns, db, pg }
+    }
+
+    pub fn captures(&self) -> Api<PostgresCapture> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// A spec on this scenario's database; `tables` like `[{ name: public.orders }]`,
+    /// `extra` appended at the spec's top level.
+    pub fn spec(&self, tables: &str, extra: &str) -> String {
+        format!(
+            "postgres: {{ host: 127.0.0.1, port: {port}, database: {db}, credentialsSecretRef: {{ name: pg }}, sslMode: disable }}\n\
+             tables: {tables}\n\
+             kafka: {{ bootstrapServers: \"{kafka}\", topicPrefix: {prefix} }}\n{extra}",
+            port = stack_var("PGPORT"),
+            db = self.db,
+            kafka = stack_var("KAFKA_BOOTSTRAP"),
+            prefix = self.ns,
+        )
+    }
+
+    /// Topic of a table of this scenario.
+    pub fn topic(&self, schema: &str, table: &str) -> String {
+        format!("{}.{schema}.{table}", self.ns)
+    }
+
+    /// Create (or replace the spec of) a capture.
+    pub async fn apply(&self, name: &str, spec_yaml: &str) -> PostgresCapture {
+        let spec: serde_json::Value = serde_yaml::from_str(spec_yaml).expect("spec yaml");
+        let body = json!({
+            "apiVersion": "siphon.dev/v1alpha1",
+            "kind": "PostgresCapture",
+            "metadata": { "name": name, "namespace": self.ns },
+            "spec": spec,
+        });
+        self.captures()
+            .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&body))
+            .await
+            .expect("apply capture")
+    }
+
+    /// Merge-patch the spec.
+    pub async fn patch_spec(&self, name: &str, patch: serde_json::Value) {
+        self.captures()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": patch })))
+            .await
+            .expect("patch capture spec");
+    }
+
+    /// Wait until condition `type_` has `status`; returns it.
+    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, timeout: Duration) -> Condition {
+        let api = self.captures();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Ok(c) = api.get(name).await {
+                last = serde_json::to_string(&c.status).unwrap_or_default();
+                if let Some(found) = c
+                    .status
+                    .into_iter()
+                    .flat_map(|s| s.conditions)
+                    .find(|c| c.type_ == type_ && c.status == status)
+                {
+                    return found;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {}/{name} condition {type_}={status}; last status: {last}", self.ns);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Wait until the capture no longer exists.
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        let api = self.captures();
+        eventually(timeout, &format!("{}/{name} to be deleted", self.ns), || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok().and_then(|o| o.is_none().then_some(())) }
+        })
+        .await;
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.captures().delete(name, &DeleteParams::default()).await.expect("delete capture");
+    }
+
+    /// Does a replication slot of this name exist?
+    pub async fn slot_exists(&self, slot: &str) -> bool {
+        self.pg
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", &[&slot])
+            .await
+            .expect("query slots")
+            .get(0)
+    }
+
+    /// Does a publication of this name exist?
+    pub async fn publication_exists(&self, publication: &str) -> bool {
+        self.pg
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&publication])
+            .await
+            .expect("query publications")
+            .get(0)
+    }
+
+    /// Delete the namespace (captures are deleted first so finalizers run).
+    pub async fn cleanup(self) {
+        if let Ok(list) = self.captures().list(&Default::default()).await {
+            for c in list.items {
+                let name = c.metadata.name.unwrap_or_default();
+                let _ = self.captures().delete(&name, &DeleteParams::default()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), self.wait_gone(&name, Duration::from_secs(60))).await;
+            }
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
+        // Slots left by a failed test would hold WAL: drop inactive ones of this database.
+        let _ = self
+            .pg
+            .batch_execute(&format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{}' AND NOT active",
+                self.db
+            ))
+            .await;
+    }
+}
+
+/// Default timeout of a capture becoming Ready on the local stack.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
