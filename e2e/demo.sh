@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS public.orders (
 );
 ALTER TABLE public.orders OWNER TO siphon;
 GRANT CREATE ON SCHEMA public TO siphon;
+GRANT CREATE ON DATABASE shop TO siphon;
 INSERT INTO public.orders (customer, total)
 SELECT 'customer-' || g, (g * 7.25)::numeric(10,2) FROM generate_series(1, 5) g
 WHERE NOT EXISTS (SELECT 1 FROM public.orders);
@@ -56,7 +57,7 @@ DELETE FROM public.orders WHERE id = 2;
 SQL
 
 say "records in Kafka topic shop.public.orders (key | value)"
-kafka_console_consume --topic shop.public.orders --from-beginning --timeout-ms 15000 \
+kafka_console_consume "$SIPHON_STACK_DIR" --topic shop.public.orders --from-beginning --timeout-ms 15000 \
   --property print.key=true --property key.separator=' | ' 2>/dev/null | head -n 20 || true
 
 say "kubectl get pgcap"

@@ -38,7 +38,6 @@ use crate::status::PostgresCaptureStatus;
 #[x_kube(validation = Rule::new("self.mode == oldSelf.mode || (self.suspend && oldSelf.suspend)").message("spec.mode is immutable while the capture runs: set suspend: true first, then change the mode").field_path(".mode"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.logical) || !has(oldSelf.logical.slotName) || (has(self.logical) && has(self.logical.slotName) && self.logical.slotName == oldSelf.logical.slotName)").message("spec.logical.slotName is immutable: a new slot means a new capture; create another PostgresCapture").field_path(".logical.slotName"))]
 #[x_kube(validation = Rule::new("!has(oldSelf.logical) || !has(oldSelf.logical.publicationName) || (has(self.logical) && has(self.logical.publicationName) && self.logical.publicationName == oldSelf.logical.publicationName)").message("spec.logical.publicationName is immutable; create another PostgresCapture to use another publication").field_path(".logical.publicationName"))]
-#[x_kube(validation = Rule::new("self.tables.all(t, self.tables.exists_one(u, u.name == t.name))").message("spec.tables lists a table twice; list each table once").field_path(".tables"))]
 #[x_kube(validation = Rule::new("self.mode != 'Polling' || self.tables.all(t, !t.name.endsWith('.*'))").message("polling needs explicit table names; `schema.*` is only for mode Logical").field_path(".tables"))]
 pub struct PostgresCaptureSpec {
     /// How to reach the source database.
@@ -53,6 +52,7 @@ pub struct PostgresCaptureSpec {
     /// The tables to capture, schema-qualified (`public.orders`), or every table
     /// of a schema (`public.*`).
     #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub tables: Vec<TableSpec>,
 
     /// Options of logical replication (mode `Logical`).
@@ -191,7 +191,7 @@ pub enum CaptureMode {
 pub struct TableSpec {
     /// Schema-qualified table name (`public.orders`), or `schema.*` for every
     /// table of the schema.
-    #[schemars(regex(pattern = r"^[^.\s]+\.[^.\s]+$"))]
+    #[schemars(regex(pattern = r"^[^.\s]+\.[^.\s]+$"), length(max = 127))]
     pub name: String,
     /// Columns to capture; all columns when empty. Key columns are always kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

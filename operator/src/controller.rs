@@ -328,7 +328,7 @@ async fn provision_and_deploy(
     if logical {
         let patch_api = api.clone();
         let patch_name = name.clone();
-        *managed = database::provision(&client, &plan, &facts, managed.clone(), |m| {
+        database::provision(&client, &plan, &facts, managed, |m| {
             let api = patch_api.clone();
             let name = patch_name.clone();
             async move {

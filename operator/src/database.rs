@@ -192,6 +192,11 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     let version: i32 = row.get(0);
     let wal_level: String = row.get(1);
     let can_replicate: bool = row.get::<_, bool>(2) || row.get::<_, bool>(3);
+    let can_create_in_db: bool = client
+        .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+        .await
+        .map_err(q("checking CREATE on the database"))?
+        .get(0);
     let superuser: bool = row.get(3);
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
         (row.get(4), row.get(5), row.get(6), row.get(7));
@@ -254,6 +259,15 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         check_table(client, schema, table, plan, superuser).await?;
     }
 
+    if logical && plan.publication_mode == PublicationMode::Create && !can_create_in_db {
+        return Err(Unfit::definite(
+            reason::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "the role may not create the publication: GRANT CREATE ON DATABASE {} TO the role, or create the publication yourself and set spec.logical.publication: Existing",
+                quote_ident(&plan_database(plan))
+            ),
+        ));
+    }
     let publication_exists: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
@@ -305,6 +319,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         publication_exists,
         watermark_exists,
     })
+}
+
+fn plan_database(plan: &Plan) -> String {
+    plan.database_id.rsplit_once('/').map(|(_, db)| db.to_string()).unwrap_or_default()
 }
 
 async fn resolve_tables(
@@ -481,14 +499,15 @@ pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
 }
 
 /// Create or update what the capture needs. `managed` is the record of what
-/// Siphon created; `record` persists it before each creation.
+/// Siphon created, updated in place (so the caller holds the latest record
+/// even when a later step fails); `record` persists it before each creation.
 pub async fn provision<F, Fut>(
     client: &Client,
     plan: &Plan,
     facts: &Facts,
-    mut managed: ManagedObjects,
+    managed: &mut ManagedObjects,
     mut record: F,
-) -> Result<ManagedObjects, Unfit>
+) -> Result<(), Unfit>
 where
     F: FnMut(ManagedObjects) -> Fut,
     Fut: std::future::Future<Output = Result<(), Unfit>>,
@@ -562,7 +581,7 @@ where
             Err(e) => return Err(sql_error("creating the replication slot", e)),
         }
     }
-    Ok(managed)
+    Ok(())
 }
 
 /// Facts about the slot for the status.

@@ -44,7 +44,7 @@ fn malformed_specs_are_refused_with_readable_messages() {
         ("bad-prefix", GOOD.replace("topicPrefix: shop", "topicPrefix: \"shop/orders\""), "spec.kafka.topicPrefix"),
         ("bad-heartbeat", GOOD.replace("  suspend: true", "  logical: { heartbeatInterval: soon }\n  suspend: true"), "spec.logical.heartbeatInterval"),
         ("bad-delivery", GOOD.replace("topicPrefix: shop", "topicPrefix: shop, delivery: Twice"), "spec.kafka.delivery: Unsupported value"),
-        ("duplicate-table", GOOD.replace("[{ name: public.orders }]", "[{ name: public.orders }, { name: public.orders }]"), "lists a table twice"),
+        ("duplicate-table", GOOD.replace("[{ name: public.orders }]", "[{ name: public.orders }, { name: public.orders }]"), "Duplicate value"),
         ("no-secret-name", GOOD.replace("credentialsSecretRef: { name: pg }", "credentialsSecretRef: {}"), "spec.postgres.credentialsSecretRef.name: Required value"),
         ("bad-compression", GOOD.replace("topicPrefix: shop", "topicPrefix: shop, compression: brotli"), "spec.kafka.compression"),
     ];

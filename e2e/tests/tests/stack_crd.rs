@@ -84,7 +84,7 @@ async fn rejects_specs_that_break_the_schema() {
                 "[{ name: public.orders }]",
                 "[{ name: public.orders }, { name: public.orders }]",
             ),
-            "lists a table twice",
+            "Duplicate value",
         ),
     ];
     for (label, spec, expected) in cases {
