@@ -200,12 +200,25 @@ status() {
     done
 }
 
+# Kill the operator without a chance to clean up (SIGKILL) and start it again:
+# the end-to-end scenario "operator killed in the middle of provisioning".
+operator_crash_restart() {
+    local f="$STACK_DIR/pids/operator.pid"
+    if pid_alive "$f"; then
+        kill -KILL "$(<"$f")" 2>/dev/null || true
+        while pid_alive "$f"; do sleep 0.05; done
+    fi
+    rm -f "$f"
+    start_operator
+}
+
 case "${1:-}" in
 up) up ;;
+operator-crash-restart) operator_crash_restart ;;
 down) down ;;
 status) status ;;
 *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|operator-crash-restart" >&2
     exit 2
     ;;
 esac

@@ -228,7 +228,26 @@ fn connect_params(capture: &PostgresCapture, creds: Credentials) -> ConnectParam
     }
 }
 
-/// Patch the operator-owned part of the status (server-side apply).
+/// Merge a part of the status without giving up the rest: server-side apply
+/// removes fields the applier owned but left out, so partial updates (the
+/// managed-objects record during provisioning, teardown conditions) must be
+/// merge patches, never partial applies; losing `status.managed` would make the
+/// finalizer forget what to drop.
+async fn merge_status(
+    api: &Api<PostgresCapture>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(names::OPERATOR_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(name, &params, &Patch::Merge(&json!({ "status": status })))
+        .await?;
+    Ok(())
+}
+
+/// Patch the whole operator-owned part of the status (server-side apply).
 async fn patch_status(
     api: &Api<PostgresCapture>,
     name: &str,
@@ -332,7 +351,7 @@ async fn provision_and_deploy(
             let api = patch_api.clone();
             let name = patch_name.clone();
             async move {
-                patch_status(&api, &name, json!({ "managed": m }))
+                merge_status(&api, &name, json!({ "managed": m }))
                     .await
                     .map_err(|e| Unfit {
                         reason: reason::PROVISIONING_FAILED,
@@ -666,7 +685,7 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
             &msg,
             capture.metadata.generation,
         );
-        let _ = patch_status(
+        let _ = merge_status(
             &api,
             &name,
             json!({ "phase": "Deleting", "conditions": conds }),

@@ -193,7 +193,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     let wal_level: String = row.get(1);
     let can_replicate: bool = row.get::<_, bool>(2) || row.get::<_, bool>(3);
     let can_create_in_db: bool = client
-        .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
         .await
         .map_err(q("checking CREATE on the database"))?
         .get(0);
@@ -322,7 +325,10 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
 }
 
 fn plan_database(plan: &Plan) -> String {
-    plan.database_id.rsplit_once('/').map(|(_, db)| db.to_string()).unwrap_or_default()
+    plan.database_id
+        .rsplit_once('/')
+        .map(|(_, db)| db.to_string())
+        .unwrap_or_default()
 }
 
 async fn resolve_tables(

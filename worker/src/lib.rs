@@ -6,10 +6,13 @@
 //!   records (Debezium envelope or flat rows);
 //! * [`sink`]: the Kafka producer and which position is safe to confirm;
 //! * [`offsets`]: the durable position in a compacted topic;
+//! * [`backfill`]: rows already in the tables, read concurrently with the
+//!   stream by the watermark method;
 //! * [`logical`]: the capture loop tying them together;
 //! * [`config`], [`metrics`], [`progress`]: configuration, telemetry and
 //!   status reporting.
 
+pub mod backfill;
 pub mod catalog;
 pub mod change;
 pub mod config;

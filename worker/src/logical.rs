@@ -12,7 +12,13 @@
 //! 3. the status tick: tell the server how far we are (and answer keepalives);
 //! 4. the heartbeat tick: emit a logical message so an idle or filtered
 //!    database still moves the slot;
-//! 5. the next replication message.
+//! 5. the backfill reader: rows of the chunk being read, or its failure;
+//! 6. the next replication message.
+//!
+//! Every streamed change is first offered to the backfill
+//! ([`crate::backfill`]): watermark rows are never sent, and at a chunk's high
+//! watermark the chunk's surviving rows go out as `op: r` before anything
+//! that follows in the stream.
 //!
 //! **Invariant (at least once).** The LSN sent as `flush` is always a value
 //! that came out of [`KafkaSink::confirmable`]: the end of a source
@@ -26,6 +32,7 @@
 //! a `read_committed` consumer sees each change once. PostgreSQL is told
 //! `flush` only after the Kafka transaction committed.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +40,7 @@ use std::time::{Duration, Instant};
 use siphon_crds::capture::{Delivery, Operation, SslMode as SpecSslMode};
 use tokio::sync::watch;
 
+use crate::backfill::{Backfill, BackfillError, Offer};
 use crate::change::{Change, Lsn, Op};
 use crate::config::Validated;
 use crate::metrics::{Metrics, ReasonLabels};
@@ -69,6 +77,8 @@ pub enum CaptureError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetsError),
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
     #[error("PostgreSQL query failed ({what}): {source}")]
     Sql {
         what: &'static str,
@@ -101,6 +111,7 @@ impl CaptureError {
                 source.is_closed() || source.as_db_error().is_none()
             }
             CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
+            CaptureError::Backfill(e) => e.is_transient(),
             CaptureError::SlotActive { .. } => true,
             CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
             _ => false,
@@ -115,6 +126,7 @@ impl CaptureError {
             CaptureError::Assembly(_) => "assembly",
             CaptureError::Sink(_) => "kafka",
             CaptureError::Offsets(_) => "offsets",
+            CaptureError::Backfill(e) => e.metric_label(),
             CaptureError::Sql { .. } => "sql",
             CaptureError::SlotMissing { .. } => "slot_missing",
             CaptureError::SlotLost { .. } => "slot_lost",
@@ -276,6 +288,13 @@ struct Loop<'a> {
     exactly_once: bool,
     last_commit_ts_us: i64,
     server_wal_end: Lsn,
+    backfill: Backfill,
+    /// A backfill chunk went out in the open source transaction (the one
+    /// carrying its high watermark).
+    chunk_in_txn: bool,
+    /// At least once: positions with backfill progress, each waiting until
+    /// Kafka holds everything up to its LSN.
+    unsaved: VecDeque<(Lsn, Vec<u8>)>,
 }
 
 impl Loop<'_> {
@@ -326,7 +345,20 @@ impl Loop<'_> {
                 {
                     return Ok(());
                 }
-                self.handle_change(&change).await?;
+                match self.backfill.offer(&change)? {
+                    Offer::Stream => self.handle_change(&change).await?,
+                    Offer::Drop => {}
+                    Offer::Chunk(chunk) => {
+                        for read in &chunk.changes {
+                            self.handle_change(read).await?;
+                        }
+                        self.backfill
+                            .chunk_emitted(chunk.summary, &mut self.position, self.metrics)
+                            .await?;
+                        self.chunk_in_txn = true;
+                    }
+                    Offer::Reread => self.backfill.reread(&self.position).await?,
+                }
             }
             TxEvent::Message(_) => {}
             TxEvent::Commit {
@@ -338,19 +370,25 @@ impl Loop<'_> {
                 self.in_txn = false;
                 self.last_commit_ts_us = commit_ts_us;
                 self.metrics.transactions.inc();
+                let chunk_done = std::mem::take(&mut self.chunk_in_txn);
                 if self.exactly_once {
                     if commit_lsn <= self.skip_through && self.skip_through.0 != 0 {
                         return Ok(());
                     }
                     self.kafka_txn_last = Some(end_lsn);
-                    if self.kafka_txn_open
-                        && (self.kafka_txn_started.elapsed() >= EOS_COMMIT_INTERVAL
-                            || self.kafka_txn_records >= EOS_MAX_RECORDS)
+                    // A chunk commits at once, with its progress in the position.
+                    if chunk_done
+                        || (self.kafka_txn_open
+                            && (self.kafka_txn_started.elapsed() >= EOS_COMMIT_INTERVAL
+                                || self.kafka_txn_records >= EOS_MAX_RECORDS))
                     {
                         self.commit_kafka_txn().await?;
                     }
                 } else {
                     self.sink.close_mark(end_lsn);
+                    if chunk_done {
+                        self.unsaved.push_back((end_lsn, self.position.encode()));
+                    }
                 }
             }
         }
@@ -380,6 +418,41 @@ impl Loop<'_> {
         self.kafka_txn_open = false;
         self.skip_through = end;
         self.sink.close_mark(end);
+        Ok(())
+    }
+
+    /// At least once: write the newest backfill progress whose chunks Kafka
+    /// holds in full (never earlier: a lost chunk would be skipped).
+    async fn save_backfill_progress(&mut self) -> Result<(), CaptureError> {
+        let Some(confirmable) = self.sink.confirmable() else {
+            return Ok(());
+        };
+        let mut newest = None;
+        while self
+            .unsaved
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= confirmable)
+        {
+            newest = self.unsaved.pop_front().map(|(_, payload)| payload);
+        }
+        if let Some(payload) = newest {
+            self.write_position(&payload).await?;
+        }
+        Ok(())
+    }
+
+    /// Send a position record to the offsets topic (in the open Kafka
+    /// transaction, if any).
+    async fn write_position(&mut self, payload: &[u8]) -> Result<(), CaptureError> {
+        let topic = self.v.config.kafka.offsets_topic.clone();
+        self.sink
+            .send(
+                &topic,
+                Some(self.v.config.name.as_bytes()),
+                Some(payload),
+                &[],
+            )
+            .await?;
         Ok(())
     }
 
@@ -476,7 +549,7 @@ pub async fn run(
         &[("cleanup.policy", "compact")],
     )
     .await?;
-    let position = {
+    let mut position = {
         let props = props.clone();
         let topic = cfg.kafka.offsets_topic.clone();
         let key = cfg.name.clone();
@@ -489,6 +562,10 @@ pub async fn run(
     };
 
     check_slot(&sql, v).await?;
+    // Definite backfill problems (no key, no watermark table) surface here,
+    // before anything streams.
+    let completed_before = position.completed_request.clone();
+    let mut backfill = Backfill::prepare(&sql, v, &mut position, &progress).await?;
 
     let sink: KafkaSink<Lsn> = KafkaSink::new(&props)?;
     if exactly_once {
@@ -512,6 +589,10 @@ pub async fn run(
         },
     )
     .await?;
+    // Chunks are read only now: every watermark lands after the stream's start.
+    if backfill.has_work() {
+        backfill.start(sql_connect(v).await?, &position).await?;
+    }
 
     let spill_dir = PathBuf::from(&cfg.spill_dir).join(cfg.name.replace('/', "_"));
     let mut assembler = Assembler::new(AssemblerConfig {
@@ -519,7 +600,10 @@ pub async fn run(
         spill_dir,
         key_columns: crate::catalog::full_identity_keys(&sql, cfg)
             .await
-            .map_err(|source| CaptureError::Sql { what: "reading the key columns of REPLICA IDENTITY FULL tables", source })?,
+            .map_err(|source| CaptureError::Sql {
+                what: "reading the key columns of REPLICA IDENTITY FULL tables",
+                source,
+            })?,
     })?;
     let mut decoder = Decoder::new();
     let mut state = Loop {
@@ -541,7 +625,24 @@ pub async fn run(
         exactly_once,
         last_commit_ts_us: 0,
         server_wal_end: Lsn(0),
+        backfill,
+        chunk_in_txn: false,
+        unsaved: VecDeque::new(),
     };
+    if state.position.completed_request != completed_before {
+        // A snapshot request with nothing to read is complete at once.
+        let payload = state.position.encode();
+        if exactly_once {
+            state.sink.begin_transaction()?;
+            state.write_position(&payload).await?;
+            state
+                .sink
+                .commit_transaction(Duration::from_secs(60))
+                .await?;
+        } else {
+            state.write_position(&payload).await?;
+        }
+    }
     if exactly_once && state.skip_through.0 != 0 {
         tracing::info!(lsn = %state.skip_through, "resuming exactly-once capture after the stored position");
     }
@@ -568,6 +669,10 @@ pub async fn run(
                     }
                 }
                 state.sink.flush(Duration::from_secs(25)).await?;
+                if !exactly_once {
+                    state.save_backfill_progress().await?;
+                    state.sink.flush(Duration::from_secs(5)).await?;
+                }
                 state.send_status(&mut conn, false).await?;
                 tracing::info!(lsn = %state.flushed, "confirmed before shutdown");
                 let _ = conn.close().await;
@@ -579,6 +684,9 @@ pub async fn run(
                 if state.confirmable() > state.flushed {
                     state.send_status(&mut conn, false).await?;
                 }
+                if !exactly_once {
+                    state.save_backfill_progress().await?;
+                }
             }
             // 3. Status to the server; in exactly-once mode, close an idle Kafka transaction.
             _ = status_tick.tick() => {
@@ -588,6 +696,9 @@ pub async fn run(
                     state.commit_kafka_txn().await?;
                 }
                 state.send_status(&mut conn, false).await?;
+                if !exactly_once {
+                    state.save_backfill_progress().await?;
+                }
                 metrics.buffered_bytes.set(assembler.buffered_memory() as i64);
             }
             // 4. Heartbeat: a WAL record in our database keeps the slot moving.
@@ -596,7 +707,11 @@ pub async fn run(
                     return Err(CaptureError::Sql { what: "writing the heartbeat", source });
                 }
             }
-            // 5. The stream.
+            // 5. The backfill reader: the rows of the chunk being read, or why it stopped.
+            event = state.backfill.next_event(), if state.backfill.is_reading() => {
+                state.backfill.accept(event)?;
+            }
+            // 6. The stream.
             msg = conn.next_message() => {
                 match msg? {
                     ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {

@@ -236,7 +236,9 @@ pub fn field_ref(pod: &Pod, path: &str) -> Result<String, EnvError> {
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.podIP" | "status.podIPs" => crate::status::pod_ip(meta.uid.as_deref().unwrap_or_default()),
+        "status.podIP" | "status.podIPs" => {
+            crate::status::pod_ip(meta.uid.as_deref().unwrap_or_default())
+        }
         "status.hostIP" | "status.hostIPs" => crate::status::POD_IP.to_owned(),
         _ => {
             if let Some(key) = subscript("metadata.labels['") {

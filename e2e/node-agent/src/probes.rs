@@ -108,7 +108,11 @@ pub fn status_code(line: &str) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
-async fn http_get(action: &HTTPGetAction, ports: &[ContainerPort], pod_ip: &str) -> Result<(), String> {
+async fn http_get(
+    action: &HTTPGetAction,
+    ports: &[ContainerPort],
+    pod_ip: &str,
+) -> Result<(), String> {
     let port = port_number(&action.port, ports)?;
     let host = host_of(action.host.as_ref(), pod_ip);
     let mut stream = TcpStream::connect((host.as_str(), port))

@@ -445,7 +445,9 @@ pub fn build(view: &PodView, previous: Option<&PodStatus>, now: Timestamp) -> Po
         host_ip: Some(POD_IP.into()),
         host_ips: Some(vec![HostIP { ip: POD_IP.into() }]),
         pod_ip: Some(view.pod_ip.clone()),
-        pod_ips: Some(vec![PodIP { ip: view.pod_ip.clone() }]),
+        pod_ips: Some(vec![PodIP {
+            ip: view.pod_ip.clone(),
+        }]),
         start_time: Some(time(view.start_time)),
         init_container_statuses: statuses(true),
         container_statuses: statuses(false),

@@ -98,3 +98,16 @@ where
 
 pub mod scenario;
 pub mod topic;
+
+/// Run a function of the stack's shell libraries, e.g.
+/// `stack_shell("source e2e/stack/postgres.sh; pg_down \"$SIPHON_STACK_DIR\" x")`.
+pub fn stack_shell(script: &str) -> std::process::Output {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -euo pipefail; export ROOT={root}; cd {root}; {script}"
+        ))
+        .output()
+        .expect("bash")
+}

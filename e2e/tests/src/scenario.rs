@@ -81,7 +81,11 @@ impl Scenario {
             "spec": spec,
         });
         self.captures()
-            .patch(name, &PatchParams::apply("e2e-test").force(), &Patch::Apply(&body))
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&body),
+            )
             .await
             .expect("apply capture")
     }
@@ -89,13 +93,23 @@ impl Scenario {
     /// Merge-patch the spec.
     pub async fn patch_spec(&self, name: &str, patch: serde_json::Value) {
         self.captures()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": patch })))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": patch })),
+            )
             .await
             .expect("patch capture spec");
     }
 
     /// Wait until condition `type_` has `status`; returns it.
-    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, timeout: Duration) -> Condition {
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Condition {
         let api = self.captures();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::new();
@@ -112,7 +126,10 @@ impl Scenario {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                panic!("timed out after {timeout:?} waiting for {}/{name} condition {type_}={status}; last status: {last}", self.ns);
+                panic!(
+                    "timed out after {timeout:?} waiting for {}/{name} condition {type_}={status}; last status: {last}",
+                    self.ns
+                );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -121,21 +138,36 @@ impl Scenario {
     /// Wait until the capture no longer exists.
     pub async fn wait_gone(&self, name: &str, timeout: Duration) {
         let api = self.captures();
-        eventually(timeout, &format!("{}/{name} to be deleted", self.ns), || {
-            let api = api.clone();
-            async move { api.get_opt(name).await.ok().and_then(|o| o.is_none().then_some(())) }
-        })
+        eventually(
+            timeout,
+            &format!("{}/{name} to be deleted", self.ns),
+            || {
+                let api = api.clone();
+                async move {
+                    api.get_opt(name)
+                        .await
+                        .ok()
+                        .and_then(|o| o.is_none().then_some(()))
+                }
+            },
+        )
         .await;
     }
 
     pub async fn delete(&self, name: &str) {
-        self.captures().delete(name, &DeleteParams::default()).await.expect("delete capture");
+        self.captures()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete capture");
     }
 
     /// Does a replication slot of this name exist?
     pub async fn slot_exists(&self, slot: &str) -> bool {
         self.pg
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", &[&slot])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&slot],
+            )
             .await
             .expect("query slots")
             .get(0)
@@ -144,7 +176,10 @@ impl Scenario {
     /// Does a publication of this name exist?
     pub async fn publication_exists(&self, publication: &str) -> bool {
         self.pg
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", &[&publication])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                &[&publication],
+            )
             .await
             .expect("query publications")
             .get(0)
@@ -155,8 +190,15 @@ impl Scenario {
         if let Ok(list) = self.captures().list(&Default::default()).await {
             for c in list.items {
                 let name = c.metadata.name.unwrap_or_default();
-                let _ = self.captures().delete(&name, &DeleteParams::default()).await;
-                let _ = tokio::time::timeout(Duration::from_secs(60), self.wait_gone(&name, Duration::from_secs(60))).await;
+                let _ = self
+                    .captures()
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    self.wait_gone(&name, Duration::from_secs(60)),
+                )
+                .await;
             }
         }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());

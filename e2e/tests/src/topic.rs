@@ -62,7 +62,8 @@ pub fn read_topic(topic: &str, isolation: &str, quiet: Duration, max: Duration) 
     };
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
@@ -71,7 +72,9 @@ pub fn read_topic(topic: &str, isolation: &str, quiet: Duration, max: Duration) 
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last = Instant::now();
-                let parse = |b: Option<&[u8]>| b.map(|b| serde_json::from_slice(b).expect("record is JSON"));
+                let parse = |b: Option<&[u8]>| {
+                    b.map(|b| serde_json::from_slice(b).expect("record is JSON"))
+                };
                 out.push(JsonRecord {
                     key: parse(m.key()),
                     value: parse(m.payload()),

@@ -9,12 +9,27 @@ use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 #[tokio::test]
 async fn delete_removes_slot_publication_and_watermark_table() {
     let s = Scenario::new("e2e-teardown").await;
-    s.pg.batch_execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)").await.unwrap();
-    s.apply("items", &s.spec("[{ name: public.items }]", "")).await;
-    s.wait_condition("items", "Ready", "True", READY_TIMEOUT).await;
-    let managed = s.captures().get("items").await.unwrap().status.unwrap().managed.unwrap();
+    s.pg.batch_execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    s.apply("items", &s.spec("[{ name: public.items }]", ""))
+        .await;
+    s.wait_condition("items", "Ready", "True", READY_TIMEOUT)
+        .await;
+    let managed = s
+        .captures()
+        .get("items")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .managed
+        .unwrap();
     let slot = managed.slot.clone().expect("the operator created the slot");
-    let publication = managed.publication.clone().expect("the operator created the publication");
+    let publication = managed
+        .publication
+        .clone()
+        .expect("the operator created the publication");
     assert!(s.slot_exists(&slot).await);
     assert!(s.publication_exists(&publication).await);
 
@@ -22,13 +37,21 @@ async fn delete_removes_slot_publication_and_watermark_table() {
     s.wait_gone("items", Duration::from_secs(90)).await;
 
     assert!(!s.slot_exists(&slot).await, "slot {slot} dropped");
-    assert!(!s.publication_exists(&publication).await, "publication {publication} dropped");
-    let watermark: bool = s
-        .pg
-        .query_one("SELECT to_regclass('public.siphon_watermarks') IS NOT NULL", &[])
+    assert!(
+        !s.publication_exists(&publication).await,
+        "publication {publication} dropped"
+    );
+    let watermark: bool =
+        s.pg.query_one(
+            "SELECT to_regclass('public.siphon_watermarks') IS NOT NULL",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(!watermark, "the watermark table the operator created is dropped");
+    assert!(
+        !watermark,
+        "the watermark table the operator created is dropped"
+    );
     s.cleanup().await;
 }

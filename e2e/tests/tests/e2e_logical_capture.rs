@@ -15,8 +15,10 @@ async fn existing_rows_and_new_writes_arrive_in_kafka() {
     )
     .await
     .unwrap();
-    s.apply("shop", &s.spec("[{ name: public.orders }]", "")).await;
-    s.wait_condition("shop", "Ready", "True", READY_TIMEOUT).await;
+    s.apply("shop", &s.spec("[{ name: public.orders }]", ""))
+        .await;
+    s.wait_condition("shop", "Ready", "True", READY_TIMEOUT)
+        .await;
 
     s.pg.batch_execute(
         "INSERT INTO public.orders VALUES (51, 'new', 9.99);
@@ -29,7 +31,12 @@ async fn existing_rows_and_new_writes_arrive_in_kafka() {
     let topic = s.topic("public", "orders");
     let mut records = Vec::new();
     for _ in 0..30 {
-        records = read_topic(&topic, "read_committed", Duration::from_secs(3), Duration::from_secs(30));
+        records = read_topic(
+            &topic,
+            "read_committed",
+            Duration::from_secs(3),
+            Duration::from_secs(30),
+        );
         if records.iter().any(|r| r.op() == Some("d")) && reduce(&records).len() == 50 {
             break;
         }
@@ -40,18 +47,30 @@ async fn existing_rows_and_new_writes_arrive_in_kafka() {
     let one = &rows[&serde_json::json!({"id": 1}).to_string()];
     assert_eq!(one["total"], "100.00", "numeric is an exact string: {one}");
     let reads = records.iter().filter(|r| r.op() == Some("r")).count();
-    assert!(reads >= 50, "existing rows are backfilled as op r (got {reads})");
-    let insert = records.iter().find(|r| r.op() == Some("c")).expect("an insert record");
+    assert!(
+        reads >= 50,
+        "existing rows are backfilled as op r (got {reads})"
+    );
+    let insert = records
+        .iter()
+        .find(|r| r.op() == Some("c"))
+        .expect("an insert record");
     let source = &insert.value.as_ref().unwrap()["source"];
     assert_eq!(source["connector"], "postgresql");
     assert_eq!(source["db"], s.db.as_str());
     assert_eq!(source["table"], "orders");
     let delete_at = records.iter().position(|r| r.op() == Some("d")).unwrap();
-    assert!(records[delete_at + 1].value.is_none(), "a tombstone follows the delete");
+    assert!(
+        records[delete_at + 1].value.is_none(),
+        "a tombstone follows the delete"
+    );
 
     let status = s.captures().get("shop").await.unwrap().status.unwrap();
     let slot = status.slot.expect("slot facts in the status");
     assert!(slot.active, "the worker streams from the slot");
-    assert_eq!(status.managed.unwrap().slot.as_deref(), Some(slot.name.as_str()));
+    assert_eq!(
+        status.managed.unwrap().slot.as_deref(),
+        Some(slot.name.as_str())
+    );
     s.cleanup().await;
 }

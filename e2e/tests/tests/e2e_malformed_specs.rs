@@ -14,16 +14,27 @@ fn kubectl_apply(manifest: &str) -> (bool, String) {
         .spawn()
         .expect("kubectl");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn manifest(name: &str, spec: &str) -> String {
-    format!("apiVersion: siphon.dev/v1alpha1\nkind: PostgresCapture\nmetadata: {{ name: {name}, namespace: default }}\nspec:\n{spec}")
+    format!(
+        "apiVersion: siphon.dev/v1alpha1\nkind: PostgresCapture\nmetadata: {{ name: {name}, namespace: default }}\nspec:\n{spec}"
+    )
 }
 
-const GOOD: &str = "  postgres: { host: 127.0.0.1, database: shop, credentialsSecretRef: { name: pg } }
+const GOOD: &str =
+    "  postgres: { host: 127.0.0.1, database: shop, credentialsSecretRef: { name: pg } }
   tables: [{ name: public.orders }]
   kafka: { bootstrapServers: \"127.0.0.1:9092\", topicPrefix: shop }
   suspend: true
@@ -63,10 +74,16 @@ fn malformed_specs_are_refused_with_readable_messages() {
 #[test]
 fn immutable_fields_cannot_change() {
     let name = unique("immutable");
-    let with_slot = GOOD.replace("  suspend: true", "  logical: { slotName: fixed_slot }\n  suspend: true");
+    let with_slot = GOOD.replace(
+        "  suspend: true",
+        "  logical: { slotName: fixed_slot }\n  suspend: true",
+    );
     let (ok, err) = kubectl_apply(&manifest(&name, &with_slot));
     assert!(ok, "{err}");
-    let (ok, err) = kubectl_apply(&manifest(&name, &with_slot.replace("fixed_slot", "other_slot")));
+    let (ok, err) = kubectl_apply(&manifest(
+        &name,
+        &with_slot.replace("fixed_slot", "other_slot"),
+    ));
     assert!(!ok, "slot name change must be refused");
     assert!(err.contains("slotName is immutable"), "{err}");
     let running = with_slot.replace("  suspend: true\n", "");

@@ -287,7 +287,13 @@ async fn scenario(client: &Client, ns: &str) {
     let pod = ready_pod(&pods, None).await;
     let name = pod.name_any();
     let status = pod.status.clone().expect("ready pod has a status");
-    assert!(status.pod_ip.as_deref().is_some_and(|ip| ip.starts_with("127.") && !ip.starts_with("127.0.0.")), "each pod has its own loopback address");
+    assert!(
+        status
+            .pod_ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("127.") && !ip.starts_with("127.0.0.")),
+        "each pod has its own loopback address"
+    );
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     assert!(status.start_time.is_some());
     let cs = &status

@@ -1,0 +1,538 @@
+//! Backfill: the rows already in the tables, read in chunks while the stream
+//! keeps flowing, by the watermark method of Netflix's DBLog.
+//!
+//! ```text
+//!  reader task (own SQL connection)          capture loop (the WAL stream)
+//!  ───────────────────────────────           ─────────────────────────────
+//!  UPDATE wm SET 'low:t:7:…'  ──commit──►    L  window opens
+//!  SELECT … WHERE key > last                  ·  keys of t's changes recorded
+//!        ORDER BY key LIMIT n+1               ·  (new and old key)
+//!  rows ──────── channel ──────────────►      ·
+//!  UPDATE wm SET 'high:t:7:…' ──commit──►    H  drop rows whose key was recorded,
+//!                                               emit the rest as `op: r` here,
+//!                                               store the chunk's progress, ask
+//!                                               for the next chunk
+//! ```
+//!
+//! **Invariant.** A chunk row is emitted at its high watermark's place in the
+//! stream, and only if no change of its key lies between its low and high
+//! watermarks. It holds because the chunk's snapshot is taken after the low
+//! watermark committed and before the high one is written: it contains every
+//! change the stream delivers before L and none it delivers after H. Only the
+//! changes between L and H may or may not be in it, and exactly those keys are
+//! dropped (the stream carries their newer state). So every emitted row is its
+//! key's state at H, placed at H: an `op: r` record never follows a newer
+//! change of its key.
+//!
+//! Watermarks are rows of the watermark table keyed by the capture's name;
+//! their changes are never written to Kafka (nor are other captures'). Each
+//! run tags its watermarks with a fresh nonce, so the watermarks of an earlier
+//! run that the stream replays after a restart open no window.
+//!
+//! Progress (state, last key, rows) is kept per table in [`Position`]: in
+//! exactly-once mode it is committed in the Kafka transaction of the chunk's
+//! records; in at-least-once mode it is written to the offsets topic once
+//! Kafka acknowledged the chunk (a crash repeats at most a chunk).
+
+pub mod plan;
+pub mod reader;
+pub mod resume;
+pub mod window;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use siphon_crds::capture::SnapshotMode;
+use siphon_crds::status::TableProgress;
+
+use crate::change::{Change, Datum, Op, Relation};
+use crate::config::Validated;
+use crate::metrics::Metrics;
+use crate::offsets::Position;
+use crate::progress::Progress;
+use crate::replication::connection::quote_ident;
+use plan::{TablePlan, WatermarkTable};
+use reader::{ChunkRequest, ChunkRows, Reader, ReaderEvent};
+use resume::{Candidate, DONE, PENDING, RUNNING};
+use window::{ChunkWindow, Seen};
+
+/// Why a backfill cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("PostgreSQL query failed ({what}{}): {source}", table.as_ref().map(|t| format!(", table {t}")).unwrap_or_default())]
+    Sql {
+        what: &'static str,
+        table: Option<String>,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "table {table} has no primary key and no replica identity index, so it cannot be backfilled in key order: add a primary key (ALTER TABLE {sql_table} ADD PRIMARY KEY (...)) or ALTER TABLE {sql_table} REPLICA IDENTITY USING INDEX <unique index on NOT NULL columns>; or set snapshot: false on the table to stream its changes only"
+    )]
+    NoKey { table: String, sql_table: String },
+    #[error("table {table} does not exist: create it, or remove it from tables")]
+    TableMissing { table: String },
+    #[error(
+        "the watermark table {table} does not exist: the operator creates it; when running the worker on its own, run `{ddl}` and `ALTER PUBLICATION {publication} ADD TABLE {sql_name}`"
+    )]
+    WatermarkTableMissing {
+        table: String,
+        ddl: String,
+        publication: String,
+        sql_name: String,
+    },
+    #[error(
+        "publication {publication} does not publish inserts and updates of the watermark table {table}, so no backfill chunk could ever complete: run `ALTER PUBLICATION {} ADD TABLE {sql_name}` (with publish including insert and update)",
+        quote_ident(publication)
+    )]
+    WatermarkNotPublished {
+        table: String,
+        publication: String,
+        sql_name: String,
+    },
+    #[error("the backfill reader stopped unexpectedly")]
+    ReaderGone,
+}
+
+impl BackfillError {
+    /// Whether a restart from the stored progress may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackfillError::Sql { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none_or(|db| {
+                        // connection, rollback (serialization, deadlock),
+                        // resources, operator intervention
+                        matches!(&db.code().code()[..2], "08" | "40" | "53" | "57")
+                    })
+            }
+            BackfillError::ReaderGone => true,
+            _ => false,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            BackfillError::Sql { .. } => "backfill_sql",
+            BackfillError::NoKey { .. } => "backfill_no_key",
+            BackfillError::TableMissing { .. } => "backfill_table_missing",
+            BackfillError::WatermarkTableMissing { .. } => "watermark_table_missing",
+            BackfillError::WatermarkNotPublished { .. } => "watermark_not_published",
+            BackfillError::ReaderGone => "backfill_reader",
+        }
+    }
+}
+
+/// What the loop does with a streamed change.
+#[derive(Debug)]
+pub enum Offer {
+    /// An ordinary change: encode and send it.
+    Stream,
+    /// A change of the watermark table: never sent.
+    Drop,
+    /// A high watermark: send these reads now, then report them with
+    /// [`Backfill::chunk_emitted`].
+    Chunk(ReadyChunk),
+    /// A high watermark whose chunk cannot be emitted as read: read it again
+    /// with [`Backfill::reread`].
+    Reread,
+}
+
+/// The surviving rows of a chunk, as changes ready to encode.
+#[derive(Debug)]
+pub struct ReadyChunk {
+    pub changes: Vec<Change>,
+    pub summary: ChunkSummary,
+}
+
+/// What a chunk did, for the position and the status.
+#[derive(Debug, Clone)]
+pub struct ChunkSummary {
+    pub table: String,
+    pub read: usize,
+    pub dropped: usize,
+    pub last_key: Option<Vec<Option<String>>>,
+    pub more: bool,
+}
+
+/// The backfill of one run: which tables, where it is, its open window.
+pub struct Backfill {
+    capture: String,
+    watermark: WatermarkTable,
+    chunk_size: usize,
+    /// Tables to read this run, in order.
+    plans: Vec<TablePlan>,
+    current: usize,
+    next_id: u64,
+    nonce: String,
+    window: Option<(u64, ChunkWindow)>,
+    rows: Option<ChunkRows>,
+    reader: Option<Reader>,
+    /// The current table's relation as the stream last described it.
+    streamed: Option<Arc<Relation>>,
+    /// On-demand request this run completes.
+    request: Option<String>,
+    progress: Progress,
+    started: Instant,
+}
+
+impl Backfill {
+    /// Decide what this run reads (updating `position`), check the catalog
+    /// (keys, watermark table) and report the tables in the progress.
+    /// Definite problems surface here, before streaming starts.
+    pub async fn prepare(
+        sql: &tokio_postgres::Client,
+        v: &Validated,
+        position: &mut Position,
+        progress: &Progress,
+    ) -> Result<Self, BackfillError> {
+        let cfg = &v.config;
+        let watermark = WatermarkTable::parse(&cfg.snapshot.watermark_table);
+        let tables = plan::resolve_tables(sql, cfg, &watermark).await?;
+        let initial = cfg.snapshot.mode == SnapshotMode::Initial;
+        let candidates: Vec<Candidate> = tables
+            .iter()
+            .map(|(name, spec)| Candidate {
+                name: name.clone(),
+                enabled: initial && spec.snapshot,
+            })
+            .collect();
+        let outcome = resume::resume(position, &candidates, cfg.snapshot.request.as_ref());
+        if !outcome.unknown_requested.is_empty() {
+            tracing::warn!(tables = ?outcome.unknown_requested, "snapshot request names tables that are not captured; ignored");
+        }
+        let mut plans = Vec::with_capacity(outcome.to_read.len());
+        if !outcome.to_read.is_empty() {
+            let version: i32 = sql
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .map_err(|source| BackfillError::Sql {
+                    what: "reading the server version",
+                    table: None,
+                    source,
+                })?
+                .get(0);
+            plan::check_watermark(sql, &watermark, &cfg.logical.publication_name).await?;
+            for name in &outcome.to_read {
+                let Some((_, spec)) = tables.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                let facts =
+                    plan::load_facts(sql, name, &cfg.logical.publication_name, version).await?;
+                plans.push(plan::plan_table(&facts, spec)?);
+            }
+        }
+        if outcome.to_read.is_empty()
+            && let Some(id) = &outcome.request
+        {
+            position.completed_request = Some(id.clone());
+        }
+        let table_progress: Vec<TableProgress> = tables
+            .iter()
+            .map(|(name, _)| {
+                let stored = position.backfill.get(name).cloned().unwrap_or_default();
+                TableProgress {
+                    name: name.clone(),
+                    state: stored.state,
+                    rows_copied: stored.rows,
+                    rows_estimated: plans
+                        .iter()
+                        .find(|p| &p.name == name)
+                        .and_then(|p| p.rows_estimated),
+                }
+            })
+            .collect();
+        let completed = position.completed_request.clone();
+        progress.update(|p| {
+            p.tables = table_progress;
+            p.completed_snapshot_request = completed;
+        });
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Ok(Self {
+            capture: cfg.name.clone(),
+            watermark,
+            chunk_size: usize::try_from(cfg.snapshot.chunk_size.max(1)).unwrap_or(10_000),
+            plans,
+            current: 0,
+            next_id: 1,
+            nonce: format!("{:x}{:x}", std::process::id(), nanos),
+            window: None,
+            rows: None,
+            reader: None,
+            streamed: None,
+            request: outcome.request.filter(|_| !outcome.to_read.is_empty()),
+            progress: progress.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Whether this run has tables to read.
+    pub fn has_work(&self) -> bool {
+        self.current < self.plans.len()
+    }
+
+    /// Start reading, on a connection of the backfill's own. Call once the
+    /// replication stream has started.
+    pub async fn start(
+        &mut self,
+        client: tokio_postgres::Client,
+        position: &Position,
+    ) -> Result<(), BackfillError> {
+        if !self.has_work() {
+            return Ok(());
+        }
+        let reader =
+            Reader::start(client, self.capture.clone(), self.watermark.upsert_sql()).await?;
+        self.reader = Some(reader);
+        tracing::info!(
+            tables = self.plans.len(),
+            chunk_size = self.chunk_size,
+            "backfill started"
+        );
+        self.issue(position).await
+    }
+
+    /// Whether a chunk is being read (the loop then listens to the reader).
+    pub fn is_reading(&self) -> bool {
+        self.reader.is_some() && self.window.is_some()
+    }
+
+    /// The reader's next report (pending when there is no reader).
+    pub async fn next_event(&mut self) -> ReaderEvent {
+        match &mut self.reader {
+            Some(reader) => reader.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Take a report of the reader: keep the rows of the open chunk.
+    pub fn accept(&mut self, event: ReaderEvent) -> Result<(), BackfillError> {
+        match event {
+            ReaderEvent::Rows(rows) => {
+                if self.window.as_ref().is_some_and(|(id, _)| *id == rows.id) {
+                    self.rows = Some(rows);
+                }
+                Ok(())
+            }
+            ReaderEvent::Failed(error) => Err(error),
+        }
+    }
+
+    /// Look at a streamed change before it is sent (or not).
+    pub fn offer(&mut self, change: &Change) -> Result<Offer, BackfillError> {
+        if self.watermark.is(&change.relation) {
+            if let Some(text) = self.our_watermark(change)
+                && let Some((_, window)) = &mut self.window
+            {
+                match window.watermark(text) {
+                    Seen::Opened => {}
+                    Seen::Closed => return self.close(change),
+                    Seen::Foreign => {}
+                }
+            }
+            return Ok(Offer::Drop);
+        }
+        if let Some(plan) = self.plans.get(self.current)
+            && change.relation.oid == plan.oid()
+        {
+            if let Some((_, window)) = &mut self.window {
+                window.observe(change);
+            }
+            if !self
+                .streamed
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &change.relation))
+            {
+                self.streamed = Some(Arc::clone(&change.relation));
+            }
+        }
+        Ok(Offer::Stream)
+    }
+
+    /// The watermark text of a change of the watermark table, when it is
+    /// this capture's row.
+    fn our_watermark<'c>(&self, change: &'c Change) -> Option<&'c str> {
+        if !matches!(change.op, Op::Insert | Op::Update) {
+            return None;
+        }
+        let columns = &change.relation.columns;
+        let capture = columns.iter().position(|c| c.name == "capture")?;
+        let watermark = columns.iter().position(|c| c.name == "watermark")?;
+        let row = change.new.as_ref()?;
+        let text = |i: usize| match row.get(i) {
+            Some(Datum::Text(t)) => std::str::from_utf8(t).ok(),
+            _ => None,
+        };
+        (text(capture)? == self.capture).then_some(())?;
+        text(watermark)
+    }
+
+    /// The high watermark came by: the surviving rows, as reads placed here.
+    fn close(&mut self, high: &Change) -> Result<Offer, BackfillError> {
+        let Some((id, window)) = self.window.take() else {
+            return Ok(Offer::Stream);
+        };
+        // The reader hands the rows over before it writes the high
+        // watermark, so they are in the channel by now.
+        while self.rows.as_ref().is_none_or(|r| r.id != id) {
+            match self.reader.as_mut().and_then(Reader::try_next) {
+                Some(ReaderEvent::Rows(rows)) if rows.id == id => self.rows = Some(rows),
+                Some(ReaderEvent::Rows(_)) => {}
+                Some(ReaderEvent::Failed(error)) => return Err(error),
+                None => break,
+            }
+        }
+        let Some(plan) = self.plans.get(self.current) else {
+            return Ok(Offer::Drop);
+        };
+        let Some(chunk) = self.rows.take().filter(|r| r.id == id) else {
+            tracing::warn!(table = %plan.name, chunk = id, "high watermark without its rows; reading the chunk again");
+            return Ok(Offer::Reread);
+        };
+        if window.must_reread() {
+            tracing::info!(table = %plan.name, chunk = id, "a key changed inside the window could not be read; reading the chunk again");
+            return Ok(Offer::Reread);
+        }
+        let read = chunk.rows.len();
+        let (kept, dropped) = window.survivors(chunk.rows, &plan.key_positions);
+        let relation = match &self.streamed {
+            Some(s) if same_columns(s, &plan.relation) => Arc::clone(s),
+            _ => Arc::clone(&plan.relation),
+        };
+        let last_chunk = !chunk.more && self.current + 1 == self.plans.len();
+        let count = kept.len();
+        let changes = kept
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| Change {
+                op: Op::Read,
+                relation: Arc::clone(&relation),
+                old: None,
+                new: Some(row),
+                commit_lsn: high.commit_lsn,
+                lsn: high.lsn,
+                xid: 0,
+                commit_ts_us: high.commit_ts_us,
+                snapshot: Some(if last_chunk && i + 1 == count {
+                    "last"
+                } else {
+                    "true"
+                }),
+            })
+            .collect();
+        tracing::debug!(table = %plan.name, chunk = id, read, dropped, keys_changed = window.changed_keys(), lsn = %high.commit_lsn, "chunk emitted at its high watermark");
+        Ok(Offer::Chunk(ReadyChunk {
+            changes,
+            summary: ChunkSummary {
+                table: plan.name.clone(),
+                read,
+                dropped,
+                last_key: chunk.last_key,
+                more: chunk.more,
+            },
+        }))
+    }
+
+    /// A chunk's reads were handed to the sink: record its progress in the
+    /// position and the status, then ask for the next chunk.
+    pub async fn chunk_emitted(
+        &mut self,
+        summary: ChunkSummary,
+        position: &mut Position,
+        metrics: &Metrics,
+    ) -> Result<(), BackfillError> {
+        let emitted = (summary.read - summary.dropped) as u64;
+        metrics.backfill_rows.inc_by(emitted);
+        let entry = position.backfill.entry(summary.table.clone()).or_default();
+        entry.rows += emitted;
+        if summary.last_key.is_some() {
+            entry.last_key = summary.last_key;
+        }
+        entry.state = if summary.more { RUNNING } else { DONE }.into();
+        let (state, rows) = (entry.state.clone(), entry.rows);
+        let name = summary.table.clone();
+        self.progress.update(|p| {
+            if let Some(t) = p.tables.iter_mut().find(|t| t.name == name) {
+                t.state = state;
+                t.rows_copied = rows;
+            }
+        });
+        if summary.more {
+            return self.issue(position).await;
+        }
+        tracing::info!(table = %summary.table, rows, "table backfilled");
+        self.current += 1;
+        self.streamed = None;
+        if self.has_work() {
+            return self.issue(position).await;
+        }
+        self.reader = None;
+        tracing::info!(elapsed = ?self.started.elapsed(), "backfill complete");
+        if let Some(id) = self.request.take() {
+            position.completed_request = Some(id.clone());
+            self.progress
+                .update(|p| p.completed_snapshot_request = Some(id));
+        }
+        Ok(())
+    }
+
+    /// Read the current chunk again, under new watermarks.
+    pub async fn reread(&mut self, position: &Position) -> Result<(), BackfillError> {
+        self.issue(position).await
+    }
+
+    /// Open the window of the next chunk of the current table and ask the
+    /// reader for it.
+    async fn issue(&mut self, position: &Position) -> Result<(), BackfillError> {
+        let Some(plan) = self.plans.get(self.current) else {
+            return Ok(());
+        };
+        let Some(reader) = &self.reader else {
+            return Ok(());
+        };
+        let stored = position.backfill.get(&plan.name);
+        let after = stored.and_then(|s| s.last_key.as_deref());
+        if stored.is_some_and(|s| s.state == PENDING) {
+            let name = plan.name.clone();
+            self.progress.update(|p| {
+                if let Some(t) = p.tables.iter_mut().find(|t| t.name == name) {
+                    t.state = RUNNING.into();
+                }
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let low = format!("low:{}:{id}:{}", plan.name, self.nonce);
+        let high = format!("high:{}:{id}:{}", plan.name, self.nonce);
+        let limit = self.chunk_size as u64 + 1;
+        let request = ChunkRequest {
+            id,
+            table: plan.name.clone(),
+            sql: plan.chunk_sql(after, limit),
+            chunk_size: self.chunk_size,
+            key_positions: plan.key_positions.clone(),
+            low: low.clone(),
+            high: high.clone(),
+        };
+        self.window = Some((
+            id,
+            ChunkWindow::new(plan.oid(), plan.key_names.clone(), low, high),
+        ));
+        self.rows = None;
+        reader.request(request).await
+    }
+}
+
+/// Whether a streamed relation describes the same columns as the plan's.
+fn same_columns(streamed: &Relation, planned: &Relation) -> bool {
+    streamed.oid == planned.oid
+        && streamed.columns.len() == planned.columns.len()
+        && streamed
+            .columns
+            .iter()
+            .zip(&planned.columns)
+            .all(|(a, b)| a.name == b.name)
+}

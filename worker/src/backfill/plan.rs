@@ -1,0 +1,575 @@
+//! What to backfill and how: the catalog facts of each table (its relation as
+//! pgoutput describes it, its key) and the SQL of chunks and watermarks.
+//!
+//! Building SQL is pure; only the `load_*`/`check_*` functions query the
+//! catalogs. Identifiers are always quoted; key values are inlined as quoted
+//! literals (the chunk query runs in the simple protocol to get PostgreSQL's
+//! text output); the spec's `filter` is the only text pasted as it is.
+
+use std::sync::Arc;
+
+use siphon_crds::capture::TableSpec;
+use siphon_crds::worker_config::WorkerConfig;
+
+use super::BackfillError;
+use crate::change::{Column, Relation};
+use crate::replication::connection::{quote_ident, quote_literal};
+
+/// Settings of the backfill's SQL session: the same text forms as the
+/// replication connection's values, and literals without backslash escapes.
+pub const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
+     SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = hex; \
+     SET lc_monetary = 'C'; SET standard_conforming_strings = on; \
+     SET application_name = 'siphon-backfill'";
+
+/// The table holding this capture's watermarks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatermarkTable {
+    pub schema: String,
+    pub name: String,
+}
+
+impl WatermarkTable {
+    /// `schema.table` (an unqualified name is in `public`).
+    pub fn parse(qualified: &str) -> Self {
+        match qualified.split_once('.') {
+            Some((schema, name)) => Self {
+                schema: schema.to_string(),
+                name: name.to_string(),
+            },
+            None => Self {
+                schema: "public".into(),
+                name: qualified.to_string(),
+            },
+        }
+    }
+
+    /// The quoted, qualified name for SQL.
+    pub fn sql_name(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// Whether a streamed relation is this table.
+    pub fn is(&self, relation: &Relation) -> bool {
+        relation.name == self.name && relation.schema == self.schema
+    }
+
+    /// The DDL the operator runs (and a standalone user must run).
+    pub fn ddl(&self) -> String {
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (capture text PRIMARY KEY, watermark text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+            self.sql_name()
+        )
+    }
+
+    /// Writing one watermark: `$1` the capture, `$2` the watermark text.
+    pub fn upsert_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (capture, watermark) VALUES ($1, $2) \
+             ON CONFLICT (capture) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
+            self.sql_name()
+        )
+    }
+}
+
+impl std::fmt::Display for WatermarkTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// Everything about one table that does not change from chunk to chunk.
+#[derive(Clone, Debug)]
+pub struct TablePlan {
+    /// `schema.table`, the name in the position and the status.
+    pub name: String,
+    /// The relation as pgoutput describes it (same oid, columns and key
+    /// flags), so that backfilled rows encode like streamed ones.
+    pub relation: Arc<Relation>,
+    /// Columns that order the chunks: the replica identity index, or the
+    /// primary key. Unique and not null.
+    pub key_names: Vec<String>,
+    /// Indexes of `key_names` in `relation.columns`.
+    pub key_positions: Vec<usize>,
+    /// The spec's row filter.
+    pub filter: Option<String>,
+    /// `pg_class.reltuples`, when the table was ever analyzed.
+    pub rows_estimated: Option<u64>,
+}
+
+impl TablePlan {
+    pub fn oid(&self) -> u32 {
+        self.relation.oid
+    }
+
+    /// The query of one chunk: the rows after `after` (by key), in key order,
+    /// at most `limit`.
+    pub fn chunk_sql(&self, after: Option<&[Option<String>]>, limit: u64) -> String {
+        let columns = self
+            .relation
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys: Vec<String> = self.key_names.iter().map(|k| quote_ident(k)).collect();
+        let mut conditions = Vec::new();
+        if let Some(after) = after {
+            let values: Vec<String> = after
+                .iter()
+                .map(|v| {
+                    v.as_deref()
+                        .map_or_else(|| "NULL".to_string(), quote_literal)
+                })
+                .collect();
+            if keys.len() == 1 && values.len() == 1 {
+                conditions.push(format!("{} > {}", keys[0], values[0]));
+            } else {
+                conditions.push(format!("({}) > ({})", keys.join(", "), values.join(", ")));
+            }
+        }
+        if let Some(filter) = &self.filter {
+            conditions.push(format!("({filter})"));
+        }
+        let mut sql = format!(
+            "SELECT {columns} FROM {}.{}",
+            quote_ident(&self.relation.schema),
+            quote_ident(&self.relation.name)
+        );
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", keys.join(", ")));
+        sql
+    }
+}
+
+/// Catalog facts of one table, as read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TableFacts {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `pg_class.relreplident`.
+    pub replica_identity: u8,
+    /// (name, type oid, type modifier) in attnum order, dropped and
+    /// generated columns left out.
+    pub columns: Vec<(String, u32, i32)>,
+    /// Columns the publication sends (its column list), when known.
+    pub published: Option<Vec<String>>,
+    pub primary_key: Vec<String>,
+    /// Columns of the replica identity index (identity `i`).
+    pub identity_index: Vec<String>,
+    pub reltuples: f32,
+}
+
+/// Turn catalog facts into a plan (pure). Refuses a table without a key.
+pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, BackfillError> {
+    let qualified = format!("{}.{}", facts.schema, facts.name);
+    let key_names = if facts.replica_identity == b'i' && !facts.identity_index.is_empty() {
+        facts.identity_index.clone()
+    } else {
+        facts.primary_key.clone()
+    };
+    if key_names.is_empty() {
+        return Err(BackfillError::NoKey {
+            table: qualified,
+            sql_table: format!(
+                "{}.{}",
+                quote_ident(&facts.schema),
+                quote_ident(&facts.name)
+            ),
+        });
+    }
+    // The key flags pgoutput sets, as the assembler adjusts them for
+    // REPLICA IDENTITY FULL (the primary key, else the spec's keyColumns).
+    let flagged: Vec<String> = match facts.replica_identity {
+        b'i' => facts.identity_index.clone(),
+        b'n' => Vec::new(),
+        b'f' => {
+            if !facts.primary_key.is_empty() {
+                facts.primary_key.clone()
+            } else if !spec.key_columns.is_empty() {
+                spec.key_columns.clone()
+            } else {
+                facts.columns.iter().map(|c| c.0.clone()).collect()
+            }
+        }
+        _ => facts.primary_key.clone(),
+    };
+    // The publication's column list when there is one; else the spec's
+    // columns (plus keys), else every column.
+    let wanted = |name: &str| -> bool {
+        if let Some(published) = &facts.published
+            && !published.is_empty()
+        {
+            return published.iter().any(|p| p == name) || key_names.iter().any(|k| k == name);
+        }
+        spec.columns.is_empty()
+            || spec.columns.iter().any(|c| c == name)
+            || spec.key_columns.iter().any(|c| c == name)
+            || key_names.iter().any(|k| k == name)
+    };
+    let columns: Vec<Column> = facts
+        .columns
+        .iter()
+        .filter(|(name, _, _)| wanted(name))
+        .map(|(name, type_oid, type_modifier)| Column {
+            name: name.clone(),
+            type_oid: *type_oid,
+            type_modifier: *type_modifier,
+            is_key: flagged.iter().any(|f| f == name),
+        })
+        .collect();
+    let mut key_positions = Vec::with_capacity(key_names.len());
+    for key in &key_names {
+        match columns.iter().position(|c| &c.name == key) {
+            Some(i) => key_positions.push(i),
+            None => {
+                return Err(BackfillError::NoKey {
+                    table: qualified,
+                    sql_table: format!(
+                        "{}.{}",
+                        quote_ident(&facts.schema),
+                        quote_ident(&facts.name)
+                    ),
+                });
+            }
+        }
+    }
+    let rows_estimated = (facts.reltuples >= 0.0).then(|| facts.reltuples.round() as u64);
+    Ok(TablePlan {
+        name: qualified,
+        relation: Arc::new(Relation {
+            oid: facts.oid,
+            schema: facts.schema.clone(),
+            name: facts.name.clone(),
+            replica_identity: facts.replica_identity,
+            columns,
+        }),
+        key_names,
+        key_positions,
+        filter: spec.filter.clone(),
+        rows_estimated,
+    })
+}
+
+fn sql_err(what: &'static str, table: &str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
+    let table = table.to_string();
+    move |source| BackfillError::Sql {
+        what,
+        table: Some(table),
+        source,
+    }
+}
+
+/// The configured tables that exist, by `schema.table`, in configuration
+/// order; `schema.*` becomes the published tables of the schema (sorted).
+/// The watermark table is never one of them.
+pub async fn resolve_tables(
+    sql: &tokio_postgres::Client,
+    config: &WorkerConfig,
+    watermark: &WatermarkTable,
+) -> Result<Vec<(String, TableSpec)>, BackfillError> {
+    let mut out: Vec<(String, TableSpec)> = Vec::new();
+    for spec in &config.tables {
+        let Some((schema, table)) = spec.name.split_once('.') else {
+            continue;
+        };
+        let names: Vec<String> = if table == "*" {
+            let rows = sql
+                .query(
+                    "SELECT tablename::text FROM pg_publication_tables \
+                     WHERE pubname = $1 AND schemaname = $2 ORDER BY tablename",
+                    &[&config.logical.publication_name, &schema],
+                )
+                .await
+                .map_err(sql_err("listing the published tables", &spec.name))?;
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|t| !(schema == watermark.schema && *t == watermark.name))
+                .map(|t| format!("{schema}.{t}"))
+                .collect()
+        } else {
+            vec![spec.name.clone()]
+        };
+        for name in names {
+            if !out.iter().any(|(n, _)| *n == name) {
+                let mut spec = spec.clone();
+                spec.name = name.clone();
+                out.push((name, spec));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read the catalog facts of `schema.table`.
+pub async fn load_facts(
+    sql: &tokio_postgres::Client,
+    qualified: &str,
+    publication: &str,
+    server_version_num: i32,
+) -> Result<TableFacts, BackfillError> {
+    let (schema, name) = qualified.split_once('.').unwrap_or(("public", qualified));
+    let row = sql
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text, c.reltuples FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(sql_err("reading pg_class", qualified))?;
+    let Some(row) = row else {
+        return Err(BackfillError::TableMissing {
+            table: qualified.to_string(),
+        });
+    };
+    let oid: u32 = row.get(0);
+    let identity: String = row.get(1);
+    let reltuples: f32 = row.get(2);
+    let generated = if server_version_num >= 120_000 {
+        " AND attgenerated = ''"
+    } else {
+        ""
+    };
+    let columns = sql
+        .query(
+            &format!(
+                "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped{generated} ORDER BY attnum"
+            ),
+            &[&oid],
+        )
+        .await
+        .map_err(sql_err("reading pg_attribute", qualified))?
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, u32>(1),
+                r.get::<_, i32>(2),
+            )
+        })
+        .collect();
+    let index_columns = |flag: &'static str| {
+        format!(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1 AND i.{flag} \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)"
+        )
+    };
+    let primary_key = sql
+        .query(&index_columns("indisprimary"), &[&oid])
+        .await
+        .map_err(sql_err("reading the primary key", qualified))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let identity_index = sql
+        .query(&index_columns("indisreplident"), &[&oid])
+        .await
+        .map_err(sql_err("reading the replica identity index", qualified))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let published = if server_version_num >= 150_000 {
+        sql.query_opt(
+            "SELECT attnames::text[] FROM pg_publication_tables \
+             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+            &[&publication, &schema, &name],
+        )
+        .await
+        .map_err(sql_err("reading the publication's column list", qualified))?
+        .map(|r| r.get::<_, Vec<String>>(0))
+    } else {
+        None
+    };
+    Ok(TableFacts {
+        oid,
+        schema: schema.to_string(),
+        name: name.to_string(),
+        replica_identity: identity.bytes().next().unwrap_or(b'd'),
+        columns,
+        published,
+        primary_key,
+        identity_index,
+        reltuples,
+    })
+}
+
+/// The watermark table exists and the publication carries its inserts and
+/// updates (else no window would ever open).
+pub async fn check_watermark(
+    sql: &tokio_postgres::Client,
+    watermark: &WatermarkTable,
+    publication: &str,
+) -> Result<(), BackfillError> {
+    let wm = watermark.to_string();
+    let exists = sql
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&watermark.schema, &watermark.name],
+        )
+        .await
+        .map_err(sql_err("looking up the watermark table", &wm))?
+        .is_some();
+    if !exists {
+        return Err(BackfillError::WatermarkTableMissing {
+            table: wm,
+            ddl: watermark.ddl(),
+            publication: publication.to_string(),
+            sql_name: watermark.sql_name(),
+        });
+    }
+    let published = sql
+        .query_opt(
+            "SELECT p.pubinsert AND p.pubupdate FROM pg_publication p \
+             JOIN pg_publication_tables pt ON pt.pubname = p.pubname \
+             WHERE p.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
+            &[&publication, &watermark.schema, &watermark.name],
+        )
+        .await
+        .map_err(sql_err("reading the publication", &wm))?
+        .map(|r| r.get::<_, bool>(0));
+    if published != Some(true) {
+        return Err(BackfillError::WatermarkNotPublished {
+            table: wm,
+            publication: publication.to_string(),
+            sql_name: watermark.sql_name(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> TableSpec {
+        serde_json::from_value(serde_json::json!({ "name": name })).unwrap()
+    }
+
+    fn facts() -> TableFacts {
+        TableFacts {
+            oid: 16384,
+            schema: "public".into(),
+            name: "order lines".into(),
+            replica_identity: b'd',
+            columns: vec![
+                ("order_id".into(), 20, -1),
+                ("line".into(), 23, -1),
+                ("sku".into(), 25, -1),
+                ("price".into(), 1700, 655366),
+            ],
+            published: Some(vec![
+                "order_id".into(),
+                "line".into(),
+                "sku".into(),
+                "price".into(),
+            ]),
+            primary_key: vec!["order_id".into(), "line".into()],
+            identity_index: vec![],
+            reltuples: -1.0,
+        }
+    }
+
+    #[test]
+    fn relation_mirrors_pgoutput_and_keyset_queries_are_quoted() {
+        let plan = plan_table(&facts(), &spec("public.order lines")).unwrap();
+        assert_eq!(plan.relation.oid, 16384);
+        assert_eq!(plan.key_positions, [0, 1]);
+        let flags: Vec<bool> = plan.relation.columns.iter().map(|c| c.is_key).collect();
+        assert_eq!(flags, [true, true, false, false]);
+        assert_eq!(plan.relation.columns[3].type_modifier, 655366);
+        assert_eq!(plan.rows_estimated, None, "reltuples -1: never analyzed");
+        assert_eq!(
+            plan.chunk_sql(None, 101),
+            r#"SELECT "order_id", "line", "sku", "price" FROM "public"."order lines" ORDER BY "order_id", "line" LIMIT 101"#
+        );
+        assert_eq!(
+            plan.chunk_sql(Some(&[Some("7".into()), Some("it's".into())]), 11),
+            r#"SELECT "order_id", "line", "sku", "price" FROM "public"."order lines" WHERE ("order_id", "line") > ('7', 'it''s') ORDER BY "order_id", "line" LIMIT 11"#
+        );
+    }
+
+    #[test]
+    fn single_keys_filters_and_column_lists() {
+        let mut f = facts();
+        f.primary_key = vec!["order_id".into()];
+        f.published = Some(vec!["sku".into()]);
+        f.reltuples = 1234.4;
+        let mut s = spec("public.order lines");
+        s.filter = Some("price > 10".into());
+        let plan = plan_table(&f, &s).unwrap();
+        let names: Vec<&str> = plan
+            .relation
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["order_id", "sku"],
+            "column list plus the key, attnum order"
+        );
+        assert_eq!(plan.rows_estimated, Some(1234));
+        assert_eq!(
+            plan.chunk_sql(Some(&[Some("9".into())]), 5),
+            r#"SELECT "order_id", "sku" FROM "public"."order lines" WHERE "order_id" > '9' AND (price > 10) ORDER BY "order_id" LIMIT 5"#
+        );
+    }
+
+    #[test]
+    fn the_replica_identity_index_orders_chunks_when_it_is_the_identity() {
+        let mut f = facts();
+        f.replica_identity = b'i';
+        f.identity_index = vec!["sku".into()];
+        let plan = plan_table(&f, &spec("public.order lines")).unwrap();
+        assert_eq!(plan.key_names, ["sku"]);
+        assert_eq!(plan.key_positions, [2]);
+        let flags: Vec<bool> = plan.relation.columns.iter().map(|c| c.is_key).collect();
+        assert_eq!(flags, [false, false, true, false]);
+    }
+
+    #[test]
+    fn identity_full_keeps_the_primary_key_as_record_key() {
+        let mut f = facts();
+        f.replica_identity = b'f';
+        let plan = plan_table(&f, &spec("public.order lines")).unwrap();
+        let flags: Vec<bool> = plan.relation.columns.iter().map(|c| c.is_key).collect();
+        assert_eq!(flags, [true, true, false, false]);
+    }
+
+    #[test]
+    fn a_table_without_key_is_refused_with_the_fix() {
+        let mut f = facts();
+        f.primary_key.clear();
+        let err = plan_table(&f, &spec("public.order lines")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("public.order lines"), "{text}");
+        assert!(text.contains("add a primary key"), "{text}");
+        assert!(
+            text.contains(r#"ALTER TABLE "public"."order lines" REPLICA IDENTITY USING INDEX"#),
+            "{text}"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn watermark_statements() {
+        let wm = WatermarkTable::parse("public.siphon_watermarks");
+        assert_eq!(
+            wm.upsert_sql(),
+            r#"INSERT INTO "public"."siphon_watermarks" (capture, watermark) VALUES ($1, $2) ON CONFLICT (capture) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()"#
+        );
+        assert_eq!(WatermarkTable::parse("wm").schema, "public");
+        assert!(wm.ddl().starts_with(
+            r#"CREATE TABLE IF NOT EXISTS "public"."siphon_watermarks" (capture text PRIMARY KEY"#
+        ));
+    }
+}

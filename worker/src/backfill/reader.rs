@@ -1,0 +1,207 @@
+//! The chunk reader: a task with its own SQL connection that, per request,
+//! writes the low watermark, reads the chunk, hands the rows over and only
+//! then writes the high watermark. The capture loop never waits for it.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::SimpleQueryMessage;
+
+use super::BackfillError;
+use crate::change::{Datum, Row};
+
+/// One chunk to read.
+#[derive(Clone, Debug)]
+pub struct ChunkRequest {
+    /// Identifies the chunk (and its window) within the run.
+    pub id: u64,
+    pub table: String,
+    /// The chunk query, with `LIMIT chunk_size + 1`.
+    pub sql: String,
+    pub chunk_size: usize,
+    pub key_positions: Vec<usize>,
+    pub low: String,
+    pub high: String,
+}
+
+/// Rows of one chunk, as read between its watermarks.
+#[derive(Debug)]
+pub struct ChunkRows {
+    pub id: u64,
+    /// At most `chunk_size` rows in key order.
+    pub rows: Vec<Row>,
+    /// Key (text) of the last row read; `None` when the chunk is empty.
+    pub last_key: Option<Vec<Option<String>>>,
+    /// More rows follow this chunk.
+    pub more: bool,
+}
+
+/// What the reader reports.
+#[derive(Debug)]
+pub enum ReaderEvent {
+    Rows(ChunkRows),
+    Failed(BackfillError),
+}
+
+/// The running reader; dropping it stops the task.
+pub struct Reader {
+    requests: mpsc::Sender<ChunkRequest>,
+    events: mpsc::Receiver<ReaderEvent>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reader {
+    /// Start the task on `client` (a connection of its own).
+    pub async fn start(
+        client: tokio_postgres::Client,
+        capture: String,
+        upsert_sql: String,
+    ) -> Result<Self, BackfillError> {
+        client
+            .batch_execute(super::plan::SESSION_SETTINGS)
+            .await
+            .map_err(|source| BackfillError::Sql {
+                what: "setting up the backfill session",
+                table: None,
+                source,
+            })?;
+        let upsert = client
+            .prepare(&upsert_sql)
+            .await
+            .map_err(|source| BackfillError::Sql {
+                what: "preparing the watermark statement",
+                table: None,
+                source,
+            })?;
+        let (requests, mut inbox) = mpsc::channel::<ChunkRequest>(1);
+        let (outbox, events) = mpsc::channel::<ReaderEvent>(2);
+        let task = tokio::spawn(async move {
+            while let Some(request) = inbox.recv().await {
+                let result = async {
+                    client
+                        .execute(&upsert, &[&capture, &request.low])
+                        .await
+                        .map_err(sql("writing the low watermark", &request.table))?;
+                    let rows = read_chunk(&client, &request).await?;
+                    if outbox.send(ReaderEvent::Rows(rows)).await.is_err() {
+                        return Ok(false);
+                    }
+                    client
+                        .execute(&upsert, &[&capture, &request.high])
+                        .await
+                        .map_err(sql("writing the high watermark", &request.table))?;
+                    Ok::<bool, BackfillError>(true)
+                }
+                .await;
+                match result {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        let _ = outbox.send(ReaderEvent::Failed(error)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            requests,
+            events,
+            task,
+        })
+    }
+
+    /// Ask for a chunk (the previous one is complete).
+    pub async fn request(&self, request: ChunkRequest) -> Result<(), BackfillError> {
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| BackfillError::ReaderGone)
+    }
+
+    /// The next report; pending while the reader works.
+    pub async fn next(&mut self) -> ReaderEvent {
+        match self.events.recv().await {
+            Some(event) => event,
+            None => ReaderEvent::Failed(BackfillError::ReaderGone),
+        }
+    }
+
+    /// A report already sent, if any.
+    pub fn try_next(&mut self) -> Option<ReaderEvent> {
+        match self.events.try_recv() {
+            Ok(event) => Some(event),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                Some(ReaderEvent::Failed(BackfillError::ReaderGone))
+            }
+        }
+    }
+}
+
+fn sql(what: &'static str, table: &str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
+    let table = table.to_string();
+    move |source| BackfillError::Sql {
+        what,
+        table: Some(table),
+        source,
+    }
+}
+
+/// Run the chunk query in the simple protocol: values arrive in PostgreSQL's
+/// text output form, byte for byte what pgoutput sends.
+async fn read_chunk(
+    client: &tokio_postgres::Client,
+    request: &ChunkRequest,
+) -> Result<ChunkRows, BackfillError> {
+    let stream = client
+        .simple_query_raw(&request.sql)
+        .await
+        .map_err(sql("reading a chunk", &request.table))?;
+    futures::pin_mut!(stream);
+    let mut rows: Vec<Row> = Vec::with_capacity(request.chunk_size.min(100_000));
+    let mut more = false;
+    while let Some(message) = stream.next().await {
+        let message = message.map_err(sql("reading a chunk", &request.table))?;
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        if rows.len() == request.chunk_size {
+            more = true;
+            continue;
+        }
+        let mut values = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+            let value = row
+                .try_get(i)
+                .map_err(sql("decoding a chunk row", &request.table))?;
+            values.push(match value {
+                Some(text) => Datum::Text(Bytes::copy_from_slice(text.as_bytes())),
+                None => Datum::Null,
+            });
+        }
+        rows.push(values);
+    }
+    let last_key = rows.last().map(|row| {
+        request
+            .key_positions
+            .iter()
+            .map(|&i| match row.get(i) {
+                Some(Datum::Text(t)) => Some(String::from_utf8_lossy(t).into_owned()),
+                _ => None,
+            })
+            .collect()
+    });
+    Ok(ChunkRows {
+        id: request.id,
+        rows,
+        last_key,
+        more,
+    })
+}
