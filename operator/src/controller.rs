@@ -166,6 +166,8 @@ fn error_policy(capture: Arc<PostgresCapture>, error: &Error, _ctx: Arc<Context>
 struct Credentials {
     user: String,
     password: String,
+    /// The CA of `spec.postgres.caSecretRef`, written to a private file.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Credentials, Unfit> {
@@ -210,9 +212,34 @@ async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Cr
                 ))
             })
     };
+    let ca_file = match &capture.spec.postgres.ca_secret_ref {
+        None => None,
+        Some(ca) => {
+            let secret = secrets
+                .get_opt(&ca.name)
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| missing(format!("CA Secret {ns}/{} does not exist: create it with key {}", ca.name, ca.key)))?;
+            let pem = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&ca.key))
+                .map(|b| b.0.clone())
+                .ok_or_else(|| missing(format!("CA Secret {ns}/{} has no key {:?}", ca.name, ca.key)))?;
+            let path = std::env::temp_dir().join(format!("siphon-ca-{ns}-{}.crt", capture.name_any()));
+            std::fs::write(&path, pem).map_err(|e| Unfit {
+                reason: reason::SECRET_NOT_FOUND,
+                message: format!("cannot write the CA certificate to {}: {e}", path.display()),
+                transient: true,
+            })?;
+            Some(path)
+        }
+    };
     Ok(Credentials {
         user: get(&r.username_key)?,
         password: get(&r.password_key)?,
+        ca_file,
     })
 }
 
@@ -225,6 +252,7 @@ fn connect_params(capture: &PostgresCapture, creds: Credentials) -> ConnectParam
         user: creds.user,
         password: creds.password,
         ssl_mode: pg.ssl_mode,
+        ca_file: creds.ca_file,
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use siphon_crds::capture::{PublicationMode, SslMode};
 use siphon_crds::conditions::reason;
 use siphon_crds::status::{ManagedObjects, SlotStatus};
+use siphon_worker::replication::connection::{SslMode as WorkerSslMode, tls_config};
 use tokio_postgres::{Client, NoTls};
 
 use crate::validate::{Plan, TableRef};
@@ -33,6 +34,8 @@ pub struct ConnectParams {
     pub user: String,
     pub password: String,
     pub ssl_mode: SslMode,
+    /// CA certificate file for verify-ca / verify-full.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -80,7 +83,8 @@ fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
-/// Connect, telling unreachable from refused credentials.
+/// Connect, telling unreachable from refused credentials. TLS follows libpq's
+/// `sslmode` (the same rustls configuration as the worker's connections).
 pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&params.host)
@@ -90,26 +94,48 @@ pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
         .password(&params.password)
         .application_name("siphon-operator")
         .connect_timeout(Duration::from_secs(10));
-    if matches!(
-        params.ssl_mode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        return Err(Unfit::definite(
-            reason::INVALID_SPEC,
-            "the operator connects without TLS; set spec.postgres.sslMode to disable or prefer (TLS for the operator's own connection is not built yet; the worker supports every sslMode)",
-        ));
-    }
-    match cfg.connect(NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "database connection closed");
-                }
-            });
-            Ok(client)
+    let result = if params.ssl_mode == SslMode::Disable {
+        cfg.connect(NoTls).await.map(|(client, connection)| {
+            drive(connection);
+            client
+        })
+    } else {
+        cfg.ssl_mode(if params.ssl_mode == SslMode::Prefer {
+            tokio_postgres::config::SslMode::Prefer
+        } else {
+            tokio_postgres::config::SslMode::Require
+        });
+        let mode = match params.ssl_mode {
+            SslMode::Disable => WorkerSslMode::Disable,
+            SslMode::Prefer => WorkerSslMode::Prefer,
+            SslMode::Require => WorkerSslMode::Require,
+            SslMode::VerifyCa => WorkerSslMode::VerifyCa,
+            SslMode::VerifyFull => WorkerSslMode::VerifyFull,
+        };
+        let tls = tls_config(mode, params.ca_file.as_deref()).map_err(|e| {
+            Unfit::definite(reason::INVALID_SPEC, format!("TLS settings of spec.postgres: {e}"))
+        })?;
+        cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))
+            .await
+            .map(|(client, connection)| {
+                drive(connection);
+                client
+            })
+    };
+    result.map_err(|e| classify_connect_error(&e, params))
+}
+
+/// Run a connection's I/O until it closes.
+fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "database connection closed");
         }
-        Err(e) => Err(classify_connect_error(&e, params)),
-    }
+    });
 }
 
 fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> Unfit {

@@ -97,8 +97,6 @@ pub enum CaptureError {
         "replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot"
     )]
     SlotActive { slot: String, pid: i32 },
-    #[error("TLS for the worker's SQL connection needs sslMode disable or prefer for now: {0}")]
-    Unsupported(&'static str),
 }
 
 impl CaptureError {
@@ -131,7 +129,6 @@ impl CaptureError {
             CaptureError::SlotMissing { .. } => "slot_missing",
             CaptureError::SlotLost { .. } => "slot_lost",
             CaptureError::SlotActive { .. } => "slot_active",
-            CaptureError::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -170,11 +167,6 @@ pub fn connect_params(v: &Validated) -> ConnectParams {
 /// A plain SQL connection (heartbeats, catalog reads).
 pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, CaptureError> {
     let pg = &v.config.postgres;
-    if !matches!(pg.ssl_mode, SpecSslMode::Disable | SpecSslMode::Prefer) {
-        return Err(CaptureError::Unsupported(
-            "set postgres.sslMode to disable or prefer",
-        ));
-    }
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&pg.host)
         .port(pg.port)
@@ -187,15 +179,32 @@ pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, Captur
     if let Some(pw) = &v.secrets.pg_password {
         cfg.password(pw);
     }
-    let (client, conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| CaptureError::Sql {
-                what: "connecting",
-                source,
-            })?;
+    let sql_err = |source| CaptureError::Sql {
+        what: "connecting",
+        source,
+    };
+    let (client, conn) = if pg.ssl_mode == SpecSslMode::Disable {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(sql_err)?;
+        (client, tokio::spawn(conn))
+    } else {
+        // libpq semantics as on the replication connection: `prefer` falls
+        // back to plain text, the others insist on TLS, and the verify modes
+        // check the chain (and the host name) inside the rustls config.
+        let tls_mode = if pg.ssl_mode == SpecSslMode::Prefer {
+            tokio_postgres::config::SslMode::Prefer
+        } else {
+            tokio_postgres::config::SslMode::Require
+        };
+        cfg.ssl_mode(tls_mode);
+        let root = pg.ssl_root_cert.as_ref().map(std::path::PathBuf::from);
+        let tls =
+            crate::replication::connection::tls_config(ssl_mode(pg.ssl_mode), root.as_deref())?;
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+        let (client, conn) = cfg.connect(connector).await.map_err(sql_err)?;
+        (client, tokio::spawn(conn))
+    };
     tokio::spawn(async move {
-        if let Err(error) = conn.await {
+        if let Ok(Err(error)) = conn.await {
             tracing::debug!(%error, "sql connection closed");
         }
     });

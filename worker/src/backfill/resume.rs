@@ -65,7 +65,7 @@ pub fn resume(
             if r.tables.is_empty() {
                 table.enabled
             } else {
-                r.tables.iter().any(|n| *n == table.name)
+                r.tables.contains(&table.name)
             }
         });
         let entry = position.backfill.entry(table.name.clone()).or_default();
