@@ -165,7 +165,10 @@ up() {
     check_prerequisites
     mkdir -p "$STACK_DIR/logs" "$STACK_DIR/pids"
     pg_install
-    pg_up "$STACK_DIR" "$STACK_PG_PORT" main
+    # Room for the operator-scale benchmark: 100 captures, each with its own
+    # slot and walsender, plus tests running beside them.
+    pg_up "$STACK_DIR" "$STACK_PG_PORT" main \
+        "max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600"
     pg_up "$STACK_DIR" "$STACK_PG_REPLICA_PORT" replica "wal_level = replica"
     kafka_build
     kafka_up "$STACK_DIR"

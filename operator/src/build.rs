@@ -364,7 +364,7 @@ pub fn worker_objects(
             container_port: names::WORKER_METRICS_PORT,
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 5)),
+        readiness_probe: Some(probe("/readyz", 2)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
             ..probe("/healthz", 10)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Operator at scale: N PostgresCaptures (default 100), each with its own table
+# and slot, applied at once. Prints the time from creation to Ready (p50, p99)
+# and the operator's memory, and appends them to target/bench/summary.json.
+# Needs the stack (`make stack-up`); cleans up after itself.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+# shellcheck source=/dev/null
+source "$ROOT/.stack/env"
+N="${SCALE_CAPTURES:-100}"
+NS=siphon-scale
+DB=siphon_scale
+SUMMARY="$ROOT/target/bench/summary.json"
+
+say() { printf 'operator-scale: %s\n' "$*" >&2; }
+
+cleanup() {
+    kubectl delete pgcap --all -n "$NS" --wait=false >/dev/null 2>&1 || true
+    for _ in $(seq 1 120); do
+        [[ -z "$(kubectl get pgcap -n "$NS" -o name 2>/dev/null)" ]] && break
+        sleep 1
+    done
+    kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+    psql -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+say "creating $N tables"
+psql -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+psql -q -d "$DB" -c "DO \$\$ BEGIN FOR i IN 1..$N LOOP EXECUTE format('CREATE TABLE public.t%s (id int PRIMARY KEY, v text)', i); END LOOP; END \$\$"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$NS" create secret generic pg --from-literal=username="$PGUSER" --from-literal=password="$PGPASSWORD" \
+    --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+
+manifests=$(mktemp)
+for i in $(seq 1 "$N"); do
+    cat >>"$manifests" <<YAML
+---
+apiVersion: siphon.dev/v1alpha1
+kind: PostgresCapture
+metadata: { name: c$i, namespace: $NS }
+spec:
+  postgres: { host: 127.0.0.1, port: $PGPORT, database: $DB, credentialsSecretRef: { name: pg }, sslMode: disable }
+  tables: [{ name: public.t$i }]
+  snapshot: { mode: Never }
+  kafka: { bootstrapServers: "$KAFKA_BOOTSTRAP", topicPrefix: scale$i }
+YAML
+done
+op_pid=$(cat "$SIPHON_STACK_DIR/pids/operator.pid")
+say "applying $N captures at once"
+start=$(date +%s.%N)
+kubectl apply -f "$manifests" >/dev/null
+rm -f "$manifests"
+deadline=$(( $(date +%s) + 900 ))
+while :; do
+    ready=$(kubectl get pgcap -n "$NS" -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True || true)
+    rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$op_pid/status")
+    [[ "$ready" -ge "$N" ]] && break
+    (( $(date +%s) < deadline )) || { say "only $ready of $N Ready after 900s"; exit 1; }
+    sleep 1
+done
+end=$(date +%s.%N)
+hwm_kib=$(awk '/VmHWM/ {print $2}' "/proc/$op_pid/status")
+kubectl get pgcap -n "$NS" -o json | python3 -c '
+import json, sys, datetime
+items = json.load(sys.stdin)["items"]
+def ts(s): return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+d = sorted(ts(next(c for c in i["status"]["conditions"] if c["type"] == "Ready")["lastTransitionTime"]) - ts(i["metadata"]["creationTimestamp"]) for i in items)
+p = lambda q: d[min(len(d) - 1, int(q * len(d)))]
+print(f"{p(0.5):.1f} {p(0.99):.1f}")
+' > /tmp/siphon-scale-times
+read -r p50 p99 < /tmp/siphon-scale-times
+printf '\n%-40s %10s %10s %s\n' "operator scale ($N captures)" value goal ""
+printf '%-40s %9ss %9ss\n' "time to Ready p50" "$p50" "5"
+printf '%-40s %9ss %9ss\n' "time to Ready p99" "$p99" "-"
+printf '%-40s %8sMi %8sMi\n' "operator RSS (peak)" "$((hwm_kib / 1024))" "100"
+printf '%-40s %9ss\n' "all Ready after" "$(python3 -c "print(round($end - $start, 1))")"
+mkdir -p "$(dirname "$SUMMARY")"
+python3 - "$SUMMARY" "$p50" "$p99" "$hwm_kib" "$N" <<'PY'
+import json, os, sys
+path, p50, p99, hwm, n = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+rows = json.load(open(path)) if os.path.exists(path) else []
+rows = [r for r in rows if not r["name"].startswith("operator_")]
+rows += [
+    {"name": f"operator_time_to_ready_p50_{n}", "siphon": p50, "reference": 5.0, "unit": "s", "ratio": round(5.0 / p50, 3) if p50 else None},
+    {"name": f"operator_time_to_ready_p99_{n}", "siphon": p99, "reference": None, "unit": "s", "ratio": None},
+    {"name": "operator_rss_peak", "siphon": round(hwm / 1024, 1), "reference": 100.0, "unit": "MiB", "ratio": round(100.0 / (hwm / 1024), 3)},
+]
+json.dump(rows, open(path, "w"), indent=2)
+PY
