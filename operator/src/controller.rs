@@ -220,14 +220,25 @@ async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Cr
                 .await
                 .ok()
                 .flatten()
-                .ok_or_else(|| missing(format!("CA Secret {ns}/{} does not exist: create it with key {}", ca.name, ca.key)))?;
+                .ok_or_else(|| {
+                    missing(format!(
+                        "CA Secret {ns}/{} does not exist: create it with key {}",
+                        ca.name, ca.key
+                    ))
+                })?;
             let pem = secret
                 .data
                 .as_ref()
                 .and_then(|d| d.get(&ca.key))
                 .map(|b| b.0.clone())
-                .ok_or_else(|| missing(format!("CA Secret {ns}/{} has no key {:?}", ca.name, ca.key)))?;
-            let path = std::env::temp_dir().join(format!("siphon-ca-{ns}-{}.crt", capture.name_any()));
+                .ok_or_else(|| {
+                    missing(format!(
+                        "CA Secret {ns}/{} has no key {:?}",
+                        ca.name, ca.key
+                    ))
+                })?;
+            let path =
+                std::env::temp_dir().join(format!("siphon-ca-{ns}-{}.crt", capture.name_any()));
             std::fs::write(&path, pem).map_err(|e| Unfit {
                 reason: reason::SECRET_NOT_FOUND,
                 message: format!("cannot write the CA certificate to {}: {e}", path.display()),

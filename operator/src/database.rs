@@ -113,14 +113,19 @@ pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
             SslMode::VerifyFull => WorkerSslMode::VerifyFull,
         };
         let tls = tls_config(mode, params.ca_file.as_deref()).map_err(|e| {
-            Unfit::definite(reason::INVALID_SPEC, format!("TLS settings of spec.postgres: {e}"))
+            Unfit::definite(
+                reason::INVALID_SPEC,
+                format!("TLS settings of spec.postgres: {e}"),
+            )
         })?;
-        cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone()))
-            .await
-            .map(|(client, connection)| {
-                drive(connection);
-                client
-            })
+        cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*tls).clone(),
+        ))
+        .await
+        .map(|(client, connection)| {
+            drive(connection);
+            client
+        })
     };
     result.map_err(|e| classify_connect_error(&e, params))
 }

@@ -285,7 +285,8 @@ struct Loop<'a> {
     flushed: Lsn,
     /// Source transaction open in the stream.
     in_txn: bool,
-    /// Exactly once: transactions at or before this end LSN were delivered.
+    /// Exactly once: transactions ending at or before this LSN (committing
+    /// before it) were delivered.
     skip_through: Lsn,
     /// Exactly once: the Kafka transaction is open.
     kafka_txn_open: bool,
@@ -348,10 +349,11 @@ impl Loop<'_> {
                 let _ = final_lsn;
             }
             TxEvent::Change(change) => {
-                if self.exactly_once
-                    && change.commit_lsn <= self.skip_through
-                    && self.skip_through.0 != 0
-                {
+                // `skip_through` is the end LSN of the last delivered source
+                // transaction; the next one may commit exactly there (its
+                // commit record right after), so only an earlier commit LSN
+                // marks a transaction already delivered.
+                if self.exactly_once && change.commit_lsn < self.skip_through {
                     return Ok(());
                 }
                 match self.backfill.offer(&change)? {
@@ -381,7 +383,7 @@ impl Loop<'_> {
                 self.metrics.transactions.inc();
                 let chunk_done = std::mem::take(&mut self.chunk_in_txn);
                 if self.exactly_once {
-                    if commit_lsn <= self.skip_through && self.skip_through.0 != 0 {
+                    if commit_lsn < self.skip_through {
                         return Ok(());
                     }
                     self.kafka_txn_last = Some(end_lsn);

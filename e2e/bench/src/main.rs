@@ -32,7 +32,11 @@ struct Args {
     #[arg(long, env = "BENCH_SCALE", default_value_t = 1.0)]
     scale: f64,
     /// Scenarios to run, comma-separated: single,large1m,batch10,latency,memory,backfill.
-    #[arg(long, env = "BENCH_ONLY", default_value = "single,large1m,batch10,latency,memory,backfill")]
+    #[arg(
+        long,
+        env = "BENCH_ONLY",
+        default_value = "single,large1m,batch10,latency,memory,backfill"
+    )]
     only: String,
     #[arg(long, default_value = "127.0.0.1")]
     pg_host: String,
@@ -40,7 +44,12 @@ struct Args {
     pg_port: u16,
     #[arg(long, default_value = "postgres")]
     pg_user: String,
-    #[arg(long, env = "PGPASSWORD", default_value = "postgres", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PGPASSWORD",
+        default_value = "postgres",
+        hide_env_values = true
+    )]
     pg_password: String,
     /// Folder of pg_recvlogical and psql.
     #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
@@ -109,7 +118,10 @@ async fn run(args: Args) -> Result<bool> {
             pg: pg.clone(),
             kafka_bootstrap: args.kafka.clone(),
             offsets_topic: format!("{TOPIC_PREFIX}{run_id}.offsets"),
-            dir: args.out.canonicalize().context("resolving the output folder")?,
+            dir: args
+                .out
+                .canonicalize()
+                .context("resolving the output folder")?,
         },
         tools: Tools {
             pg_recvlogical: args.pg_bindir.join("pg_recvlogical"),

@@ -291,7 +291,10 @@ impl BenchDb {
         loop {
             let flushed: i64 = self
                 .client
-                .query_one(&format!("SELECT {}", lsn_sql("pg_current_wal_flush_lsn()")), &[])
+                .query_one(
+                    &format!("SELECT {}", lsn_sql("pg_current_wal_flush_lsn()")),
+                    &[],
+                )
                 .await?
                 .get(0);
             if flushed as u64 >= after.0 {
@@ -300,9 +303,7 @@ impl BenchDb {
             if Instant::now() > deadline {
                 bail!("WAL not flushed up to {after} after 10s");
             }
-            self.client
-                .batch_execute("SELECT pg_sleep(0.02)")
-                .await?;
+            self.client.batch_execute("SELECT pg_sleep(0.02)").await?;
         }
         if self.walinspect {
             let xid32 = (xid.parse::<u64>()? & 0xFFFF_FFFF).to_string();
@@ -329,7 +330,10 @@ impl BenchDb {
     async fn insert_lsn(&self) -> Result<Lsn> {
         let v: i64 = self
             .client
-            .query_one(&format!("SELECT {}", lsn_sql("pg_current_wal_insert_lsn()")), &[])
+            .query_one(
+                &format!("SELECT {}", lsn_sql("pg_current_wal_insert_lsn()")),
+                &[],
+            )
             .await?
             .get(0);
         Ok(Lsn(v as u64))

@@ -41,7 +41,14 @@ pub async fn recvlogical(
             "host={} port={} user={} dbname={}",
             pg.host, pg.port, pg.user, db.database
         ))
-        .args(["--slot", slot, "--start", "--no-loop", "--file", "/dev/null"])
+        .args([
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "--file",
+            "/dev/null",
+        ])
         .arg(format!("--endpos={end}"))
         .args(["-o", &format!("proto_version={}", tools.proto_version)])
         .args(["-o", &format!("publication_names={PUBLICATION}")])

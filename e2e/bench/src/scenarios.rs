@@ -134,7 +134,10 @@ impl Bench {
                     break Instant::now();
                 }
                 if spawned.elapsed() > Duration::from_secs(90) {
-                    bail!("the worker did not start streaming within 90s; see {}", worker.log.display());
+                    bail!(
+                        "the worker did not start streaming within 90s; see {}",
+                        worker.log.display()
+                    );
                 }
                 tokio::time::sleep(POLL).await;
             };
@@ -144,7 +147,10 @@ impl Bench {
                 }
                 worker.check_alive()?;
                 if started.elapsed() > timeout {
-                    bail!("the worker did not confirm {end} within {timeout:?}; see {}", worker.log.display());
+                    bail!(
+                        "the worker did not confirm {end} within {timeout:?}; see {}",
+                        worker.log.display()
+                    );
                 }
                 tokio::time::sleep(POLL).await;
             };
@@ -289,7 +295,8 @@ impl Bench {
             let duration = Duration::from_secs(self.scaled(30, 5));
             let warmup_us = 2_000_000;
             let start_us = now_us();
-            let (sent, took) = paced_writer(&self.pg, &db.database, LATENCY_RATE, duration, 4).await?;
+            let (sent, took) =
+                paced_writer(&self.pg, &db.database, LATENCY_RATE, duration, 4).await?;
             // Give the tail time to arrive, then stop the consumer.
             tokio::time::sleep(Duration::from_secs(3)).await;
             worker.check_alive()?;
@@ -305,14 +312,20 @@ impl Bench {
         db.drop_slot(&slot).await?;
         db.drop().await?;
         let (sent, took, after_us, arrivals) = result?;
-        let steady: Vec<&Arrival> = arrivals.iter().filter(|a| a.commit_us >= after_us).collect();
+        let steady: Vec<&Arrival> = arrivals
+            .iter()
+            .filter(|a| a.commit_us >= after_us)
+            .collect();
         let mut received: Vec<f64> = steady
             .iter()
             .map(|a| (a.received_us - a.commit_us) as f64 / 1000.0)
             .collect();
         let mut created: Vec<f64> = steady
             .iter()
-            .filter_map(|a| a.create_time_ms.map(|t| (t * 1000 - a.commit_us) as f64 / 1000.0))
+            .filter_map(|a| {
+                a.create_time_ms
+                    .map(|t| (t * 1000 - a.commit_us) as f64 / 1000.0)
+            })
             .collect();
         if received.is_empty() {
             bail!("no record reached the latency consumer");
@@ -384,7 +397,14 @@ impl Bench {
             t.elapsed().as_secs_f64()
         ));
         let run = self
-            .siphon_stream(&db, &slot, "large-alo", Delivery::AtLeastOnce, end, Duration::from_secs(900))
+            .siphon_stream(
+                &db,
+                &slot,
+                "large-alo",
+                Delivery::AtLeastOnce,
+                end,
+                Duration::from_secs(900),
+            )
             .await;
         db.drop_slot(&slot).await?;
         db.drop().await?;

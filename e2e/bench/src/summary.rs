@@ -142,16 +142,7 @@ pub fn table(figures: &[Figure], notes: &[String]) -> String {
             ]
         })
         .collect();
-    let head = [
-        "figure",
-        "siphon",
-        "reference",
-        "unit",
-        "ratio",
-        "goal",
-        "",
-    ]
-    .map(String::from);
+    let head = ["figure", "siphon", "reference", "unit", "ratio", "goal", ""].map(String::from);
     let mut widths = head.clone().map(|h| h.chars().count());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -198,7 +189,14 @@ mod tests {
 
     #[test]
     fn ratio_goals_use_the_ratio_and_limits_use_the_value() {
-        let f = Figure::against("x", "events/s", 90.0, "ref", 100.0, vec![Goal::RatioAtLeast(0.85)]);
+        let f = Figure::against(
+            "x",
+            "events/s",
+            90.0,
+            "ref",
+            100.0,
+            vec![Goal::RatioAtLeast(0.85)],
+        );
         assert_eq!(f.meets(), Some(true));
         let f = Figure::alone("rss", "MiB", 70.0, vec![Goal::AtMost(64.0)]);
         assert_eq!(f.meets(), Some(false));
@@ -208,7 +206,14 @@ mod tests {
 
     #[test]
     fn json_has_exactly_the_public_fields() {
-        let f = Figure::against("x", "events/s", 1.0, "ref", 2.0, vec![Goal::RatioAtLeast(0.5)]);
+        let f = Figure::against(
+            "x",
+            "events/s",
+            1.0,
+            "ref",
+            2.0,
+            vec![Goal::RatioAtLeast(0.5)],
+        );
         let v = serde_json::to_value([f]).expect("json");
         let keys: Vec<&String> = v[0].as_object().expect("object").keys().collect();
         assert_eq!(keys, ["name", "ratio", "reference", "siphon", "unit"]);

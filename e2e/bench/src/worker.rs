@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use siphon_crds::capture::{Delivery, SnapshotMode, SnapshotSpec, SslMode, TableSpec, TopicCreation};
+use siphon_crds::capture::{
+    Delivery, SnapshotMode, SnapshotSpec, SslMode, TableSpec, TopicCreation,
+};
 use siphon_crds::worker_config::{
     KafkaConfig, LogicalConfig, MetricsConfig, PostgresConfig, WorkerConfig,
 };

@@ -1,6 +1,8 @@
 //! Deleting a capture while its database is down keeps the finalizer, says why
 //! in a condition and a Warning event; `deletionPolicy: Retain` lets it go.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;

@@ -2,6 +2,8 @@
 //! created: the slot, the publication and the watermark table; then the
 //! resource goes away.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};

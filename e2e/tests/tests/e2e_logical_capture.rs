@@ -1,6 +1,8 @@
 //! End to end: rows already in the table and new writes arrive in Kafka as
 //! Debezium records, the capture reports Ready, and its status shows the slot.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};

@@ -1,5 +1,7 @@
 //! Malformed specs are refused at `kubectl apply`, with messages a person can act on.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::process::Command;
 
 use siphon_e2e::{stack_var, unique};

@@ -2,6 +2,8 @@
 //! leaks nothing: after deletion no slot, publication or watermark table of
 //! the capture remains.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};

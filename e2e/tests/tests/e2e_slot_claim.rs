@@ -1,6 +1,8 @@
 //! Two captures claiming one slot in one database: the younger is refused with
 //! a condition and touches nothing; the older keeps streaming.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! `suspend: true` stops the worker and keeps the slot (retained WAL shown);
 //! resuming streams what was written meanwhile.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;

@@ -2,6 +2,8 @@
 //! fix: wal_level not logical, a missing table, a table without primary key,
 //! a role without REPLICATION.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use siphon_e2e::scenario::Scenario;

@@ -1,5 +1,7 @@
 //! The worker pod killed is replaced and nothing committed is lost.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

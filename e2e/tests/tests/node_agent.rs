@@ -5,6 +5,8 @@
 //! Needs the stack (`make stack-up`, then `source .stack/env`): fails, not
 //! skips, without it.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

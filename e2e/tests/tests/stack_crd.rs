@@ -1,6 +1,8 @@
 //! The stack's API server is real: it stores a PostgresCapture, streams watch
 //! events for it, and refuses specs that break the schema or its CEL rules.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};

@@ -2,6 +2,8 @@
 //! are isolated (a `read_committed` consumer sees a committed transaction and
 //! never an aborted one).
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;

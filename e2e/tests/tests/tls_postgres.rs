@@ -4,6 +4,8 @@
 //! server; verify-ca accepts that name (it checks the chain only); a wrong CA
 //! is refused; disable is plain text.
 
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

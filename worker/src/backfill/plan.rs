@@ -198,18 +198,15 @@ pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, Bac
         }
         _ => facts.primary_key.clone(),
     };
-    // The publication's column list when there is one; else the spec's
-    // columns (plus keys), else every column.
+    // The columns pgoutput sends: the publication's column list (PostgreSQL
+    // 15+, where the operator turns the spec's `columns` into one), else all.
     let wanted = |name: &str| -> bool {
-        if let Some(published) = &facts.published
-            && !published.is_empty()
-        {
-            return published.iter().any(|p| p == name) || key_names.iter().any(|k| k == name);
+        match &facts.published {
+            Some(published) if !published.is_empty() => {
+                published.iter().any(|p| p == name) || key_names.iter().any(|k| k == name)
+            }
+            _ => true,
         }
-        spec.columns.is_empty()
-            || spec.columns.iter().any(|c| c == name)
-            || spec.key_columns.iter().any(|c| c == name)
-            || key_names.iter().any(|k| k == name)
     };
     let columns: Vec<Column> = facts
         .columns

@@ -326,4 +326,19 @@ mod tests {
         ));
         assert!(auth.to_string().contains("grant WRITE"));
     }
+
+    #[test]
+    fn librdkafka_accepts_the_producer_properties_of_both_deliveries() {
+        let kafka = siphon_crds::worker_config::KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let secrets = crate::config::Secrets::default();
+        for tx_id in [None, Some("siphon-shop")] {
+            let props = options::producer_properties(&kafka, &secrets, "siphon-shop", tx_id);
+            if let Err(e) = KafkaSink::<u64>::new(&props) {
+                panic!("transactional id {tx_id:?}: {e}");
+            }
+        }
+    }
 }

@@ -20,6 +20,12 @@ pub const QUEUE_MAX_MESSAGES: u32 = 500_000;
 pub const LINGER_MS: u32 = 5;
 /// Upper bound of one batch in bytes (`batch.size`).
 pub const BATCH_BYTES: u32 = 1_000_000;
+/// How long librdkafka retries a record (`message.timeout.ms`).
+pub const MESSAGE_TIMEOUT_MS: u32 = 120_000;
+/// Exactly once: how long a Kafka transaction may stay open
+/// (`transaction.timeout.ms`). librdkafka refuses a `message.timeout.ms`
+/// above it, so in exactly-once mode records are retried this long instead.
+pub const TRANSACTION_TIMEOUT_MS: u32 = 60_000;
 
 pub use siphon_crds::kafka_options::reserved_reason;
 
@@ -49,7 +55,7 @@ pub fn producer_properties(
     );
     // Retries are librdkafka's job until this deadline; past it a record has
     // failed for good and the worker restarts from its last confirmed position.
-    set("message.timeout.ms", "120000".into());
+    set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string());
     set("security.protocol", kafka.security_protocol.clone());
     if let Some(m) = &kafka.sasl_mechanism {
         set("sasl.mechanism", m.clone());
@@ -71,7 +77,8 @@ pub fn producer_properties(
     }
     if let Some(id) = transactional_id {
         set("transactional.id", id.to_string());
-        set("transaction.timeout.ms", "60000".into());
+        set("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string());
+        set("message.timeout.ms", TRANSACTION_TIMEOUT_MS.to_string());
     }
     for (k, v) in &kafka.options {
         if reserved_reason(k).is_none() {
@@ -124,6 +131,9 @@ mod tests {
             Some("siphon-shop"),
         );
         assert_eq!(p["transactional.id"], "siphon-shop");
+        // librdkafka refuses to create a transactional producer otherwise.
+        let ms = |k: &str| p[k].parse::<u64>().expect("a number");
+        assert!(ms("message.timeout.ms") <= ms("transaction.timeout.ms"));
     }
 
     #[test]
