@@ -39,7 +39,7 @@ cleanup() {
     while read -r pid; do
       [[ $pid =~ ^[0-9]+$ ]] || continue
       cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
-      if [[ $cmd == *siphon-worker* || $cmd == *pg_recvlogical* ]]; then
+      if [[ $cmd == *siphon-worker* || $cmd == *pg_recvlogical* || $cmd == "perf record"* ]]; then
         kill -TERM "$pid" 2>/dev/null || true
       fi
     done <"$PIDS"
@@ -63,8 +63,10 @@ main() {
   pg_up "$STATE_DIR" "$PG_PORT" main
   kafka_up "$STATE_DIR"
 
+  # Two builds, not one: built together, the packages' features would be
+  # unified and the worker measured would not be the worker shipped.
   log "building siphon-worker and siphon-bench (release)"
-  (cd "$ROOT" && cargo build --release -p siphon-worker -p siphon-bench)
+  (cd "$ROOT" && cargo build --release -p siphon-worker && cargo build --release -p siphon-bench)
 
   trap cleanup EXIT
   trap 'exit 130' INT TERM

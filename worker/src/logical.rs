@@ -106,7 +106,9 @@ impl CaptureError {
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Sink(e) => e.is_transient(),
             CaptureError::Sql { source, .. } => {
-                source.is_closed() || source.as_db_error().is_none()
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source.code().is_some_and(|c| transient_sqlstate(c.code()))
             }
             CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
             CaptureError::Backfill(e) => e.is_transient(),
@@ -131,6 +133,16 @@ impl CaptureError {
             CaptureError::SlotActive { .. } => "slot_active",
         }
     }
+}
+
+/// SQLSTATEs worth a retry: connection exceptions (08), insufficient
+/// resources (53), operator intervention such as a shutdown or a server still
+/// starting (57P01-57P03), serialization failures and deadlocks.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01")
 }
 
 /// How a run ended without error.
@@ -373,17 +385,25 @@ impl Loop<'_> {
             }
             TxEvent::Message(_) => {}
             TxEvent::Commit {
+                xid,
                 end_lsn,
                 commit_ts_us,
                 commit_lsn,
-                ..
             } => {
                 self.in_txn = false;
+                self.backfill.committed(xid);
                 self.last_commit_ts_us = commit_ts_us;
                 self.metrics.transactions.inc();
                 let chunk_done = std::mem::take(&mut self.chunk_in_txn);
                 if self.exactly_once {
                     if commit_lsn < self.skip_through {
+                        return Ok(());
+                    }
+                    if !self.kafka_txn_open && !chunk_done {
+                        // Nothing of this transaction reached Kafka (filtered
+                        // out) and no Kafka transaction is open: its end is
+                        // confirmable at once, or the slot would stall.
+                        self.sink.close_mark(end_lsn);
                         return Ok(());
                     }
                     self.kafka_txn_last = Some(end_lsn);
@@ -560,6 +580,13 @@ pub async fn run(
         &[("cleanup.policy", "compact")],
     )
     .await?;
+    // Fence first, read the position second: once init_transactions returns,
+    // any transaction of an older worker is committed or aborted, so the
+    // position read below is final.
+    let sink: KafkaSink<Lsn> = KafkaSink::new(&props)?;
+    if exactly_once {
+        sink.init_transactions(Duration::from_secs(60)).await?;
+    }
     let mut position = {
         let props = props.clone();
         let topic = cfg.kafka.offsets_topic.clone();
@@ -577,12 +604,6 @@ pub async fn run(
     // before anything streams.
     let completed_before = position.completed_request.clone();
     let mut backfill = Backfill::prepare(&sql, v, &mut position, &progress).await?;
-
-    let sink: KafkaSink<Lsn> = KafkaSink::new(&props)?;
-    if exactly_once {
-        // Registers the transactional id: any older worker of this capture is fenced.
-        sink.init_transactions(Duration::from_secs(60)).await?;
-    }
 
     let mut conn = ReplicationConnection::connect(&connect_params(v)).await?;
     let version = conn.server_version_num().await?;

@@ -151,13 +151,18 @@ impl Fixture {
 
     /// A worker configuration (YAML, as a person would write it).
     fn yaml(&self, tables: &str, chunk_size: u32, delivery: &str) -> String {
+        self.yaml_with(tables, &format!("chunkSize: {chunk_size}"), delivery)
+    }
+
+    /// `snapshot` is the inside of the `snapshot:` block.
+    fn yaml_with(&self, tables: &str, snapshot: &str, delivery: &str) -> String {
         let s = &self.stack;
         format!(
             r#"name: {name}
 postgres: {{ host: "{host}", port: {port}, database: {db}, user: "{user}", password: "{pw}", sslMode: disable }}
 tables: {tables}
 logical: {{ slotName: {slot}, publicationName: {publication}, heartbeatInterval: 1s, createSlot: true }}
-snapshot: {{ chunkSize: {chunk_size} }}
+snapshot: {{ {snapshot} }}
 kafka:
   bootstrapServers: "{kafka}"
   topicPrefix: {prefix}
@@ -185,8 +190,12 @@ spillDir: {spill}
     }
 
     fn config(&self, tables: &str, chunk_size: u32, delivery: &str) -> Validated {
+        self.config_with(tables, &format!("chunkSize: {chunk_size}"), delivery)
+    }
+
+    fn config_with(&self, tables: &str, snapshot: &str, delivery: &str) -> Validated {
         let cfg: WorkerConfig =
-            serde_yaml::from_str(&self.yaml(tables, chunk_size, delivery)).expect("worker YAML");
+            serde_yaml::from_str(&self.yaml_with(tables, snapshot, delivery)).expect("worker YAML");
         config::validate(cfg, &|_| None).expect("valid worker configuration")
     }
 
@@ -208,9 +217,11 @@ spillDir: {spill}
     async fn caught_up(&self, max: Duration) {
         let end: String = self
             .pg
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            // The insert position: with synchronous_commit off (the stack's
+            // setting) the write position may not cover the last commit yet.
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
-            .expect("pg_current_wal_lsn")
+            .expect("pg_current_wal_insert_lsn")
             .get(0);
         let end: Lsn = end.parse().expect("an LSN");
         let deadline = Instant::now() + max;
@@ -229,9 +240,17 @@ spillDir: {spill}
 
     /// Rows of `table` as JSON objects, by canonical key.
     async fn table(&self, table: &str, keys: &[&str]) -> BTreeMap<String, Value> {
+        self.rows(&format!("SELECT * FROM {table}"), keys).await
+    }
+
+    /// Rows of a query as JSON objects, by canonical key.
+    async fn rows(&self, select: &str, keys: &[&str]) -> BTreeMap<String, Value> {
         let rows = self
             .pg
-            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .query(
+                &format!("SELECT row_to_json(t)::text FROM ({select}) t"),
+                &[],
+            )
             .await
             .expect("select the table");
         rows.iter()
@@ -704,6 +723,17 @@ async fn create(fx: &Fixture, shape: &Shape, rows: i64) -> HashSet<String> {
 
 /// Compare the reduction of the topic with the table, and audit the order.
 async fn verify(fx: &Fixture, shape: &Shape, initial: &HashSet<String>) -> Audit {
+    let select = format!("SELECT * FROM {}", shape.table);
+    verify_rows(fx, shape, &select, initial).await
+}
+
+/// [`verify`] against the rows of `select` (a filter, a column list).
+async fn verify_rows(
+    fx: &Fixture,
+    shape: &Shape,
+    select: &str,
+    initial: &HashSet<String>,
+) -> Audit {
     let partitions = {
         let (kafka, topic) = (fx.stack.kafka.clone(), fx.topic(shape.table));
         tokio::task::spawn_blocking(move || read_topic(&kafka, &topic))
@@ -711,7 +741,7 @@ async fn verify(fx: &Fixture, shape: &Shape, initial: &HashSet<String>) -> Audit
             .expect("reader")
     };
     let reduced = reduce(&partitions);
-    let table = fx.table(shape.table, shape.keys).await;
+    let table = fx.rows(select, shape.keys).await;
     let missing: Vec<&String> = table
         .keys()
         .filter(|k| !reduced.contains_key(*k))
@@ -1047,11 +1077,12 @@ async fn kill_9_in_the_middle_loses_nothing() {
             "no progress:\n{}",
             first.log_tail()
         );
-        if load_position(&fx)
+        if let Some(table) = load_position(&fx)
             .await
-            .and_then(|p| p.backfill.get("public.items").map(|t| t.rows))
-            .is_some_and(|rows| rows >= 20_000)
+            .and_then(|p| p.backfill.get("public.items").cloned())
+            && table.rows >= 20_000
         {
+            assert_eq!(table.state, "Running", "killed in the middle");
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1092,4 +1123,92 @@ async fn kill_9_in_the_middle_loses_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     drop(fx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_request_reads_the_tables_again_once() {
+    let _turn = TURN.lock().await;
+    const ROWS: i64 = 1_000;
+    let fx = Fixture::new().await;
+    let initial = create(&fx, &ITEMS, ROWS).await;
+    let tables = "[{ name: public.items }]";
+    let worker = start(fx.config(tables, 300, "AtLeastOnce"));
+    worker.backfilled(Duration::from_secs(60)).await;
+    fx.caught_up(Duration::from_secs(60)).await;
+    worker.stop().await;
+
+    let requested = "chunkSize: 300, request: { id: again }";
+    let worker = start(fx.config_with(tables, requested, "AtLeastOnce"));
+    worker.backfilled(Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker
+        .progress
+        .snapshot()
+        .completed_snapshot_request
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the request never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        worker
+            .progress
+            .snapshot()
+            .completed_snapshot_request
+            .as_deref(),
+        Some("again")
+    );
+    fx.caught_up(Duration::from_secs(60)).await;
+    worker.stop().await;
+    let stored = load_position(&fx).await.expect("a position");
+    assert_eq!(stored.completed_request.as_deref(), Some("again"));
+
+    // The same request again: nothing more to read.
+    let worker = start(fx.config_with(tables, requested, "AtLeastOnce"));
+    worker.backfilled(Duration::from_secs(60)).await;
+    fx.caught_up(Duration::from_secs(60)).await;
+    worker.stop().await;
+
+    let audit = verify(&fx, &ITEMS, &initial).await;
+    assert_eq!(audit.reads, 2 * ROWS as usize, "{audit:?}");
+    assert_eq!(audit.keys_read_twice, ROWS as usize, "{audit:?}");
+    assert_eq!(audit.last_markers, 2, "each backfill ends with `last`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_follows_the_column_list_and_the_filter() {
+    let _turn = TURN.lock().await;
+    let fx = Fixture::new().await;
+    fx.pg.batch_execute(ITEMS.create).await.expect("create");
+    fx.pg
+        .execute(ITEMS.fill, &[&1_000_i64])
+        .await
+        .expect("fill");
+    // What the operator makes of `columns` and `filter` on PostgreSQL 15+.
+    fx.publish(&["public.items (id, v) WHERE (id % 2 = 0)"])
+        .await;
+    let worker = start(fx.config(
+        r#"[{ name: public.items, columns: [v], filter: "id % 2 = 0" }]"#,
+        128,
+        "AtLeastOnce",
+    ));
+    worker.backfilled(Duration::from_secs(60)).await;
+    fx.pg
+        .batch_execute(
+            "INSERT INTO items VALUES (1001, nextval('ver'), true, 'odd'), (1002, nextval('ver'), true, 'even');
+             UPDATE items SET v = nextval('ver') WHERE id IN (2, 3, 4);
+             DELETE FROM items WHERE id IN (6, 7);",
+        )
+        .await
+        .expect("writes");
+    fx.caught_up(Duration::from_secs(60)).await;
+    worker.stop().await;
+    let audit = verify_rows(
+        &fx,
+        &ITEMS,
+        "SELECT id, v FROM items WHERE id % 2 = 0",
+        &HashSet::new(),
+    )
+    .await;
+    assert_eq!(audit.reads, 500, "{audit:?}");
 }

@@ -55,6 +55,7 @@ async fn the_worker_rides_out_a_kafka_restart_without_loss() {
             "read_uncommitted",
             &committed,
             Duration::from_secs(180),
+            &mut worker,
         )
     });
     assert!(

@@ -127,13 +127,15 @@ impl Pg {
     pub async fn scenario_database(&self, name: &str) -> Result<BenchDb> {
         let database = format!("{PREFIX}{name}");
         let admin = self.connect("postgres").await?;
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {0} WITH (FORCE); CREATE DATABASE {0}",
-                quote_ident(&database)
-            ))
-            .await
-            .with_context(|| format!("creating database {database}"))?;
+        for sql in [
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            "CREATE DATABASE {}",
+        ] {
+            admin
+                .batch_execute(&sql.replace("{}", &quote_ident(&database)))
+                .await
+                .with_context(|| format!("creating database {database}"))?;
+        }
         let client = self.connect(&database).await?;
         client
             .batch_execute(&format!(
@@ -345,7 +347,7 @@ impl BenchDb {
         let client = self.pg.connect(&self.database).await?;
         let stmt = client
             .prepare(&format!(
-                "SELECT active_pid IS NOT NULL, {} FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT active_pid, {} FROM pg_replication_slots WHERE slot_name = $1",
                 lsn_sql("confirmed_flush_lsn")
             ))
             .await?;
@@ -382,6 +384,8 @@ impl BenchDb {
 pub struct SlotState {
     /// A walsender streams from it.
     pub active: bool,
+    /// That walsender's pid.
+    pub walsender: Option<i32>,
     /// `confirmed_flush_lsn`: the reader told the server it is done up to here.
     pub confirmed: Lsn,
 }
@@ -404,9 +408,48 @@ impl SlotWatch {
             .await?
             .with_context(|| format!("slot {} disappeared", self.slot))?;
         let confirmed: Option<i64> = row.get(1);
+        let walsender: Option<i32> = row.get(0);
         Ok(SlotState {
-            active: row.get(0),
+            active: walsender.is_some(),
+            walsender,
             confirmed: Lsn(confirmed.unwrap_or(0) as u64),
         })
+    }
+}
+
+/// CPU time (user + system) a process used so far, from /proc (the
+/// walsenders run on this host too).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Follows the CPU time of the walsender of a slot while it streams.
+#[derive(Default)]
+pub struct WalsenderCpu {
+    pid: Option<i32>,
+    last: Option<Duration>,
+}
+
+impl WalsenderCpu {
+    pub fn observe(&mut self, state: &SlotState) {
+        if let Some(pid) = state.walsender {
+            if self.pid != Some(pid) {
+                self.pid = Some(pid);
+            }
+            if let Some(t) = u32::try_from(pid).ok().and_then(cpu_time) {
+                self.last = Some(t);
+            }
+        }
+    }
+
+    /// CPU time of the walsender at the last observation.
+    pub fn used(&self) -> Option<Duration> {
+        self.last
     }
 }

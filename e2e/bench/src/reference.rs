@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::postgres::{BenchDb, Lsn, POLL, PUBLICATION, Pg};
+use crate::postgres::{BenchDb, Lsn, POLL, PUBLICATION, Pg, WalsenderCpu};
 use crate::worker::Pids;
 
 /// Where the PostgreSQL client programs live.
@@ -31,7 +31,7 @@ pub async fn recvlogical(
     end: Lsn,
     pids: &Pids,
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<ReaderRun> {
     let pg = &db.pg;
     let watch = db.watch(slot).await?;
     let spawned = Instant::now();
@@ -63,11 +63,14 @@ pub async fn recvlogical(
     pids.add(pid);
     // Start the clock when the slot turns active, stop it when the program exits.
     let mut started: Option<Instant> = None;
+    let mut walsender = WalsenderCpu::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
-            _ = tokio::time::sleep(POLL), if started.is_none() => {
-                if watch.state().await?.active {
+            _ = tokio::time::sleep(POLL) => {
+                let state = watch.state().await?;
+                walsender.observe(&state);
+                if started.is_none() && state.active {
                     started = Some(Instant::now());
                 }
             }
@@ -87,7 +90,18 @@ pub async fn recvlogical(
         }
         bail!("pg_recvlogical failed ({status}): {}", err.trim());
     }
-    Ok(finished - started.unwrap_or(spawned))
+    Ok(ReaderRun {
+        elapsed: finished - started.unwrap_or(spawned),
+        walsender_cpu: walsender.used(),
+    })
+}
+
+/// How a reference run went.
+pub struct ReaderRun {
+    /// From the slot turning active to having everything.
+    pub elapsed: Duration,
+    /// CPU time the slot's walsender used (decoding on the server side).
+    pub walsender_cpu: Option<Duration>,
 }
 
 /// `psql -c "\copy (SELECT * FROM table) TO '/dev/null'"`: the time of the

@@ -20,10 +20,10 @@ use anyhow::{Context, Result, bail};
 use siphon_crds::capture::{Delivery, SnapshotMode};
 
 use crate::kafka::{Arrival, Kafka, now_us};
-use crate::postgres::{BenchDb, Lsn, POLL, PREFIX, Pg, TABLE};
+use crate::postgres::{BenchDb, Lsn, POLL, PREFIX, PUBLICATION, Pg, TABLE, WalsenderCpu, cpu_time};
 use crate::reference::{self, Tools};
 use crate::summary::{Figure, Goal};
-use crate::worker::{MemorySampler, Pids, WorkerEnv, WorkerRun};
+use crate::worker::{MemorySampler, Pids, Profiler, WorkerEnv, WorkerRun};
 
 /// Goals of the product (DESIGN.md), printed beside each figure.
 pub mod goals {
@@ -38,6 +38,8 @@ pub mod goals {
 
 /// Prefix of every topic the benchmark creates.
 pub const TOPIC_PREFIX: &str = "siphon-bench-";
+/// The watermark table of a backfilling capture (the worker's default name).
+const WATERMARKS: &str = "public.siphon_watermarks";
 /// The steady rate of the latency scenario.
 pub const LATENCY_RATE: f64 = 5_000.0;
 
@@ -67,6 +69,9 @@ pub struct Workload {
 /// How one Siphon run went.
 struct SiphonRun {
     elapsed: Duration,
+    /// CPU time of the worker process (start-up included) and of its walsender.
+    worker_cpu: Option<Duration>,
+    walsender_cpu: Option<Duration>,
     /// VmHWM at the end, KiB.
     hwm_kib: u64,
     /// VmRSS samples while it streamed, KiB.
@@ -126,11 +131,15 @@ impl Bench {
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let sampler = MemorySampler::start(worker.pid(), Duration::from_millis(50));
+        let profile = Profiler::attach(&self.worker.dir, what, worker.pid(), &self.pids)?;
         let spawned = Instant::now();
+        let mut walsender = WalsenderCpu::default();
         let result = async {
             let started = loop {
                 worker.check_alive()?;
-                if watch.state().await?.active {
+                let state = watch.state().await?;
+                walsender.observe(&state);
+                if state.active {
                     break Instant::now();
                 }
                 if spawned.elapsed() > Duration::from_secs(90) {
@@ -142,7 +151,9 @@ impl Bench {
                 tokio::time::sleep(POLL).await;
             };
             let finished = loop {
-                if watch.state().await?.confirmed >= end {
+                let state = watch.state().await?;
+                walsender.observe(&state);
+                if state.confirmed >= end {
                     break Instant::now();
                 }
                 worker.check_alive()?;
@@ -158,10 +169,16 @@ impl Bench {
         }
         .await;
         let hwm_kib = worker.memory().map_or(0, |m| m.hwm_kib);
+        let worker_cpu = worker.pid().and_then(cpu_time);
+        if let Some(p) = profile {
+            p.finish().await;
+        }
         worker.stop(Duration::from_secs(30)).await?;
         let (started, finished) = result?;
         Ok(SiphonRun {
             elapsed: finished - started,
+            worker_cpu,
+            walsender_cpu: walsender.used(),
             hwm_kib,
             rss_kib: sampler.between(started, finished),
             topic: format!("{topic_prefix}.{TABLE}"),
@@ -189,10 +206,11 @@ impl Bench {
         let timeout = Duration::from_secs(600);
         let mut pairs = Vec::new();
         for (i, delivery) in [(0, Delivery::AtLeastOnce), (2, Delivery::ExactlyOnce)] {
-            let reference_time =
+            let reference_run =
                 reference::recvlogical(&self.tools, &db, &slots[i], end, &self.pids, timeout)
                     .await
                     .context("pg_recvlogical")?;
+            let reference_time = reference_run.elapsed;
             db.drop_slot(&slots[i]).await?;
             let what = format!("{}-{}", w.key, readers[i + 1]);
             let run = self
@@ -208,12 +226,18 @@ impl Bench {
                 ));
             }
             let (siphon, reference) = (per_s(rows, run.elapsed), per_s(rows, reference_time));
+            let secs =
+                |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.2}s", d.as_secs_f64()));
             log(format!(
-                "{what}: siphon {:.0} events/s ({:.2}s), pg_recvlogical {:.0} events/s ({:.2}s), ratio {:.2}",
+                "{what}: siphon {:.0} events/s ({:.2}s; worker CPU {}, its walsender CPU {}), \
+                 pg_recvlogical {:.0} events/s ({:.2}s; its walsender CPU {}), ratio {:.2}",
                 siphon,
                 run.elapsed.as_secs_f64(),
+                secs(run.worker_cpu),
+                secs(run.walsender_cpu),
                 reference,
                 reference_time.as_secs_f64(),
+                secs(reference_run.walsender_cpu),
                 siphon / reference
             ));
             pairs.push((delivery, siphon, reference, run));
@@ -330,6 +354,7 @@ impl Bench {
         if received.is_empty() {
             bail!("no record reached the latency consumer");
         }
+        write_arrivals(&self.worker.dir.join("latency.csv"), &arrivals)?;
         received.sort_by(f64::total_cmp);
         created.sort_by(f64::total_cmp);
         let rate = per_s(sent, took);
@@ -345,7 +370,7 @@ impl Bench {
             ));
         }
         self.notes.push(format!(
-            "latency.*: commit time = source.ts_us (PostgreSQL's commit timestamp); arrival = when a read_committed consumer received the record (same host clock), so it includes the producer's linger, the broker's append and the fetch — what a downstream consumer sees; the writer achieved {rate:.0} tx/s over {:.0}s, first 2 s dropped",
+            "latency.*: commit time = source.ts_us (PostgreSQL's commit timestamp); arrival = when a read_committed consumer received the record (same host clock), so it includes the producer's linger, the broker's append and the fetch — what a downstream consumer sees; the writer (synchronous_commit = on, PostgreSQL's default; the stack's own default of off would add up to wal_writer_delay = 200 ms before a walsender may send a commit) achieved {rate:.0} tx/s over {:.0}s, first 2 s dropped",
             took.as_secs_f64()
         ));
         self.figures.push(Figure::alone(
@@ -446,6 +471,16 @@ impl Bench {
         db.fill(rows).await?;
         db.client.batch_execute("VACUUM ANALYZE orders").await?;
         let copy = reference::copy_out(&self.tools, &self.pg, &db.database, TABLE).await?;
+        // What the operator provisions for a backfilling capture (the worker
+        // on its own asks for it; see worker/src/backfill/plan.rs).
+        db.client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {WATERMARKS} (capture text PRIMARY KEY, \
+                 watermark text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+                 ALTER PUBLICATION {PUBLICATION} ADD TABLE {WATERMARKS}"
+            ))
+            .await
+            .context("creating the watermark table")?;
         let slot = format!("{PREFIX}backfill_alo");
         let watch = db.watch(&slot).await;
         let topic_prefix = self.topic_prefix("backfill");
@@ -518,6 +553,10 @@ async fn paced_writer(
     let mut tasks = Vec::new();
     for c in 0..conns {
         let client = pg.connect(database).await?;
+        // The stack runs with synchronous_commit = off (test speed), which
+        // leaves committed WAL unflushed for up to wal_writer_delay, and a
+        // walsender sends flushed WAL only. Production's default is on.
+        client.batch_execute("SET synchronous_commit = on").await?;
         let stmt = client
             .prepare(&format!(
                 "INSERT INTO {TABLE} SELECT {} FROM (SELECT $1::int8 AS g) s",
@@ -548,4 +587,20 @@ async fn paced_writer(
         total += t.await??;
     }
     Ok((total, start.elapsed()))
+}
+
+/// Every record of the latency run, for a closer look (`target/bench/latency.csv`).
+fn write_arrivals(path: &std::path::Path, arrivals: &[Arrival]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::from("commit_us,received_us,create_time_ms\n");
+    for a in arrivals {
+        let _ = writeln!(
+            text,
+            "{},{},{}",
+            a.commit_us,
+            a.received_us,
+            a.create_time_ms.map_or(String::new(), |t| t.to_string())
+        );
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -290,3 +290,58 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// `perf record` attached to a worker when `BENCH_PERF` is set (to any
+/// value; `BENCH_PERF=callgraph` records call graphs with DWARF): writes
+/// `target/bench/perf-<run>.data` for `perf report -i`.
+pub struct Profiler {
+    child: Child,
+    pid: Option<u32>,
+    pids: Pids,
+}
+
+impl Profiler {
+    pub fn attach(dir: &Path, what: &str, pid: Option<u32>, pids: &Pids) -> Result<Option<Self>> {
+        let (Ok(mode), Some(target)) = (std::env::var("BENCH_PERF"), pid) else {
+            return Ok(None);
+        };
+        let out = dir.join(format!("perf-{what}.data"));
+        let mut cmd = Command::new("perf");
+        cmd.args(["record", "-q", "-F", "499", "-p", &target.to_string(), "-o"])
+            .arg(&out);
+        if mode == "callgraph" {
+            cmd.args(["--call-graph", "dwarf,16384"]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting perf record (BENCH_PERF is set)")?;
+        let pid = child.id();
+        pids.add(pid);
+        Ok(Some(Self {
+            child,
+            pid,
+            pids: pids.clone(),
+        }))
+    }
+
+    /// Stop recording (SIGINT makes perf write its file).
+    pub async fn finish(mut self) {
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        self.pids.remove(self.pid);
+    }
+}

@@ -4,11 +4,12 @@
 //! ```text
 //!  reader task (own SQL connection)          capture loop (the WAL stream)
 //!  ───────────────────────────────           ─────────────────────────────
-//!  UPDATE wm SET 'low:t:7:…'  ──commit──►    L  window opens
+//!  upsert wm row 'low:t:7:…' ──commit──►    L  window opens
 //!  SELECT … WHERE key > last                  ·  keys of t's changes recorded
 //!        ORDER BY key LIMIT n+1               ·  (new and old key)
+//!   (REPEATABLE READ, + snapshot's xip)       ·
 //!  rows ──────── channel ──────────────►      ·
-//!  UPDATE wm SET 'high:t:7:…' ──commit──►    H  drop rows whose key was recorded,
+//!  upsert wm row 'high:t:7:…' ─commit──►    H  drop rows whose key was recorded,
 //!                                               emit the rest as `op: r` here,
 //!                                               store the chunk's progress, ask
 //!                                               for the next chunk
@@ -22,7 +23,10 @@
 //! changes between L and H may or may not be in it, and exactly those keys are
 //! dropped (the stream carries their newer state). So every emitted row is its
 //! key's state at H, placed at H: an `op: r` record never follows a newer
-//! change of its key.
+//! change of its key. (A transaction becomes visible a moment after its
+//! commit record is written, so "every change before L" is checked rather
+//! than assumed: a chunk whose snapshot missed such a transaction is read
+//! again, see [`window::missed_commit`].)
 //!
 //! Watermarks are rows of the watermark table keyed by the capture's name;
 //! their changes are never written to Kafka (nor are other captures'). Each
@@ -32,13 +36,15 @@
 //! Progress (state, last key, rows) is kept per table in [`Position`]: in
 //! exactly-once mode it is committed in the Kafka transaction of the chunk's
 //! records; in at-least-once mode it is written to the offsets topic once
-//! Kafka acknowledged the chunk (a crash repeats at most a chunk).
+//! Kafka acknowledged the chunk (a crash repeats only chunks Kafka had not
+//! acknowledged yet).
 
 pub mod plan;
 pub mod reader;
 pub mod resume;
 pub mod window;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +62,10 @@ use reader::{ChunkRequest, ChunkRows, Reader, ReaderEvent};
 use resume::{Candidate, DONE, PENDING, RUNNING};
 use window::{ChunkWindow, Seen};
 
+/// Commits remembered for [`window::missed_commit`]: far more than can fall
+/// between a commit record and its visibility.
+const RECENT_COMMITS: usize = 10_000;
+
 /// Why a backfill cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -67,7 +77,7 @@ pub enum BackfillError {
         source: tokio_postgres::Error,
     },
     #[error(
-        "table {table} has no primary key and no replica identity index, so it cannot be backfilled in key order: add a primary key (ALTER TABLE {sql_table} ADD PRIMARY KEY (...)) or ALTER TABLE {sql_table} REPLICA IDENTITY USING INDEX <unique index on NOT NULL columns>; or set snapshot: false on the table to stream its changes only"
+        "table {table} has no primary key and no replica identity index, so it cannot be backfilled in key order: add a primary key (ALTER TABLE {sql_table} ADD PRIMARY KEY (...)) or ALTER TABLE {sql_table} REPLICA IDENTITY USING INDEX <unique index on NOT NULL columns> (or name such an index's columns in keyColumns); or set snapshot: false on the table to stream its changes only"
     )]
     NoKey { table: String, sql_table: String },
     #[error("table {table} does not exist: create it, or remove it from tables")]
@@ -90,6 +100,15 @@ pub enum BackfillError {
         publication: String,
         sql_name: String,
     },
+    #[error(
+        "cannot write the watermark table {table}: {source}; the capture's role needs INSERT and UPDATE on it (GRANT INSERT, UPDATE ON {sql_name} TO <role>)"
+    )]
+    WatermarkWrite {
+        table: String,
+        sql_name: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("the backfill reader stopped unexpectedly")]
     ReaderGone,
 }
@@ -98,12 +117,12 @@ impl BackfillError {
     /// Whether a restart from the stored progress may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            BackfillError::Sql { source, .. } => {
+            BackfillError::Sql { source, .. } | BackfillError::WatermarkWrite { source, .. } => {
                 source.is_closed()
                     || source.as_db_error().is_none_or(|db| {
                         // connection, rollback (serialization, deadlock),
                         // resources, operator intervention
-                        matches!(&db.code().code()[..2], "08" | "40" | "53" | "57")
+                        matches!(db.code().code().get(..2), Some("08" | "40" | "53" | "57"))
                     })
             }
             BackfillError::ReaderGone => true,
@@ -119,6 +138,7 @@ impl BackfillError {
             BackfillError::TableMissing { .. } => "backfill_table_missing",
             BackfillError::WatermarkTableMissing { .. } => "watermark_table_missing",
             BackfillError::WatermarkNotPublished { .. } => "watermark_not_published",
+            BackfillError::WatermarkWrite { .. } => "watermark_write",
             BackfillError::ReaderGone => "backfill_reader",
         }
     }
@@ -175,6 +195,15 @@ pub struct Backfill {
     request: Option<String>,
     progress: Progress,
     started: Instant,
+    server_version_num: i32,
+    /// Xids of the stream's latest commits, oldest first, and how many
+    /// commits were seen before the first of them.
+    recent: VecDeque<u32>,
+    recent_base: u64,
+    /// Commits seen when the open window's low watermark came by.
+    low_seq: Option<u64>,
+    /// The transaction being streamed changed the current table.
+    touched: bool,
 }
 
 impl Backfill {
@@ -203,8 +232,9 @@ impl Backfill {
             tracing::warn!(tables = ?outcome.unknown_requested, "snapshot request names tables that are not captured; ignored");
         }
         let mut plans = Vec::with_capacity(outcome.to_read.len());
+        let mut version = 0;
         if !outcome.to_read.is_empty() {
-            let version: i32 = sql
+            version = sql
                 .query_one("SELECT current_setting('server_version_num')::int", &[])
                 .await
                 .map_err(|source| BackfillError::Sql {
@@ -266,6 +296,11 @@ impl Backfill {
             request: outcome.request.filter(|_| !outcome.to_read.is_empty()),
             progress: progress.clone(),
             started: Instant::now(),
+            server_version_num: version,
+            recent: VecDeque::new(),
+            recent_base: 0,
+            low_seq: None,
+            touched: false,
         })
     }
 
@@ -284,8 +319,13 @@ impl Backfill {
         if !self.has_work() {
             return Ok(());
         }
-        let reader =
-            Reader::start(client, self.capture.clone(), self.watermark.upsert_sql()).await?;
+        let reader = Reader::start(
+            client,
+            self.capture.clone(),
+            &self.watermark,
+            self.server_version_num,
+        )
+        .await?;
         self.reader = Some(reader);
         tracing::info!(
             tables = self.plans.len(),
@@ -328,7 +368,9 @@ impl Backfill {
                 && let Some((_, window)) = &mut self.window
             {
                 match window.watermark(text) {
-                    Seen::Opened => {}
+                    Seen::Opened => {
+                        self.low_seq = Some(self.recent_base + self.recent.len() as u64);
+                    }
                     Seen::Closed => return self.close(change),
                     Seen::Foreign => {}
                 }
@@ -338,6 +380,7 @@ impl Backfill {
         if let Some(plan) = self.plans.get(self.current)
             && change.relation.oid == plan.oid()
         {
+            self.touched = true;
             if let Some((_, window)) = &mut self.window {
                 window.observe(change);
             }
@@ -350,6 +393,19 @@ impl Backfill {
             }
         }
         Ok(Offer::Stream)
+    }
+
+    /// A source transaction committed in the stream: remembered, when it
+    /// changed the table being read, for [`window::missed_commit`].
+    pub fn committed(&mut self, xid: u32) {
+        if !std::mem::take(&mut self.touched) {
+            return;
+        }
+        self.recent.push_back(xid);
+        if self.recent.len() > RECENT_COMMITS {
+            self.recent.pop_front();
+            self.recent_base += 1;
+        }
     }
 
     /// The watermark text of a change of the watermark table, when it is
@@ -394,6 +450,17 @@ impl Backfill {
         };
         if window.must_reread() {
             tracing::info!(table = %plan.name, chunk = id, "a key changed inside the window could not be read; reading the chunk again");
+            return Ok(Offer::Reread);
+        }
+        let before_low = self
+            .low_seq
+            .take()
+            .map_or(0, |seq| seq.saturating_sub(self.recent_base) as usize)
+            .min(self.recent.len());
+        if let Some(xid) =
+            window::missed_commit(self.recent.range(..before_low).copied(), &chunk.invisible)
+        {
+            tracing::info!(table = %plan.name, chunk = id, xid, "a transaction committed before the low watermark was not yet visible to the chunk; reading the chunk again");
             return Ok(Offer::Reread);
         }
         let read = chunk.rows.len();
@@ -466,6 +533,8 @@ impl Backfill {
         tracing::info!(table = %summary.table, rows, "table backfilled");
         self.current += 1;
         self.streamed = None;
+        self.recent_base += self.recent.len() as u64;
+        self.recent.clear();
         if self.has_work() {
             return self.issue(position).await;
         }
@@ -517,6 +586,7 @@ impl Backfill {
             low: low.clone(),
             high: high.clone(),
         };
+        self.low_seq = None;
         self.window = Some((
             id,
             ChunkWindow::new(plan.oid(), plan.key_names.clone(), low, high),

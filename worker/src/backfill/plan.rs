@@ -158,21 +158,39 @@ pub struct TableFacts {
     pub columns: Vec<(String, u32, i32)>,
     /// Columns the publication sends (its column list), when known.
     pub published: Option<Vec<String>>,
+    /// Key columns (INCLUDE columns left out) of the primary key.
     pub primary_key: Vec<String>,
-    /// Columns of the replica identity index (identity `i`).
+    /// Key columns of the replica identity index (identity `i`).
     pub identity_index: Vec<String>,
+    /// Key columns of each plain unique index (no expression, no predicate,
+    /// not deferrable) whose columns are all NOT NULL.
+    pub unique_not_null: Vec<Vec<String>>,
     pub reltuples: f32,
+}
+
+/// The columns that order the chunks: the replica identity index when it is
+/// the identity, else the primary key, else the spec's `keyColumns` when a
+/// unique index on NOT NULL columns covers exactly them.
+fn chunk_key(facts: &TableFacts, spec: &TableSpec) -> Option<Vec<String>> {
+    if facts.replica_identity == b'i' && !facts.identity_index.is_empty() {
+        return Some(facts.identity_index.clone());
+    }
+    if !facts.primary_key.is_empty() {
+        return Some(facts.primary_key.clone());
+    }
+    let wanted = &spec.key_columns;
+    let covered = !wanted.is_empty()
+        && facts
+            .unique_not_null
+            .iter()
+            .any(|index| index.len() == wanted.len() && index.iter().all(|c| wanted.contains(c)));
+    covered.then(|| wanted.clone())
 }
 
 /// Turn catalog facts into a plan (pure). Refuses a table without a key.
 pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, BackfillError> {
     let qualified = format!("{}.{}", facts.schema, facts.name);
-    let key_names = if facts.replica_identity == b'i' && !facts.identity_index.is_empty() {
-        facts.identity_index.clone()
-    } else {
-        facts.primary_key.clone()
-    };
-    if key_names.is_empty() {
+    let Some(key_names) = chunk_key(facts, spec) else {
         return Err(BackfillError::NoKey {
             table: qualified,
             sql_table: format!(
@@ -181,7 +199,7 @@ pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, Bac
                 quote_ident(&facts.name)
             ),
         });
-    }
+    };
     // The key flags pgoutput sets, as the assembler adjusts them for
     // REPLICA IDENTITY FULL (the primary key, else the spec's keyColumns).
     let flagged: Vec<String> = match facts.replica_identity {
@@ -332,16 +350,17 @@ pub async fn load_facts(
     } else {
         ""
     };
-    let columns = sql
+    let attributes = sql
         .query(
             &format!(
-                "SELECT attname::text, atttypid, atttypmod FROM pg_attribute \
+                "SELECT attname::text, atttypid, atttypmod, attnotnull FROM pg_attribute \
                  WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped{generated} ORDER BY attnum"
             ),
             &[&oid],
         )
         .await
-        .map_err(sql_err("reading pg_attribute", qualified))?
+        .map_err(sql_err("reading pg_attribute", qualified))?;
+    let columns = attributes
         .iter()
         .map(|r| {
             (
@@ -351,28 +370,48 @@ pub async fn load_facts(
             )
         })
         .collect();
-    let index_columns = |flag: &'static str| {
-        format!(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = $1 AND i.{flag} \
-             ORDER BY array_position(i.indkey::int2[], a.attnum)"
-        )
+    let not_null: Vec<String> = attributes
+        .iter()
+        .filter(|r| r.get::<_, bool>(3))
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    // Key columns only: INCLUDE columns follow them in indkey (PostgreSQL 11+).
+    let key_count = if server_version_num >= 110_000 {
+        "i.indnkeyatts"
+    } else {
+        "i.indnatts"
     };
-    let primary_key = sql
-        .query(&index_columns("indisprimary"), &[&oid])
+    let indexes = sql
+        .query(
+            &format!(
+                "SELECT i.indisprimary, i.indisreplident, \
+                   i.indisunique AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL, \
+                   ARRAY(SELECT a.attname::text \
+                         FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, n) \
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                         WHERE k.n <= {key_count} ORDER BY k.n) \
+                 FROM pg_index i WHERE i.indrelid = $1 AND i.indisvalid"
+            ),
+            &[&oid],
+        )
         .await
-        .map_err(sql_err("reading the primary key", qualified))?
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
-    let identity_index = sql
-        .query(&index_columns("indisreplident"), &[&oid])
-        .await
-        .map_err(sql_err("reading the replica identity index", qualified))?
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
+        .map_err(sql_err("reading the table's indexes", qualified))?;
+    let mut primary_key = Vec::new();
+    let mut identity_index = Vec::new();
+    let mut unique_not_null = Vec::new();
+    for index in &indexes {
+        let keys: Vec<String> = index.get(3);
+        if index.get::<_, bool>(0) {
+            primary_key = keys.clone();
+        }
+        if index.get::<_, bool>(1) {
+            identity_index = keys.clone();
+        }
+        if index.get::<_, bool>(2) && !keys.is_empty() && keys.iter().all(|k| not_null.contains(k))
+        {
+            unique_not_null.push(keys);
+        }
+    }
     let published = if server_version_num >= 150_000 {
         sql.query_opt(
             "SELECT attnames::text[] FROM pg_publication_tables \
@@ -394,6 +433,7 @@ pub async fn load_facts(
         published,
         primary_key,
         identity_index,
+        unique_not_null,
         reltuples,
     })
 }
@@ -471,6 +511,7 @@ mod tests {
             ]),
             primary_key: vec!["order_id".into(), "line".into()],
             identity_index: vec![],
+            unique_not_null: vec![vec!["order_id".into(), "line".into()], vec!["sku".into()]],
             reltuples: -1.0,
         }
     }
@@ -515,6 +556,14 @@ mod tests {
             "column list plus the key, attnum order"
         );
         assert_eq!(plan.rows_estimated, Some(1234));
+        let mut all = f.clone();
+        all.published = None;
+        let plan_all = plan_table(&all, &s).unwrap();
+        assert_eq!(
+            plan_all.relation.columns.len(),
+            4,
+            "no column list: every column"
+        );
         assert_eq!(
             plan.chunk_sql(Some(&[Some("9".into())]), 5),
             r#"SELECT "order_id", "sku" FROM "public"."order lines" WHERE "order_id" > '9' AND (price > 10) ORDER BY "order_id" LIMIT 5"#
@@ -555,6 +604,29 @@ mod tests {
             "{text}"
         );
         assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn key_columns_backed_by_a_unique_not_null_index_order_the_chunks() {
+        let mut f = facts();
+        f.primary_key.clear();
+        f.replica_identity = b'f';
+        let mut s = spec("public.order lines");
+        s.key_columns = vec!["sku".into()];
+        let plan = plan_table(&f, &s).unwrap();
+        assert_eq!(plan.key_names, ["sku"]);
+        let flags: Vec<bool> = plan.relation.columns.iter().map(|c| c.is_key).collect();
+        assert_eq!(
+            flags,
+            [false, false, true, false],
+            "as the assembler flags them"
+        );
+        // Without such an index the keyColumns could repeat or be null.
+        s.key_columns = vec!["price".into()];
+        assert!(matches!(
+            plan_table(&f, &s),
+            Err(BackfillError::NoKey { .. })
+        ));
     }
 
     #[test]

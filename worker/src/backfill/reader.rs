@@ -1,6 +1,10 @@
 //! The chunk reader: a task with its own SQL connection that, per request,
 //! writes the low watermark, reads the chunk, hands the rows over and only
 //! then writes the high watermark. The capture loop never waits for it.
+//!
+//! The chunk is read in a read-only REPEATABLE READ transaction that also
+//! reports its snapshot's in-progress transactions (see
+//! [`super::window::missed_commit`]).
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -9,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::SimpleQueryMessage;
 
 use super::BackfillError;
+use super::plan::WatermarkTable;
+use super::window::Invisible;
 use crate::change::{Datum, Row};
 
 /// One chunk to read.
@@ -35,6 +41,8 @@ pub struct ChunkRows {
     pub last_key: Option<Vec<Option<String>>>,
     /// More rows follow this chunk.
     pub more: bool,
+    /// Transactions the chunk's snapshot did not see.
+    pub invisible: Invisible,
 }
 
 /// What the reader reports.
@@ -62,8 +70,14 @@ impl Reader {
     pub async fn start(
         client: tokio_postgres::Client,
         capture: String,
-        upsert_sql: String,
+        watermark: &WatermarkTable,
+        server_version_num: i32,
     ) -> Result<Self, BackfillError> {
+        let snapshot_sql = if server_version_num >= 130_000 {
+            "SELECT pg_snapshot_xmax(s)::text, ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x) FROM pg_current_snapshot() s"
+        } else {
+            "SELECT txid_snapshot_xmax(s)::text, ARRAY(SELECT x::text FROM txid_snapshot_xip(s) x) FROM txid_current_snapshot() s"
+        };
         client
             .batch_execute(super::plan::SESSION_SETTINGS)
             .await
@@ -72,14 +86,18 @@ impl Reader {
                 table: None,
                 source,
             })?;
-        let upsert = client
-            .prepare(&upsert_sql)
-            .await
-            .map_err(|source| BackfillError::Sql {
-                what: "preparing the watermark statement",
-                table: None,
+        let wm_error = {
+            let (table, sql_name) = (watermark.to_string(), watermark.sql_name());
+            move |source| BackfillError::WatermarkWrite {
+                table: table.clone(),
+                sql_name: sql_name.clone(),
                 source,
-            })?;
+            }
+        };
+        let upsert = client
+            .prepare(&watermark.upsert_sql())
+            .await
+            .map_err(wm_error.clone())?;
         let (requests, mut inbox) = mpsc::channel::<ChunkRequest>(1);
         let (outbox, events) = mpsc::channel::<ReaderEvent>(2);
         let task = tokio::spawn(async move {
@@ -88,15 +106,15 @@ impl Reader {
                     client
                         .execute(&upsert, &[&capture, &request.low])
                         .await
-                        .map_err(sql("writing the low watermark", &request.table))?;
-                    let rows = read_chunk(&client, &request).await?;
+                        .map_err(wm_error.clone())?;
+                    let rows = read_chunk(&client, &request, snapshot_sql).await?;
                     if outbox.send(ReaderEvent::Rows(rows)).await.is_err() {
                         return Ok(false);
                     }
                     client
                         .execute(&upsert, &[&capture, &request.high])
                         .await
-                        .map_err(sql("writing the high watermark", &request.table))?;
+                        .map_err(wm_error.clone())?;
                     Ok::<bool, BackfillError>(true)
                 }
                 .await;
@@ -159,7 +177,12 @@ fn sql(what: &'static str, table: &str) -> impl FnOnce(tokio_postgres::Error) ->
 async fn read_chunk(
     client: &tokio_postgres::Client,
     request: &ChunkRequest,
+    snapshot_sql: &str,
 ) -> Result<ChunkRows, BackfillError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(sql("starting the chunk transaction", &request.table))?;
     let stream = client
         .simple_query_raw(&request.sql)
         .await
@@ -188,6 +211,24 @@ async fn read_chunk(
         }
         rows.push(values);
     }
+    // The same snapshot as the rows': the transaction's.
+    let snapshot = client
+        .query_one(snapshot_sql, &[])
+        .await
+        .map_err(sql("reading the chunk's snapshot", &request.table))?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(sql("ending the chunk transaction", &request.table))?;
+    let xid = |text: &str| text.parse::<u64>().map_or(0, |x| x as u32);
+    let invisible = Invisible {
+        xmax: xid(snapshot.get::<_, &str>(0)),
+        xip: snapshot
+            .get::<_, Vec<String>>(1)
+            .iter()
+            .map(|x| xid(x))
+            .collect(),
+    };
     let last_key = rows.last().map(|row| {
         request
             .key_positions
@@ -203,5 +244,6 @@ async fn read_chunk(
         rows,
         last_key,
         more,
+        invisible,
     })
 }

@@ -11,6 +11,14 @@
 //! its table while open, and at the high watermark tells which chunk rows
 //! survive. Keys are compared by the text of the key columns, the form in
 //! which both pgoutput and the chunk query deliver values.
+//!
+//! WAL order and visibility order differ by a hair: a transaction inserts
+//! its commit record, then becomes visible. One that committed just before
+//! the low watermark in the WAL may still be invisible to the chunk's
+//! snapshot; its change went out before the window opened, so the chunk
+//! would overwrite it with an older row. [`missed_commit`] finds such a
+//! transaction from the snapshot's in-progress list; the chunk is then read
+//! again.
 
 use std::collections::HashSet;
 
@@ -20,6 +28,32 @@ use crate::change::{Change, Datum, Op, Relation, Row};
 
 /// The text values of a row's key columns (`None` for a null).
 pub type KeyText = Vec<Option<Bytes>>;
+
+/// Which transactions a snapshot does not see: those in `xip` and those from
+/// `xmax` on (32-bit xids, as pgoutput sends them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invisible {
+    pub xmax: u32,
+    pub xip: Vec<u32>,
+}
+
+impl Invisible {
+    /// Whether the snapshot does not see `xid` (wraparound-aware).
+    pub fn hides(&self, xid: u32) -> bool {
+        xid != 0 && (self.xip.contains(&xid) || (xid.wrapping_sub(self.xmax) as i32) >= 0)
+    }
+}
+
+/// A transaction the stream delivered before the low watermark that the
+/// chunk's snapshot did not see, if any: then the chunk must be read again.
+pub fn missed_commit(
+    committed_before_low: impl IntoIterator<Item = u32>,
+    snapshot: &Invisible,
+) -> Option<u32> {
+    committed_before_low
+        .into_iter()
+        .find(|xid| snapshot.hides(*xid))
+}
 
 /// Where a window is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,6 +416,28 @@ mod tests {
         let (kept, dropped) = w.survivors(vec![row(&["1"]), row(&["2"])], &[0]);
         assert!(kept.is_empty());
         assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn a_commit_before_the_low_watermark_hidden_from_the_snapshot_is_found() {
+        let snapshot = Invisible {
+            xmax: 1000,
+            xip: vec![990, 995],
+        };
+        assert_eq!(missed_commit([980, 985, 989], &snapshot), None);
+        assert_eq!(
+            missed_commit([980, 995], &snapshot),
+            Some(995),
+            "in progress"
+        );
+        assert_eq!(missed_commit([1001], &snapshot), Some(1001), "past xmax");
+        // Across the xid wraparound.
+        let wrapped = Invisible {
+            xmax: 5,
+            xip: vec![],
+        };
+        assert_eq!(missed_commit([u32::MAX - 3, 4], &wrapped), None);
+        assert_eq!(missed_commit([7], &wrapped), Some(7));
     }
 
     #[test]

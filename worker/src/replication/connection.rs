@@ -955,7 +955,9 @@ impl ReplicationConnection {
                         &self.user,
                     ));
                 }
-                b'c' => {
+                // A walsender that shuts down ends with CopyDone, or (caught
+                // up, in WalSndDone) with CommandComplete straight away.
+                b'c' | b'C' => {
                     self.state = State::Idle;
                     return Err(ReplicationError::StreamEnded);
                 }

@@ -852,11 +852,31 @@ impl TopicReader {
         timeout: Duration,
         quiet: Duration,
         what: &str,
+        done: impl FnMut(&[Rec]) -> bool,
+    ) -> &[Rec] {
+        self.read_until_or(timeout, quiet, what, done, || None)
+    }
+
+    /// [`TopicReader::read_until`], giving up early (with a panic naming the
+    /// reason) as soon as `abort` returns a reason, e.g. the worker exited.
+    pub fn read_until_or(
+        &mut self,
+        timeout: Duration,
+        quiet: Duration,
+        what: &str,
         mut done: impl FnMut(&[Rec]) -> bool,
+        mut abort: impl FnMut() -> Option<String>,
     ) -> &[Rec] {
         let deadline = Instant::now() + timeout;
         tokio::task::block_in_place(|| {
             while !done(&self.records) {
+                if let Some(reason) = abort() {
+                    panic!(
+                        "gave up waiting for {what} in {} ({} records read): {reason}",
+                        self.topic,
+                        self.records.len()
+                    );
+                }
                 assert!(
                     Instant::now() < deadline,
                     "timed out after {timeout:?} waiting for {what} in {}: {} records read",
@@ -962,12 +982,18 @@ impl Writer {
 
 /// Reads `topic` until every id of `committed` is there; returns the ids of
 /// the `id` column of every record read, duplicates included.
-pub fn read_ids(topic: &str, isolation: &str, committed: &[i64], timeout: Duration) -> Vec<i64> {
+pub fn read_ids(
+    topic: &str,
+    isolation: &str,
+    committed: &[i64],
+    timeout: Duration,
+    worker: &mut Worker,
+) -> Vec<i64> {
     let want: std::collections::HashSet<i64> = committed.iter().copied().collect();
     let mut seen = std::collections::HashSet::new();
     let mut looked = 0;
     let mut reader = TopicReader::new(topic, isolation);
-    let records = reader.read_until(
+    let records = reader.read_until_or(
         timeout,
         Duration::from_secs(3),
         "every committed row",
@@ -980,6 +1006,11 @@ pub fn read_ids(topic: &str, isolation: &str, committed: &[i64], timeout: Durati
             );
             looked = r.len();
             seen.len() == want.len()
+        },
+        || {
+            worker
+                .try_exit()
+                .map(|status| format!("the worker exited ({status})"))
         },
     );
     records.iter().filter_map(|r| r.id("id")).collect()

@@ -1,0 +1,123 @@
+//! The exactly-once position in the offsets topic, against the real Kafka of
+//! the local stack: `offsets::load` returns the newest *committed* position
+//! of its capture, never one of an aborted or still open Kafka transaction,
+//! never another capture's.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use siphon_worker::change::Lsn;
+use siphon_worker::offsets::{self, Position};
+use siphon_worker::sink::KafkaSink;
+
+fn props(transactional_id: &str) -> BTreeMap<String, String> {
+    let mut p = BTreeMap::new();
+    p.insert("bootstrap.servers".into(), common::kafka_bootstrap());
+    p.insert("enable.idempotence".into(), "true".into());
+    p.insert("acks".into(), "all".into());
+    p.insert("transactional.id".into(), transactional_id.into());
+    p.insert("transaction.timeout.ms".into(), "60000".into());
+    p.insert("message.timeout.ms".into(), "60000".into());
+    p
+}
+
+fn position(lsn: u64) -> Vec<u8> {
+    Position {
+        lsn,
+        ..Position::default()
+    }
+    .encode()
+}
+
+async fn write(sink: &KafkaSink<Lsn>, topic: &str, key: &str, lsn: u64, commit: bool) {
+    sink.begin_transaction().expect("begin");
+    sink.send(topic, Some(key.as_bytes()), Some(&position(lsn)), &[])
+        .await
+        .expect("send");
+    if commit {
+        sink.commit_transaction(Duration::from_secs(30))
+            .await
+            .expect("commit");
+    } else {
+        sink.flush(Duration::from_secs(30)).await.expect("flush");
+        sink.abort_transaction(Duration::from_secs(30))
+            .await
+            .expect("abort");
+    }
+}
+
+async fn load(topic: &str, key: &str) -> Option<u64> {
+    let (topic, key) = (topic.to_string(), key.to_string());
+    let props = props("unused");
+    tokio::task::spawn_blocking(move || {
+        offsets::load(&props, &topic, &key, Duration::from_secs(15))
+    })
+    .await
+    .expect("load task")
+    .expect("load")
+    .map(|p| p.lsn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_positions_of_the_capture_count() {
+    let name = common::unique("offsets");
+    let topic = format!("{name}.offsets");
+    let settings = siphon_crds::capture::TopicCreation {
+        create: true,
+        partitions: 1,
+        replication_factor: 1,
+        config: Default::default(),
+    };
+    siphon_worker::sink::topics::ensure(
+        &props("unused"),
+        std::slice::from_ref(&topic),
+        &settings,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+    .expect("create the offsets topic");
+    let cleanup = common::delete_topics(&topic);
+
+    assert_eq!(
+        load(&topic, "shop").await,
+        None,
+        "an empty topic has no position"
+    );
+
+    let sink: KafkaSink<Lsn> = KafkaSink::new(&props(&format!("{name}-a"))).expect("producer");
+    sink.init_transactions(Duration::from_secs(60))
+        .await
+        .expect("init transactions");
+    write(&sink, &topic, "shop", 100, true).await;
+    write(&sink, &topic, "other", 900, true).await;
+    write(&sink, &topic, "shop", 200, false).await;
+    assert_eq!(
+        load(&topic, "shop").await,
+        Some(100),
+        "the aborted position and the other capture's are ignored"
+    );
+
+    write(&sink, &topic, "shop", 300, true).await;
+    assert_eq!(load(&topic, "shop").await, Some(300));
+
+    // A transaction left open (a worker killed before its commit): invisible.
+    sink.begin_transaction().expect("begin");
+    sink.send(&topic, Some(b"shop"), Some(&position(400)), &[])
+        .await
+        .expect("send");
+    sink.flush(Duration::from_secs(30)).await.expect("flush");
+    assert_eq!(load(&topic, "shop").await, Some(300));
+
+    // The next worker fences the open transaction away.
+    drop(sink);
+    let next: KafkaSink<Lsn> = KafkaSink::new(&props(&format!("{name}-a"))).expect("producer");
+    next.init_transactions(Duration::from_secs(60))
+        .await
+        .expect("init transactions");
+    assert_eq!(load(&topic, "shop").await, Some(300));
+    write(&next, &topic, "shop", 500, true).await;
+    assert_eq!(load(&topic, "shop").await, Some(500));
+    cleanup.await;
+}
