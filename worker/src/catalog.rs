@@ -15,7 +15,7 @@ pub async fn full_identity_keys(
         .query(
             "SELECT pt.schemaname::text, pt.tablename::text, \
                ARRAY(SELECT a.attname::text FROM pg_index i \
-                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]) \
                      WHERE i.indrelid = c.oid AND i.indisprimary \
                      ORDER BY array_position(i.indkey::int2[], a.attnum)) \
              FROM pg_publication_tables pt \

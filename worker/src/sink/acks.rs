@@ -87,28 +87,33 @@ impl<P: Clone> AckTracker<P> {
         self.advance();
     }
 
-    /// Kafka acknowledged one record of mark `id`.
-    pub fn acked(&mut self, id: MarkId) {
+    /// Kafka acknowledged one record of mark `id`. Returns whether the
+    /// confirmable position moved.
+    pub fn acked(&mut self, id: MarkId) -> bool {
         if id < self.base {
-            return;
+            return false;
         }
         if let Some(m) = self.marks.get_mut(id - self.base) {
             m.remaining = m.remaining.saturating_sub(1);
             self.in_flight = self.in_flight.saturating_sub(1);
         }
-        self.advance();
+        self.advance()
     }
 
-    fn advance(&mut self) {
+    /// Pop the complete marks at the front; whether any was popped.
+    fn advance(&mut self) -> bool {
+        let mut moved = false;
         while let Some(front) = self.marks.front() {
             if front.remaining != 0 || front.position.is_none() {
                 break;
             }
             if let Some(m) = self.marks.pop_front() {
                 self.confirmable = m.position;
+                moved = true;
             }
             self.base += 1;
         }
+        moved
     }
 
     /// The newest position whose records (and all before) are acknowledged.
@@ -145,12 +150,15 @@ mod tests {
         let c = t.sent();
         t.close(30);
         assert_eq!(t.confirmable(), None);
-        t.acked(b);
-        t.acked(c);
+        assert!(!t.acked(b));
+        assert!(!t.acked(c));
         assert_eq!(t.confirmable(), None, "mark 10 still has records in flight");
-        t.acked(a);
+        assert!(!t.acked(a));
         assert_eq!(t.confirmable(), None);
-        t.acked(a2);
+        assert!(
+            t.acked(a2),
+            "the last record of the first mark moves the position"
+        );
         assert_eq!(t.confirmable(), Some(&30));
         assert_eq!(t.in_flight(), 0);
     }
