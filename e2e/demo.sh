@@ -13,9 +13,15 @@ source "$ROOT/e2e/stack/kafka.sh"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+# A repeatable demo: remove what an earlier run left (the finalizer drops
+# that capture's slot and publication).
+kubectl delete -f "$ROOT/examples/quickstart.yaml" --ignore-not-found --wait=true --timeout=120s >/dev/null
+kafka_topics "$SIPHON_STACK_DIR" --delete --if-exists --topic shop.public.orders >/dev/null 2>&1 || true
+
 say "a shop database with an orders table and a siphon role"
 psql -v ON_ERROR_STOP=1 -q -d postgres <<'SQL'
-SELECT 'CREATE DATABASE shop' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'shop') \gexec
+DROP DATABASE IF EXISTS shop WITH (FORCE);
+CREATE DATABASE shop;
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'siphon') THEN
     CREATE ROLE siphon WITH LOGIN REPLICATION PASSWORD 'siphon-demo-password';
@@ -23,7 +29,7 @@ DO $$ BEGIN
 END $$;
 SQL
 psql -v ON_ERROR_STOP=1 -q -d shop <<'SQL'
-CREATE TABLE IF NOT EXISTS public.orders (
+CREATE TABLE public.orders (
   id bigserial PRIMARY KEY,
   customer text NOT NULL,
   total numeric(10,2) NOT NULL,
@@ -34,8 +40,7 @@ ALTER TABLE public.orders OWNER TO siphon;
 GRANT CREATE ON SCHEMA public TO siphon;
 GRANT CREATE ON DATABASE shop TO siphon;
 INSERT INTO public.orders (customer, total)
-SELECT 'customer-' || g, (g * 7.25)::numeric(10,2) FROM generate_series(1, 5) g
-WHERE NOT EXISTS (SELECT 1 FROM public.orders);
+SELECT 'customer-' || g, (g * 7.25)::numeric(10,2) FROM generate_series(1, 5) g;
 SQL
 psql -q -d shop -c 'SELECT id, customer, total, status FROM public.orders ORDER BY id'
 

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use siphon_crds::capture::{PostgresCapture, SnapshotSpec};
 use siphon_crds::worker_config::{
@@ -61,7 +61,11 @@ pub fn worker_config(capture: &PostgresCapture, plan: &Plan) -> WorkerConfig {
     let snapshot: SnapshotSpec = spec.snapshot_or_default();
     let kafka_auth = spec.kafka.auth_secret_ref.is_some();
     WorkerConfig {
-        name: names::capture_id(&plan.namespace, &plan.name),
+        name: names::capture_id(
+            &plan.namespace,
+            &plan.name,
+            &capture.uid().unwrap_or_default(),
+        ),
         postgres: PostgresConfig {
             host: pg.host.clone(),
             port: pg.port,

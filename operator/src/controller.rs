@@ -365,6 +365,7 @@ async fn provision_and_deploy(
     let generation = capture.metadata.generation;
     let name = capture.name_any();
     let ns = capture.namespace().unwrap_or_default();
+    hold_secrets(ctx, capture, true).await?;
     let creds = read_credentials(ctx, capture).await?;
 
     let all: Vec<PostgresCapture> = Api::<PostgresCapture>::all(ctx.client.clone())
@@ -699,6 +700,7 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
             "Teardown",
         )
         .await;
+        hold_secrets(&ctx, &capture, false).await?;
         return Ok(Action::await_change());
     }
     if managed.slot.is_none()
@@ -706,6 +708,7 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         && managed.watermark_table.is_none()
         && managed.triggers.is_empty()
     {
+        hold_secrets(&ctx, &capture, false).await?;
         return Ok(Action::await_change());
     }
 
@@ -752,7 +755,7 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         Ok(c) => c,
         Err(u) => return Err(blocked(format!("cannot drop the slot and publication: {}; or set spec.deletionPolicy: Retain to let go", u.message)).await),
     };
-    let capture_id = names::capture_id(&ns, &name);
+    let capture_id = names::capture_id(&ns, &name, &capture.uid().unwrap_or_default());
     if let Err(u) = database::teardown(&client, &managed, &capture_id).await {
         return Err(blocked(format!(
             "{}; or set spec.deletionPolicy: Retain to let go",
@@ -771,5 +774,50 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         "Teardown",
     )
     .await;
+    hold_secrets(&ctx, &capture, false).await?;
     Ok(Action::await_change())
+}
+
+/// Put (or take back) this capture's finalizer on the Secrets it reads, so
+/// that deleting a capture and its Secret together (`kubectl delete -f`)
+/// still leaves the credentials the teardown needs. Each capture claims the
+/// finalizer under its own field manager; the entry stays while any capture
+/// still claims it (server-side apply keeps co-owned set items).
+async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> Result<(), Error> {
+    let ns = capture.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let manager = format!("{}/{}", names::OPERATOR_MANAGER, capture.name_any());
+    let mut names_held = vec![capture.spec.postgres.credentials_secret_ref.name.clone()];
+    if let Some(ca) = &capture.spec.postgres.ca_secret_ref {
+        names_held.push(ca.name.clone());
+    }
+    names_held.dedup();
+    for secret in names_held {
+        let finalizers: Vec<&str> = if hold {
+            vec![names::SECRET_FINALIZER]
+        } else {
+            vec![]
+        };
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": secret, "namespace": ns, "finalizers": finalizers },
+        });
+        match secrets
+            .patch(
+                &secret,
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // A missing Secret is reported by read_credentials; nothing to
+            // hold or release. A Secret already being deleted takes no new
+            // finalizer (422); teardown then reports it if it is gone.
+            Err(kube::Error::Api(e)) if e.code == 404 || (hold && e.code == 422) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }

@@ -6,6 +6,9 @@ use sha2::{Digest, Sha256};
 
 /// Finalizer that guards database teardown.
 pub const FINALIZER: &str = "siphon.dev/cleanup";
+/// Finalizer the operator puts on the Secrets a capture reads, released once
+/// the capture's teardown is done.
+pub const SECRET_FINALIZER: &str = "siphon.dev/credentials-in-use";
 /// Server-side apply field manager of the operator.
 pub const OPERATOR_MANAGER: &str = "siphon-operator";
 /// Field manager of the worker (it owns `status.progress`).
@@ -99,9 +102,13 @@ pub fn transactional_id(namespace: &str, name: &str) -> String {
     format!("siphon-{namespace}-{name}")
 }
 
-/// Capture name as the worker knows it (offsets key).
-pub fn capture_id(namespace: &str, name: &str) -> String {
-    format!("{namespace}/{name}")
+/// Capture name as the worker knows it: the key of its position in the
+/// offsets topic and of its watermark row. The UID's first block is part of it
+/// so that a capture deleted and created again under the same name never
+/// resumes from its predecessor's position (which belonged to another slot).
+pub fn capture_id(namespace: &str, name: &str, uid: &str) -> String {
+    let incarnation = uid.split('-').next().unwrap_or_default();
+    format!("{namespace}/{name}/{incarnation}")
 }
 
 #[cfg(test)]
@@ -125,6 +132,14 @@ mod tests {
             "and-an-even-longer-capture-name-herf",
         );
         assert_ne!(long, other, "hash suffix keeps long names apart");
+    }
+
+    #[test]
+    fn a_recreated_capture_gets_a_new_id() {
+        let a = capture_id("default", "shop", "0b6f3c1e-1111-4a5b-9c1d-000000000001");
+        let b = capture_id("default", "shop", "7c2d9e4f-2222-4a5b-9c1d-000000000001");
+        assert_eq!(a, "default/shop/0b6f3c1e");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use anyhow::{Context, Result, bail};
 use siphon_crds::capture::{Delivery, SnapshotMode};
 
 use crate::kafka::{Arrival, Kafka, now_us};
-use crate::postgres::{BenchDb, Lsn, POLL, PREFIX, PUBLICATION, Pg, TABLE, WalsenderCpu, cpu_time};
+use crate::postgres::{
+    BenchDb, Lsn, POLL, PREFIX, PUBLICATION, Pg, TABLE, WalsenderCpu, context_switches, cpu_time,
+};
 use crate::reference::{self, Tools};
 use crate::summary::{Figure, Goal};
 use crate::worker::{MemorySampler, Pids, Profiler, WorkerEnv, WorkerRun};
@@ -72,6 +74,8 @@ struct SiphonRun {
     /// CPU time of the worker process (start-up included) and of its walsender.
     worker_cpu: Option<Duration>,
     walsender_cpu: Option<Duration>,
+    /// Context switches of all the worker's threads.
+    worker_switches: Option<u64>,
     /// VmHWM at the end, KiB.
     hwm_kib: u64,
     /// VmRSS samples while it streamed, KiB.
@@ -170,6 +174,7 @@ impl Bench {
         .await;
         let hwm_kib = worker.memory().map_or(0, |m| m.hwm_kib);
         let worker_cpu = worker.pid().and_then(cpu_time);
+        let worker_switches = worker.pid().and_then(context_switches);
         if let Some(p) = profile {
             p.finish().await;
         }
@@ -179,6 +184,7 @@ impl Bench {
             elapsed: finished - started,
             worker_cpu,
             walsender_cpu: walsender.used(),
+            worker_switches,
             hwm_kib,
             rss_kib: sampler.between(started, finished),
             topic: format!("{topic_prefix}.{TABLE}"),
@@ -229,11 +235,12 @@ impl Bench {
             let secs =
                 |d: Option<Duration>| d.map_or("?".into(), |d| format!("{:.2}s", d.as_secs_f64()));
             log(format!(
-                "{what}: siphon {:.0} events/s ({:.2}s; worker CPU {}, its walsender CPU {}), \
+                "{what}: siphon {:.0} events/s ({:.2}s; worker CPU {}, {} context switches; its walsender CPU {}), \
                  pg_recvlogical {:.0} events/s ({:.2}s; its walsender CPU {}), ratio {:.2}",
                 siphon,
                 run.elapsed.as_secs_f64(),
                 secs(run.worker_cpu),
+                run.worker_switches.map_or("?".into(), |n| n.to_string()),
                 secs(run.walsender_cpu),
                 reference,
                 reference_time.as_secs_f64(),
