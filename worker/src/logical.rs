@@ -509,8 +509,10 @@ impl Loop<'_> {
             self.flushed = flush;
             self.metrics.confirmed_lsn.set(flush.0 as i64);
             let now_us = chrono::Utc::now().timestamp_micros();
-            if self.last_commit_ts_us > 0 {
-                let lag = (now_us - self.last_commit_ts_us).max(0) as f64 / 1e6;
+            // Commit-to-confirmed delay of the newest delivered transaction.
+            let lag = (self.last_commit_ts_us > 0)
+                .then(|| (now_us - self.last_commit_ts_us).max(0) as f64 / 1e6);
+            if let Some(lag) = lag {
                 self.metrics.lag_seconds.set(lag);
             }
             let lag_bytes = self.server_wal_end.0.saturating_sub(flush.0);
@@ -520,6 +522,9 @@ impl Loop<'_> {
                 p.confirmed_lsn = Some(flush.to_string());
                 p.events = events;
                 p.lag_bytes = Some(lag_bytes);
+                if let Some(lag) = lag {
+                    p.lag = Some(format!("{lag:.1}s"));
+                }
             });
         }
         self.metrics.in_flight.set(self.sink.in_flight() as i64);
