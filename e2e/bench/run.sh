@@ -6,6 +6,11 @@
 #   BENCH_SCALE=0.1 bash e2e/bench/run.sh   # small smoke run
 #   BENCH_ONLY=single,latency bash e2e/bench/run.sh
 #       scenarios: single, large1m, batch10, latency, memory, backfill
+#   BENCH_WORKER=/path/to/siphon-worker     # measure another build (A/B)
+#   BENCH_REF_PROTO=2                       # reference with pgoutput v2 + streaming
+#   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/perf-*.data
+#   BENCH_OPERATOR_SCALE=1                  # then e2e/bench/operator_scale.sh (needs
+#                                           # `make stack-up`; creates 100 captures)
 #
 # Uses the local stack's PostgreSQL (127.0.0.1:15432) and Kafka (127.0.0.1:19092),
 # starting them when they are not running and reusing them when they are (it
@@ -22,6 +27,11 @@ PG_PORT="${STACK_PG_PORT:-15432}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 OUT="$ROOT/target/bench"
 PIDS="$OUT/pids"
+WORKER="${BENCH_WORKER:-$ROOT/target/release/siphon-worker}"
+# The main instance's settings beyond postgres.sh's defaults, as `stack.sh up`
+# passes them (keep in step): pg_up warns when a running instance differs,
+# and starts a stopped one exactly as the stack would.
+PG_MAIN_CONF=("max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600")
 
 # shellcheck source=e2e/stack/postgres.sh
 source "$ROOT/e2e/stack/postgres.sh"
@@ -60,7 +70,7 @@ cleanup() {
 main() {
   mkdir -p "$OUT" "$STATE_DIR"
   log "PostgreSQL on 127.0.0.1:$PG_PORT and Kafka on 127.0.0.1:$KAFKA_PORT (started if not running)"
-  pg_up "$STATE_DIR" "$PG_PORT" main
+  pg_up "$STATE_DIR" "$PG_PORT" main "${PG_MAIN_CONF[@]}"
   kafka_up "$STATE_DIR"
 
   # Two builds, not one: built together, the packages' features would be
@@ -71,12 +81,16 @@ main() {
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   (cd "$ROOT" && "$ROOT/target/release/siphon-bench" \
-    --worker "$ROOT/target/release/siphon-worker" \
+    --worker "$WORKER" \
     --pg-port "$PG_PORT" \
     --kafka "127.0.0.1:$KAFKA_PORT" \
     --pg-bindir "$(_pg_bindir)" \
     --out "$OUT" \
     --repo "$ROOT")
+  if [[ ${BENCH_OPERATOR_SCALE:-0} == 1 ]]; then
+    log "operator scale (e2e/bench/operator_scale.sh)"
+    bash "$ROOT/e2e/bench/operator_scale.sh"
+  fi
 }
 
 main "$@"

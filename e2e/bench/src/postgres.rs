@@ -74,7 +74,8 @@ impl Pg {
     /// run, or this run's own at the end). Only our slots' walsenders are ended.
     pub async fn drop_all(&self) -> Result<()> {
         let admin = self.connect("postgres").await?;
-        let like = format!("{PREFIX}%");
+        // `_` is a LIKE wildcard: match the prefix literally.
+        let like = format!("{}%", PREFIX.replace('_', "\\_"));
         admin
             .execute(
                 "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
@@ -127,9 +128,15 @@ impl Pg {
     pub async fn scenario_database(&self, name: &str) -> Result<BenchDb> {
         let database = format!("{PREFIX}{name}");
         let admin = self.connect("postgres").await?;
+        // synchronous_commit: PostgreSQL's default (on) inside the benchmark's
+        // databases. The stack turns it off for test speed, which leaves a
+        // commit unflushed for up to wal_writer_delay (200 ms) — and a walsender
+        // sends flushed WAL only, so every commit-to-stream wait (latency, a
+        // backfill's watermarks) would measure the stack's setting.
         for sql in [
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             "CREATE DATABASE {}",
+            "ALTER DATABASE {} SET synchronous_commit = on",
         ] {
             admin
                 .batch_execute(&sql.replace("{}", &quote_ident(&database)))

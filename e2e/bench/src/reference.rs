@@ -18,7 +18,8 @@ use crate::worker::Pids;
 pub struct Tools {
     pub pg_recvlogical: PathBuf,
     pub psql: PathBuf,
-    /// `proto_version` pg_recvlogical asks pgoutput for.
+    /// `proto_version` pg_recvlogical asks pgoutput for (2 or more adds
+    /// `streaming=on`, as Siphon does).
     pub proto_version: u32,
 }
 
@@ -35,7 +36,13 @@ pub async fn recvlogical(
     let pg = &db.pg;
     let watch = db.watch(slot).await?;
     let spawned = Instant::now();
-    let mut child = Command::new(&tools.pg_recvlogical)
+    let mut cmd = Command::new(&tools.pg_recvlogical);
+    if tools.proto_version >= 2 {
+        // What Siphon asks for on PostgreSQL 14+: large transactions streamed
+        // while in progress instead of spilled by the server until commit.
+        cmd.args(["-o", "streaming=on"]);
+    }
+    let mut child = cmd
         .arg("--dbname")
         .arg(format!(
             "host={} port={} user={} dbname={}",

@@ -377,7 +377,7 @@ impl Bench {
             ));
         }
         self.notes.push(format!(
-            "latency.*: commit time = source.ts_us (PostgreSQL's commit timestamp); arrival = when a read_committed consumer received the record (same host clock), so it includes the producer's linger, the broker's append and the fetch — what a downstream consumer sees; the writer (synchronous_commit = on, PostgreSQL's default; the stack's own default of off would add up to wal_writer_delay = 200 ms before a walsender may send a commit) achieved {rate:.0} tx/s over {:.0}s, first 2 s dropped",
+            "latency.*: commit time = source.ts_us (PostgreSQL's commit timestamp); arrival = when a read_committed consumer received the record (same host clock), so it includes the producer's linger, the broker's append and the fetch — what a downstream consumer sees; the writer (synchronous_commit = on, PostgreSQL's default, set in every benchmark database: the stack's off would hold each commit up to wal_writer_delay = 200 ms before a walsender may send it) achieved {rate:.0} tx/s over {:.0}s, first 2 s dropped",
             took.as_secs_f64()
         ));
         self.figures.push(Figure::alone(
@@ -501,6 +501,7 @@ impl Bench {
             snapshot: SnapshotMode::Initial,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
+        let profile = Profiler::attach(&self.worker.dir, "backfill", worker.pid(), &self.pids)?;
         let spawned = Instant::now();
         let result = async {
             let watch = watch?;
@@ -524,13 +525,22 @@ impl Bench {
             }
         }
         .await;
+        let cpu = worker.pid().and_then(cpu_time);
+        let switches = worker.pid().and_then(context_switches);
+        if let Some(p) = profile {
+            p.finish().await;
+        }
         worker.stop(Duration::from_secs(30)).await?;
         db.drop_slot(&slot).await?;
         db.drop().await?;
         let took = result?;
         let (siphon, reference) = (per_s(rows, took), per_s(rows, copy));
         log(format!(
-            "backfill: siphon {siphon:.0} rows/s, COPY {reference:.0} rows/s"
+            "backfill: siphon {siphon:.0} rows/s ({:.2}s; worker CPU {:.2}s, {} context switches), COPY {reference:.0} rows/s ({:.2}s)",
+            took.as_secs_f64(),
+            cpu.unwrap_or_default().as_secs_f64(),
+            switches.unwrap_or_default(),
+            copy.as_secs_f64()
         ));
         self.figures.push(Figure::against(
             "backfill.initial_snapshot",
@@ -560,10 +570,6 @@ async fn paced_writer(
     let mut tasks = Vec::new();
     for c in 0..conns {
         let client = pg.connect(database).await?;
-        // The stack runs with synchronous_commit = off (test speed), which
-        // leaves committed WAL unflushed for up to wal_writer_delay, and a
-        // walsender sends flushed WAL only. Production's default is on.
-        client.batch_execute("SET synchronous_commit = on").await?;
         let stmt = client
             .prepare(&format!(
                 "INSERT INTO {TABLE} SELECT {} FROM (SELECT $1::int8 AS g) s",

@@ -32,6 +32,11 @@ impl Goal {
     }
 }
 
+/// Three decimals are plenty for people and for diffs of summary.json.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 /// One measured figure.
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
@@ -59,10 +64,10 @@ impl Figure {
     ) -> Self {
         Self {
             name: name.into(),
-            siphon: Some(siphon),
-            reference: Some(reference),
+            siphon: Some(round3(siphon)),
+            reference: Some(round3(reference)),
             unit: unit.into(),
-            ratio: (reference > 0.0).then(|| siphon / reference),
+            ratio: (reference > 0.0).then(|| round3(siphon / reference)),
             goals,
             reference_name: reference_name.into(),
         }
@@ -72,7 +77,7 @@ impl Figure {
     pub fn alone(name: impl Into<String>, unit: &str, siphon: f64, goals: Vec<Goal>) -> Self {
         Self {
             name: name.into(),
-            siphon: Some(siphon),
+            siphon: Some(round3(siphon)),
             reference: None,
             unit: unit.into(),
             ratio: None,
