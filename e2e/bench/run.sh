@@ -8,7 +8,7 @@
 #       scenarios: single, large1m, batch10, latency, memory, backfill
 #   BENCH_WORKER=/path/to/siphon-worker     # measure another build (A/B)
 #   BENCH_REF_PROTO=2                       # reference with pgoutput v2 + streaming
-#   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/perf-*.data
+#   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/run/perf-*.data
 #   BENCH_OPERATOR_SCALE=1                  # then e2e/bench/operator_scale.sh (needs
 #                                           # `make stack-up`; creates 100 captures)
 #

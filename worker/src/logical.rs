@@ -59,6 +59,8 @@ use crate::values::registry::TypeRegistry;
 pub const HEARTBEAT_PREFIX: &str = "siphon.heartbeat";
 /// How often the server hears from us even when nothing is confirmed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest time between two confirmations sent on Kafka acknowledgements.
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest a Kafka transaction stays open in exactly-once mode.
 const EOS_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most records in one Kafka transaction in exactly-once mode.
@@ -685,6 +687,8 @@ pub async fn run(
     }
     metrics.set_ready(true);
 
+    let mut confirm_tick = tokio::time::interval(CONFIRM_INTERVAL);
+    confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(v.derived.heartbeat_interval);
@@ -715,8 +719,10 @@ pub async fn run(
                 let _ = conn.close().await;
                 return Ok(Stopped::Shutdown);
             }
-            // 2. Kafka acks: confirm as soon as a prefix is complete.
-            _ = state.sink.delivered(Duration::from_millis(50)), if state.sink.in_flight() > 0 => {
+            // 2. Kafka acks: confirm a complete prefix, at most every CONFIRM_INTERVAL
+            //    (a standby status per acknowledged transaction costs this loop
+            //    and the walsender more than decoding it does).
+            _ = confirm_tick.tick(), if state.sink.in_flight() > 0 || state.confirmable() > state.flushed => {
                 state.sink.check()?;
                 if state.confirmable() > state.flushed {
                     state.send_status(&mut conn, false).await?;
@@ -724,6 +730,13 @@ pub async fn run(
                 if !exactly_once {
                     state.save_backfill_progress().await?;
                 }
+            }
+            // 2b. Exactly once: commit the Kafka transaction once it is due and
+            //     no source transaction is open (no later commit would do it).
+            _ = tokio::time::sleep_until((state.kafka_txn_started + EOS_COMMIT_INTERVAL).into()),
+                if exactly_once && state.kafka_txn_open && !state.in_txn && state.kafka_txn_last.is_some() => {
+                state.commit_kafka_txn().await?;
+                state.send_status(&mut conn, false).await?;
             }
             // 3. Status to the server; in exactly-once mode, close an idle Kafka transaction.
             _ = status_tick.tick() => {
@@ -746,7 +759,7 @@ pub async fn run(
             }
             // 5. The backfill reader: the rows of the chunk being read, or why it stopped.
             event = state.backfill.next_event(), if state.backfill.is_reading() => {
-                state.backfill.accept(event)?;
+                state.backfill.accept(event).await?;
             }
             // 6. The stream.
             msg = conn.next_message() => {

@@ -553,21 +553,20 @@ impl Envelope<'_> {
         json::write_str(out, change.snapshot.unwrap_or("false").as_bytes());
         out.push(b',');
         out.extend_from_slice(self.source_db);
-        out.extend_from_slice(b"\"sequence\":");
-        let mut sequence = Vec::with_capacity(48);
-        sequence.push(b'[');
+        // A JSON string holding `["<previous commit lsn>","<lsn>"]`, written
+        // with its quotes already escaped (digits need no escaping).
+        out.extend_from_slice(b"\"sequence\":\"[");
         match self.last_commit {
             Some(lsn) => {
-                sequence.push(b'"');
-                json::write_u64(&mut sequence, lsn.0);
-                sequence.push(b'"');
+                out.extend_from_slice(b"\\\"");
+                json::write_u64(out, lsn.0);
+                out.extend_from_slice(b"\\\"");
             }
-            None => sequence.extend_from_slice(b"null"),
+            None => out.extend_from_slice(b"null"),
         }
-        sequence.extend_from_slice(b",\"");
-        json::write_u64(&mut sequence, change.lsn.0);
-        sequence.extend_from_slice(b"\"]");
-        json::write_str(out, &sequence);
+        out.extend_from_slice(b",\\\"");
+        json::write_u64(out, change.lsn.0);
+        out.extend_from_slice(b"\\\"]\"");
         out.extend_from_slice(b",\"ts_us\":");
         json::write_i64(out, change.commit_ts_us);
         out.extend_from_slice(b",\"ts_ns\":");

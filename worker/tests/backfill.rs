@@ -803,7 +803,7 @@ async fn load_position(fx: &Fixture) -> Option<Position> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_reduce_to_the_table() {
     let _turn = TURN.lock().await;
-    const ROWS: i64 = 200_000;
+    const ROWS: i64 = 1_000_000;
     let fx = Fixture::new().await;
     let initial = create(&fx, &ITEMS, ROWS).await;
     let worker = start(fx.config("[{ name: public.items }]", 5_000, "AtLeastOnce"));

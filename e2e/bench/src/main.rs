@@ -62,7 +62,8 @@ struct Args {
     /// The siphon-worker binary (release build).
     #[arg(long)]
     worker: PathBuf,
-    /// Output folder (summary.json, worker configs and logs).
+    /// Output folder: summary.json, and run/ with this run's worker configs,
+    /// logs, latency.csv and perf data.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Root of the repository (to see which features this build has).
@@ -97,8 +98,12 @@ fn main() -> ExitCode {
 /// others still ran and their figures are written).
 async fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
-    std::fs::create_dir_all(args.out.join("logs"))?;
-    std::fs::create_dir_all(args.out.join("spill"))?;
+    // This run's worker configs, logs, latency.csv and perf data; the
+    // previous run's go.
+    let run_dir = args.out.join("run");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    std::fs::create_dir_all(run_dir.join("logs"))?;
+    std::fs::create_dir_all(run_dir.join("spill"))?;
     let run_id = format!(
         "{:x}",
         SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()
@@ -118,8 +123,7 @@ async fn run(args: Args) -> Result<bool> {
             pg: pg.clone(),
             kafka_bootstrap: args.kafka.clone(),
             offsets_topic: format!("{TOPIC_PREFIX}{run_id}.offsets"),
-            dir: args
-                .out
+            dir: run_dir
                 .canonicalize()
                 .context("resolving the output folder")?,
         },
@@ -192,7 +196,7 @@ async fn run(args: Args) -> Result<bool> {
         .kafka
         .delete_topics(&format!("{TOPIC_PREFIX}{}", bench.run_id))
         .await?;
-    let _ = std::fs::remove_dir_all(args.out.join("spill"));
+    let _ = std::fs::remove_dir_all(run_dir.join("spill"));
 
     let summary = args.out.join("summary.json");
     summary::write_json(&summary, &bench.figures)?;

@@ -36,12 +36,17 @@ pub mod goals {
     pub const RSS_LARGE_TXN_MIB: f64 = 160.0;
     pub const BACKFILL_ROWS_PER_S: f64 = 300_000.0;
     pub const BACKFILL_COPY_RATIO: f64 = 0.25;
+    pub const BACKFILL_STREAM_LAG_MS: f64 = 1000.0;
 }
 
 /// Prefix of every topic the benchmark creates.
 pub const TOPIC_PREFIX: &str = "siphon-bench-";
 /// The watermark table of a backfilling capture (the worker's default name).
 const WATERMARKS: &str = "public.siphon_watermarks";
+/// Written to while a backfill runs (see the backfill scenario).
+const TICKS: &str = "public.ticks";
+/// Single-row transactions per second into TICKS during the backfill.
+const BACKFILL_WRITE_RATE: f64 = 100.0;
 /// The steady rate of the latency scenario.
 pub const LATENCY_RATE: f64 = 5_000.0;
 
@@ -132,6 +137,7 @@ impl Bench {
             topic_prefix: topic_prefix.clone(),
             delivery,
             snapshot: SnapshotMode::Never,
+            stream_only: None,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let sampler = MemorySampler::start(worker.pid(), Duration::from_millis(50));
@@ -308,6 +314,7 @@ impl Bench {
             topic_prefix,
             delivery: Delivery::AtLeastOnce,
             snapshot: SnapshotMode::Never,
+            stream_only: None,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let result = async {
@@ -326,8 +333,16 @@ impl Bench {
             let duration = Duration::from_secs(self.scaled(30, 5));
             let warmup_us = 2_000_000;
             let start_us = now_us();
-            let (sent, took) =
-                paced_writer(&self.pg, &db.database, LATENCY_RATE, duration, 4).await?;
+            let (sent, took) = paced_writer(
+                &self.pg,
+                &db.database,
+                TABLE,
+                LATENCY_RATE,
+                duration,
+                4,
+                &Arc::new(AtomicBool::new(false)),
+            )
+            .await?;
             // Give the tail time to arrive, then stop the consumer.
             tokio::time::sleep(Duration::from_secs(3)).await;
             worker.check_alive()?;
@@ -488,10 +503,20 @@ impl Bench {
             ))
             .await
             .context("creating the watermark table")?;
+        // A table written to while the backfill runs, captured without a
+        // backfill: its commit-to-consumer delay is the streaming lag.
+        db.client
+            .batch_execute(&format!(
+                "CREATE TABLE {TICKS} (LIKE {TABLE} INCLUDING ALL);
+                 ALTER PUBLICATION {PUBLICATION} ADD TABLE {TICKS}"
+            ))
+            .await
+            .context("creating the table written during the backfill")?;
         let slot = format!("{PREFIX}backfill_alo");
         let watch = db.watch(&slot).await;
         let topic_prefix = self.topic_prefix("backfill");
         let topic = format!("{topic_prefix}.{TABLE}");
+        let ticks_topic = format!("{topic_prefix}.{TICKS}");
         let run = WorkerRun {
             name: format!("{}-backfill", self.run_id),
             database: &db.database,
@@ -499,10 +524,15 @@ impl Bench {
             topic_prefix,
             delivery: Delivery::AtLeastOnce,
             snapshot: SnapshotMode::Initial,
+            stream_only: Some(TICKS),
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let profile = Profiler::attach(&self.worker.dir, "backfill", worker.pid(), &self.pids)?;
         let spawned = Instant::now();
+        let stop_writer = Arc::new(AtomicBool::new(false));
+        let stop_consumer = Arc::new(AtomicBool::new(false));
+        let mut writer = None;
+        let mut consumer = None;
         let result = async {
             let watch = watch?;
             // The clock starts when the worker streams, unless rows already
@@ -514,6 +544,23 @@ impl Bench {
                 if started.is_none() && watch.state().await.is_ok_and(|s| s.active) {
                     let early = self.kafka.high_watermark(&topic)? > 0;
                     started = Some(if early { spawned } else { Instant::now() });
+                    consumer = Some(self.kafka.arrivals(&ticks_topic, stop_consumer.clone())?);
+                    let (pg, database, stop) =
+                        (self.pg.clone(), db.database.clone(), stop_writer.clone());
+                    writer = Some(tokio::spawn(async move {
+                        // Let the consumer join before the first commit.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        paced_writer(
+                            &pg,
+                            &database,
+                            TICKS,
+                            BACKFILL_WRITE_RATE,
+                            Duration::from_secs(600),
+                            1,
+                            &stop,
+                        )
+                        .await
+                    }));
                 }
                 if self.kafka.high_watermark(&topic)? >= rows as i64 {
                     return Ok(Instant::now() - started.unwrap_or(spawned));
@@ -525,22 +572,77 @@ impl Bench {
             }
         }
         .await;
+        let done_us = now_us();
         let cpu = worker.pid().and_then(cpu_time);
         let switches = worker.pid().and_then(context_switches);
+        let hwm_kib = worker.memory().map_or(0, |m| m.hwm_kib);
         if let Some(p) = profile {
             p.finish().await;
         }
+        stop_writer.store(true, Ordering::Relaxed);
+        let written = match writer {
+            Some(w) => w.await?.map(|(n, _)| n),
+            None => Ok(0),
+        };
+        // The last ticks' way to the consumer.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop_consumer.store(true, Ordering::Relaxed);
+        let arrivals = match consumer {
+            Some(c) => c
+                .join()
+                .map_err(|_| anyhow::anyhow!("the backfill lag consumer panicked"))?,
+            None => Ok(Vec::new()),
+        };
         worker.stop(Duration::from_secs(30)).await?;
         db.drop_slot(&slot).await?;
         db.drop().await?;
         let took = result?;
+        let (written, arrivals) = (written?, arrivals?);
+        // Streamed changes committed while the backfill ran.
+        let mut lag: Vec<f64> = arrivals
+            .iter()
+            .filter(|a| a.commit_us <= done_us)
+            .map(|a| (a.received_us - a.commit_us) as f64 / 1000.0)
+            .collect();
+        lag.sort_by(f64::total_cmp);
         let (siphon, reference) = (per_s(rows, took), per_s(rows, copy));
         log(format!(
-            "backfill: siphon {siphon:.0} rows/s ({:.2}s; worker CPU {:.2}s, {} context switches), COPY {reference:.0} rows/s ({:.2}s)",
+            "backfill: siphon {siphon:.0} rows/s ({:.2}s; worker CPU {:.2}s, {} context switches, VmHWM {:.1} MiB), COPY {reference:.0} rows/s ({:.2}s); {} of {written} concurrent changes measured, lag max {:.0} ms",
             took.as_secs_f64(),
             cpu.unwrap_or_default().as_secs_f64(),
             switches.unwrap_or_default(),
-            copy.as_secs_f64()
+            hwm_kib as f64 / 1024.0,
+            copy.as_secs_f64(),
+            lag.len(),
+            lag.last().copied().unwrap_or(f64::NAN),
+        ));
+        if lag.is_empty() {
+            self.notes.push(
+                "backfill.stream_lag_*: no change written during the backfill reached the consumer"
+                    .into(),
+            );
+        } else {
+            self.figures.push(Figure::alone(
+                "backfill.stream_lag_p99",
+                "ms",
+                percentile(&lag, 0.99),
+                vec![Goal::AtMost(goals::BACKFILL_STREAM_LAG_MS)],
+            ));
+            self.figures.push(Figure::alone(
+                "backfill.stream_lag_max",
+                "ms",
+                percentile(&lag, 1.0),
+                vec![Goal::AtMost(goals::BACKFILL_STREAM_LAG_MS)],
+            ));
+        }
+        self.figures.push(Figure::alone(
+            "backfill.rss_peak",
+            "MiB",
+            hwm_kib as f64 / 1024.0,
+            vec![Goal::AtMost(goals::RSS_STEADY_MIB)],
+        ));
+        self.notes.push(format!(
+            "backfill.*: {rows} rows of ~200 bytes, default chunk size; meanwhile {BACKFILL_WRITE_RATE:.0} single-row tx/s into {TICKS} (captured, not backfilled): stream_lag = their commit-to-consumer delay while the backfill ran; rss_peak = the worker's VmHWM at the end of the backfill"
         ));
         self.figures.push(Figure::against(
             "backfill.initial_snapshot",
@@ -557,14 +659,17 @@ impl Bench {
     }
 }
 
-/// Single-row transactions at `rate` per second for `duration`, over `conns`
-/// connections; returns how many were committed and how long it took.
+/// Single-row transactions into `table` at `rate` per second for `duration`
+/// (or until `stop`), over `conns` connections; returns how many were
+/// committed and how long it took.
 async fn paced_writer(
     pg: &Pg,
     database: &str,
+    table: &str,
     rate: f64,
     duration: Duration,
     conns: usize,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(u64, Duration)> {
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -572,16 +677,17 @@ async fn paced_writer(
         let client = pg.connect(database).await?;
         let stmt = client
             .prepare(&format!(
-                "INSERT INTO {TABLE} SELECT {} FROM (SELECT $1::int8 AS g) s",
+                "INSERT INTO {table} SELECT {} FROM (SELECT $1::int8 AS g) s",
                 crate::postgres::ROW_EXPR
             ))
             .await?;
         let per_conn = rate / conns as f64;
+        let stop = Arc::clone(stop);
         tasks.push(tokio::spawn(async move {
             let mut sent: u64 = 0;
             loop {
                 let elapsed = start.elapsed();
-                if elapsed >= duration {
+                if elapsed >= duration || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let due = (elapsed.as_secs_f64() * per_conn) as u64;
@@ -602,7 +708,7 @@ async fn paced_writer(
     Ok((total, start.elapsed()))
 }
 
-/// Every record of the latency run, for a closer look (`target/bench/latency.csv`).
+/// Every record of the latency run, for a closer look (`target/bench/run/latency.csv`).
 fn write_arrivals(path: &std::path::Path, arrivals: &[Arrival]) -> Result<()> {
     use std::fmt::Write as _;
     let mut text = String::from("commit_us,received_us,create_time_ms\n");

@@ -70,6 +70,8 @@ pub struct WorkerRun<'a> {
     pub topic_prefix: String,
     pub delivery: Delivery,
     pub snapshot: SnapshotMode,
+    /// A second table captured without backfill (changes only).
+    pub stream_only: Option<&'a str>,
 }
 
 /// What the worker needs to know about the stack and where to put files.
@@ -79,7 +81,7 @@ pub struct WorkerEnv {
     pub pg: Pg,
     pub kafka_bootstrap: String,
     pub offsets_topic: String,
-    /// target/bench: configs, logs, spill folder.
+    /// target/bench/run: configs, logs, spill folder, latency.csv, perf data.
     pub dir: PathBuf,
 }
 
@@ -97,13 +99,16 @@ impl WorkerEnv {
                 ssl_mode: SslMode::Disable,
                 ..PostgresConfig::default()
             },
-            tables: vec![TableSpec {
-                name: TABLE.into(),
-                columns: Vec::new(),
-                filter: None,
-                key_columns: Vec::new(),
-                snapshot: true,
-            }],
+            tables: std::iter::once((TABLE, true))
+                .chain(run.stream_only.map(|t| (t, false)))
+                .map(|(name, snapshot)| TableSpec {
+                    name: name.into(),
+                    columns: Vec::new(),
+                    filter: None,
+                    key_columns: Vec::new(),
+                    snapshot,
+                })
+                .collect(),
             logical: LogicalConfig {
                 slot_name: run.slot.to_string(),
                 publication_name: PUBLICATION.into(),
@@ -293,7 +298,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// `perf record` attached to a worker when `BENCH_PERF` is set (to any
 /// value; `BENCH_PERF=callgraph` records call graphs with DWARF): writes
-/// `target/bench/perf-<run>.data` for `perf report -i`.
+/// `target/bench/run/perf-<run>.data` for `perf report -i`.
 pub struct Profiler {
     child: Child,
     pid: Option<u32>,

@@ -28,6 +28,17 @@
 //! than assumed: a chunk whose snapshot missed such a transaction is read
 //! again, see [`window::missed_commit`].)
 //!
+//! **Pipelining.** The capture loop asks for chunk k+1 as soon as chunk k's
+//! rows are in (their last key is chunk k+1's start), so the reader writes
+//! L(k+1), reads and writes H(k+1) while the stream catches up with H(k) and
+//! chunk k is encoded. The windows never overlap: L(k+1) commits after H(k)
+//! on the reader's one connection, so the stream delivers them in that
+//! order, and each window opens only after the previous one closed. Should
+//! chunk k have to be read again, chunk k+1 is abandoned (its watermarks
+//! match no window, its rows are dropped) and asked for again later; its
+//! progress is only ever stored once it was emitted. At most two chunks are
+//! held in memory.
+//!
 //! Watermarks are rows of the watermark table keyed by the capture's name;
 //! their changes are never written to Kafka (nor are other captures'). Each
 //! run tags its watermarks with a fresh nonce, so the watermarks of an earlier
@@ -186,8 +197,12 @@ pub struct Backfill {
     current: usize,
     next_id: u64,
     nonce: String,
+    /// The chunk whose high watermark the stream is heading for.
     window: Option<(u64, ChunkWindow)>,
-    rows: Option<ChunkRows>,
+    /// The chunk after it, already asked for (see "Pipelining").
+    next: Option<(u64, ChunkWindow)>,
+    /// Rows the reader handed over for `window` and `next`.
+    fetched: Vec<ChunkRows>,
     reader: Option<Reader>,
     /// The current table's relation as the stream last described it.
     streamed: Option<Arc<Relation>>,
@@ -290,7 +305,8 @@ impl Backfill {
             next_id: 1,
             nonce: format!("{:x}{:x}", std::process::id(), nanos),
             window: None,
-            rows: None,
+            next: None,
+            fetched: Vec::with_capacity(2),
             reader: None,
             streamed: None,
             request: outcome.request.filter(|_| !outcome.to_read.is_empty()),
@@ -348,17 +364,57 @@ impl Backfill {
         }
     }
 
-    /// Take a report of the reader: keep the rows of the open chunk.
-    pub fn accept(&mut self, event: ReaderEvent) -> Result<(), BackfillError> {
+    /// Take a report of the reader: keep the rows of a chunk still expected,
+    /// and ask for the chunk after the current one as soon as its first key
+    /// is known.
+    pub async fn accept(&mut self, event: ReaderEvent) -> Result<(), BackfillError> {
         match event {
             ReaderEvent::Rows(rows) => {
-                if self.window.as_ref().is_some_and(|(id, _)| *id == rows.id) {
-                    self.rows = Some(rows);
-                }
-                Ok(())
+                self.keep(rows);
+                self.prefetch().await
             }
             ReaderEvent::Failed(error) => Err(error),
         }
+    }
+
+    /// Keep rows of `window` or `next`; rows of an abandoned chunk go.
+    fn keep(&mut self, rows: ChunkRows) {
+        let expected =
+            |w: &Option<(u64, ChunkWindow)>| w.as_ref().is_some_and(|(id, _)| *id == rows.id);
+        if expected(&self.window) || expected(&self.next) {
+            self.fetched.retain(|r| r.id != rows.id);
+            self.fetched.push(rows);
+        }
+    }
+
+    /// Rows of chunk `id`, when the reader handed them over.
+    fn take_fetched(&mut self, id: u64) -> Option<ChunkRows> {
+        let at = self.fetched.iter().position(|r| r.id == id)?;
+        Some(self.fetched.swap_remove(at))
+    }
+
+    /// Pipelining: once the current chunk's rows are in and more follow, ask
+    /// for the next chunk (keyset from the current chunk's last key) so the
+    /// reader reads it while the stream catches up with the current one.
+    async fn prefetch(&mut self) -> Result<(), BackfillError> {
+        let Some((id, _)) = &self.window else {
+            return Ok(());
+        };
+        if self.next.is_some() {
+            return Ok(());
+        }
+        let Some(rows) = self.fetched.iter().find(|r| r.id == *id) else {
+            return Ok(());
+        };
+        if !rows.more {
+            return Ok(());
+        }
+        let after = rows.last_key.clone();
+        let Some((id, window, request)) = self.chunk(after.as_deref()) else {
+            return Ok(());
+        };
+        self.next = Some((id, window));
+        self.send(request).await
     }
 
     /// Look at a streamed change before it is sent (or not).
@@ -433,36 +489,53 @@ impl Backfill {
         };
         // The reader hands the rows over before it writes the high
         // watermark, so they are in the channel by now.
-        while self.rows.as_ref().is_none_or(|r| r.id != id) {
+        while !self.fetched.iter().any(|r| r.id == id) {
             match self.reader.as_mut().and_then(Reader::try_next) {
-                Some(ReaderEvent::Rows(rows)) if rows.id == id => self.rows = Some(rows),
-                Some(ReaderEvent::Rows(_)) => {}
+                Some(ReaderEvent::Rows(rows)) => self.keep(rows),
                 Some(ReaderEvent::Failed(error)) => return Err(error),
                 None => break,
             }
         }
+        let fetched = self.take_fetched(id);
         let Some(plan) = self.plans.get(self.current) else {
             return Ok(Offer::Drop);
         };
-        let Some(chunk) = self.rows.take().filter(|r| r.id == id) else {
-            tracing::warn!(table = %plan.name, chunk = id, "high watermark without its rows; reading the chunk again");
-            return Ok(Offer::Reread);
-        };
-        if window.must_reread() {
-            tracing::info!(table = %plan.name, chunk = id, "a key changed inside the window could not be read; reading the chunk again");
-            return Ok(Offer::Reread);
-        }
         let before_low = self
             .low_seq
             .take()
             .map_or(0, |seq| seq.saturating_sub(self.recent_base) as usize)
             .min(self.recent.len());
-        if let Some(xid) =
-            window::missed_commit(self.recent.range(..before_low).copied(), &chunk.invisible)
-        {
-            tracing::info!(table = %plan.name, chunk = id, xid, "a transaction committed before the low watermark was not yet visible to the chunk; reading the chunk again");
+        let usable = match fetched {
+            None => {
+                tracing::warn!(table = %plan.name, chunk = id, "high watermark without its rows; reading the chunk again");
+                None
+            }
+            Some(_) if window.must_reread() => {
+                tracing::info!(table = %plan.name, chunk = id, "a key changed inside the window could not be read; reading the chunk again");
+                None
+            }
+            Some(chunk) => match window::missed_commit(
+                self.recent.range(..before_low).copied(),
+                &chunk.invisible,
+            ) {
+                Some(xid) => {
+                    tracing::info!(table = %plan.name, chunk = id, xid, "a transaction committed before the low watermark was not yet visible to the chunk; reading the chunk again");
+                    None
+                }
+                None => Some(chunk),
+            },
+        };
+        let Some(chunk) = usable else {
+            // The chunk asked for after this one starts from a key that is
+            // not confirmed: abandon it (its watermarks open no window, its
+            // rows are not kept) and read this one again.
+            self.next = None;
+            self.fetched.clear();
             return Ok(Offer::Reread);
-        }
+        };
+        // The next chunk's window, if asked for, is the one the stream heads
+        // for now (its low watermark comes after this high one).
+        self.window = self.next.take();
         let read = chunk.rows.len();
         let (kept, dropped) = window.survivors(chunk.rows, &plan.key_positions);
         let relation = match &self.streamed {
@@ -528,7 +601,11 @@ impl Backfill {
             }
         });
         if summary.more {
-            return self.issue(position).await;
+            return match self.window {
+                // Already asked for; maybe ask for the one after it.
+                Some(_) => self.prefetch().await,
+                None => self.issue(position).await,
+            };
         }
         tracing::info!(table = %summary.table, rows, "table backfilled");
         self.current += 1;
@@ -553,17 +630,13 @@ impl Backfill {
         self.issue(position).await
     }
 
-    /// Open the window of the next chunk of the current table and ask the
-    /// reader for it.
+    /// Open the window of the current table's next chunk after the stored
+    /// progress and ask the reader for it.
     async fn issue(&mut self, position: &Position) -> Result<(), BackfillError> {
         let Some(plan) = self.plans.get(self.current) else {
             return Ok(());
         };
-        let Some(reader) = &self.reader else {
-            return Ok(());
-        };
         let stored = position.backfill.get(&plan.name);
-        let after = stored.and_then(|s| s.last_key.as_deref());
         if stored.is_some_and(|s| s.state == PENDING) {
             let name = plan.name.clone();
             self.progress.update(|p| {
@@ -572,6 +645,32 @@ impl Backfill {
                 }
             });
         }
+        let after = stored.and_then(|s| s.last_key.clone());
+        let Some((id, window, request)) = self.chunk(after.as_deref()) else {
+            return Ok(());
+        };
+        self.low_seq = None;
+        self.window = Some((id, window));
+        self.next = None;
+        self.fetched.clear();
+        self.send(request).await
+    }
+
+    async fn send(&self, request: ChunkRequest) -> Result<(), BackfillError> {
+        match &self.reader {
+            Some(reader) => reader.request(request).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The window and the request of the current table's chunk after key
+    /// `after` (from the first row when `None`).
+    fn chunk(
+        &mut self,
+        after: Option<&[Option<String>]>,
+    ) -> Option<(u64, ChunkWindow, ChunkRequest)> {
+        let plan = self.plans.get(self.current)?;
+        self.reader.as_ref()?;
         let id = self.next_id;
         self.next_id += 1;
         let low = format!("low:{}:{id}:{}", plan.name, self.nonce);
@@ -586,13 +685,8 @@ impl Backfill {
             low: low.clone(),
             high: high.clone(),
         };
-        self.low_seq = None;
-        self.window = Some((
-            id,
-            ChunkWindow::new(plan.oid(), plan.key_names.clone(), low, high),
-        ));
-        self.rows = None;
-        reader.request(request).await
+        let window = ChunkWindow::new(plan.oid(), plan.key_names.clone(), low, high);
+        Some((id, window, request))
     }
 }
 

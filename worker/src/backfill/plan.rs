@@ -17,10 +17,15 @@ use crate::replication::connection::{quote_ident, quote_literal};
 
 /// Settings of the backfill's SQL session: the same text forms as the
 /// replication connection's values, and literals without backslash escapes.
+///
+/// `synchronous_commit = local`: a walsender sends only WAL flushed to disk,
+/// so a watermark committed with `off` (a server or role default some
+/// set for speed) could reach the stream up to `wal_writer_delay` later,
+/// every chunk; `local` flushes it at commit without waiting for standbys.
 pub const SESSION_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
      SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = hex; \
      SET lc_monetary = 'C'; SET standard_conforming_strings = on; \
-     SET application_name = 'siphon-backfill'";
+     SET synchronous_commit = local; SET application_name = 'siphon-backfill'";
 
 /// The table holding this capture's watermarks.
 #[derive(Clone, Debug, PartialEq, Eq)]

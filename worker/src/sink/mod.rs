@@ -8,19 +8,21 @@
 //! full. Nothing upstream confirms a position that did not come out of
 //! [`KafkaSink::confirmable`].
 //!
-//! A full producer queue (`QueueFull`) is backpressure: `send` waits for
-//! deliveries to make room. A delivery that failed after librdkafka's own
-//! retries is reported once by [`KafkaSink::check`]; the worker then restarts
-//! from its last confirmed position (at-least-once repeats, never loses).
+//! A full producer queue (`QueueFull`) is backpressure: `send` waits until a
+//! quarter of the records in flight are delivered, then fills the queue again
+//! (one wake-up per batch of acknowledgements, not one per record). A delivery
+//! that failed after librdkafka's own retries is reported once by
+//! [`KafkaSink::check`]; the worker then restarts from its last confirmed
+//! position (at-least-once repeats, never loses).
 
 pub mod acks;
 pub mod options;
 pub mod topics;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
@@ -110,43 +112,22 @@ pub fn classify(err: KafkaError) -> SinkError {
     }
 }
 
-/// Shortest time between two wake-ups of [`KafkaSink::delivered`] for
-/// progress alone. Waking the capture loop on every acknowledgement (one per
-/// record) made it spend its time switching threads and sending one standby
-/// status per source transaction, which also costs the walsender; a few
-/// milliseconds of coalescing keep confirmations prompt at a fraction of that.
-pub const PROGRESS_WAKE_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest a `send` waits on a full queue before it tries again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 
 struct Shared<P> {
     tracker: Mutex<AckTracker<P>>,
     failure: Mutex<Option<KafkaError>>,
-    /// Woken when the confirmable position moved (at most every
-    /// [`PROGRESS_WAKE_INTERVAL`], and at once when nothing is left in
-    /// flight), when a delivery failed, and on every delivery while a sender
-    /// waits for room in the queue.
+    /// Woken when a delivery failed and when a sender waiting for room may go
+    /// on (see `resume_sending_at`). Progress is not signalled: the capture
+    /// loop asks for the confirmable position on its own short tick, which
+    /// costs less than a wake-up per acknowledgement.
     delivered: Notify,
-    /// A `send` waits for room in the producer's queue.
-    waiting_for_room: AtomicBool,
-    /// When `delivered` was last woken for progress (only the delivery
-    /// callback, on librdkafka's polling thread, touches it).
-    last_progress_wake: Mutex<Instant>,
-}
-
-impl<P> Shared<P> {
-    /// Whether a progress wake-up is due now (and if so, note it).
-    fn progress_wake_due(&self) -> bool {
-        let mut last = self
-            .last_progress_wake
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if now.duration_since(*last) >= PROGRESS_WAKE_INTERVAL {
-            *last = now;
-            true
-        } else {
-            false
-        }
-    }
+    /// A `send` that found the queue full waits until the records in flight
+    /// fall to this many (0 when nobody waits). Waking it on every delivery
+    /// instead let it send one record per acknowledgement: a thread switch
+    /// per record while Kafka is the bottleneck (a large transaction).
+    resume_sending_at: AtomicU64,
 }
 
 /// librdkafka's callback target.
@@ -162,12 +143,14 @@ impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
     fn delivery(&self, result: &DeliveryResult<'_>, mark: Self::DeliveryOpaque) {
         let wake = match result {
             Ok(_) => {
-                let (moved, idle) = match self.shared.tracker.lock() {
-                    Ok(mut t) => (t.acked(mark as MarkId), t.in_flight() == 0),
-                    Err(_) => (true, false),
+                let in_flight = match self.shared.tracker.lock() {
+                    Ok(mut t) => {
+                        t.acked(mark as MarkId);
+                        t.in_flight()
+                    }
+                    Err(_) => 0,
                 };
-                self.shared.waiting_for_room.load(Ordering::Acquire)
-                    || (moved && (idle || self.shared.progress_wake_due()))
+                in_flight <= self.shared.resume_sending_at.load(Ordering::Acquire)
             }
             Err((err, _)) => {
                 if let Ok(mut f) = self.shared.failure.lock()
@@ -202,8 +185,7 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
             tracker: Mutex::new(AckTracker::new()),
             failure: Mutex::new(None),
             delivered: Notify::new(),
-            waiting_for_room: AtomicBool::new(false),
-            last_progress_wake: Mutex::new(Instant::now()),
+            resume_sending_at: AtomicU64::new(0),
         });
         let producer: ThreadedProducer<SinkContext<P>> = cfg
             .create_with_context(SinkContext {
@@ -251,22 +233,26 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    self.shared.waiting_for_room.store(false, Ordering::Release);
+                    self.shared.resume_sending_at.store(0, Ordering::Release);
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     if let Err(e) = self.check() {
-                        self.shared.waiting_for_room.store(false, Ordering::Release);
+                        self.shared.resume_sending_at.store(0, Ordering::Release);
                         return Err(e);
                     }
-                    // Backpressure: wait for deliveries to make room.
-                    self.shared.waiting_for_room.store(true, Ordering::Release);
+                    // Backpressure: wait until a quarter of what is in flight
+                    // was delivered (or a moment passed), then fill up again.
+                    let in_flight = self.in_flight();
+                    self.shared
+                        .resume_sending_at
+                        .store(in_flight - in_flight / 4, Ordering::Release);
                     let wait = self.shared.delivered.notified();
-                    let _ = tokio::time::timeout(Duration::from_millis(5), wait).await;
+                    let _ = tokio::time::timeout(QUEUE_FULL_WAIT, wait).await;
                 }
                 Err((err, _)) => {
-                    self.shared.waiting_for_room.store(false, Ordering::Release);
+                    self.shared.resume_sending_at.store(0, Ordering::Release);
                     self.lock_tracker().acked(mark);
                     return Err(classify(err));
                 }
@@ -296,13 +282,6 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
             Some(err) => Err(classify(err)),
             None => Ok(()),
         }
-    }
-
-    /// Wait until deliveries moved the confirmable position (woken at most
-    /// every [`PROGRESS_WAKE_INTERVAL`], at once when the last record in flight
-    /// is acknowledged), a delivery failed, or `max` elapses.
-    pub async fn delivered(&self, max: Duration) {
-        let _ = tokio::time::timeout(max, self.shared.delivered.notified()).await;
     }
 
     /// Wait until every record sent so far is acknowledged.

@@ -323,8 +323,13 @@ fn write_clock(out: &mut Vec<u8>, tod: i64, width: u8) {
     push2(out, secs / 60 % 60);
     out.push(b':');
     push2(out, secs % 60);
-    let digits = format!("{frac:06}000");
-    let digits = digits.as_bytes();
+    // The fraction as nine digits (microseconds, then three zeros).
+    let mut digits = [b'0'; 9];
+    let mut rest = frac;
+    for d in digits[..6].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
     if (1..=9).contains(&width) {
         out.push(b'.');
         out.extend_from_slice(&digits[..usize::from(width)]);
@@ -347,9 +352,10 @@ pub fn write_zoned_timestamp(out: &mut Vec<u8>, micros: i64, width: u8) {
         out.push(b'+');
         super::json::write_i64(out, year);
     } else if year < 0 {
-        out.extend_from_slice(format!("-{:04}", -year).as_bytes());
+        out.push(b'-');
+        super::json::write_u64_padded(out, year.unsigned_abs(), 4);
     } else {
-        out.extend_from_slice(format!("{year:04}").as_bytes());
+        super::json::write_u64_padded(out, year.unsigned_abs(), 4);
     }
     out.push(b'-');
     push2(out, i64::from(month));
