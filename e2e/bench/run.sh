@@ -5,7 +5,9 @@
 #   bash e2e/bench/run.sh                   # full run (about 10-15 minutes on 2 cores)
 #   BENCH_SCALE=0.1 bash e2e/bench/run.sh   # small smoke run
 #   BENCH_ONLY=single,latency bash e2e/bench/run.sh
-#       scenarios: single, large1m, batch10, latency, memory, backfill
+#       scenarios: single, large1m, batch10, latency, memory, backfill,
+#       client (Siphon's replication client against the pgwire-replication
+#       crate and pg_recvlogical: in-process, decoded, no Kafka)
 #   BENCH_WORKER=/path/to/siphon-worker     # measure another build (A/B)
 #   BENCH_REF_PROTO=2                       # reference with pgoutput v2 + streaming
 #   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/run/perf-*.data
@@ -29,7 +31,7 @@ OUT="$ROOT/target/bench"
 PIDS="$OUT/pids"
 WORKER="${BENCH_WORKER:-$ROOT/target/release/siphon-worker}"
 # The main instance's settings beyond postgres.sh's defaults, as `stack.sh up`
-# passes them (keep in step): pg_up warns when a running instance differs,
+# passes them (keep in step): pg_up restarts a running instance that differs,
 # and starts a stopped one exactly as the stack would.
 PG_MAIN_CONF=("max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600")
 

@@ -169,10 +169,13 @@ pg_up() {
       _pg_err "instance '$name' ($data) is already running on port $running_port, not $port; pg_down it first"
       return 1
     fi
-    if ! cmp -s <(_pg_conf "$data" "$port" "$@") "$data/siphon.conf"; then
-      _pg_err "warning: instance '$name' is running with a different configuration; pg_down + pg_up to apply"
+    if cmp -s <(_pg_conf "$data" "$port" "$@") "$data/siphon.conf"; then
+      return 0
     fi
-    return 0
+    # Our instance, started with settings this script no longer writes
+    # (a pinned setting changed): restart it so that they apply.
+    _pg_err "instance '$name' runs with an older configuration; restarting it to apply the current one"
+    pg_down "$state" "$name" || return 1
   fi
 
   pg_install || return 1

@@ -156,7 +156,7 @@ start_operator() {
         env RUST_LOG="${OPERATOR_LOG:-info,siphon_operator=debug}" \
         KUBECONFIG="$STACK_DIR/controlplane/kubeconfig" \
         SIPHON_WORKER_IMAGE="siphon:dev" \
-        "$(target_dir)/siphon-operator" --metrics-addr "127.0.0.1:$STACK_OPERATOR_METRICS_PORT"
+        "${SIPHON_OPERATOR_BIN:-$(target_dir)/siphon-operator}" --metrics-addr "127.0.0.1:$STACK_OPERATOR_METRICS_PORT"
     log "started operator (pid $(<"$STACK_DIR/pids/operator.pid"), log $STACK_DIR/logs/operator.log)"
 }
 
@@ -215,13 +215,28 @@ operator_crash_restart() {
     start_operator
 }
 
+# SIGTERM (the operator releases its Lease), then start it again; with
+# SIPHON_OPERATOR_BIN set, that binary (the scale benchmark runs a release build).
+operator_restart() {
+    local f="$STACK_DIR/pids/operator.pid"
+    if pid_alive "$f"; then
+        kill -TERM "$(<"$f")" 2>/dev/null || true
+        local deadline=$((SECONDS + 30))
+        while pid_alive "$f" && ((SECONDS < deadline)); do sleep 0.1; done
+        pid_alive "$f" && kill -KILL "$(<"$f")" 2>/dev/null
+    fi
+    rm -f "$f"
+    start_operator
+}
+
 case "${1:-}" in
 up) up ;;
 operator-crash-restart) operator_crash_restart ;;
+operator-restart) operator_restart ;;
 down) down ;;
 status) status ;;
 *)
-    echo "usage: $0 up|down|status|operator-crash-restart" >&2
+    echo "usage: $0 up|down|status|operator-restart|operator-crash-restart" >&2
     exit 2
     ;;
 esac

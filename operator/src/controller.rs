@@ -24,10 +24,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use siphon_crds::capture::{CaptureMode, DeletionPolicy, PostgresCapture};
@@ -109,15 +109,25 @@ impl Context {
     }
 }
 
-/// Run the controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
+/// Run the controller until shutdown, reconciling at most `concurrency`
+/// captures at once (never one capture twice at once).
+pub async fn run(ctx: Arc<Context>, concurrency: u16) {
     let client = ctx.client.clone();
-    let captures = Api::<PostgresCapture>::all(client.clone());
-    Controller::new(captures, watcher::Config::default().any_semantic())
+    let (store, writer) = reflector::store();
+    let captures = watcher(
+        Api::<PostgresCapture>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(worth_a_reconcile, Default::default());
+    Controller::for_stream(captures, store)
         .owns(
             Api::<Deployment>::all(client.clone()),
             watcher::Config::default(),
         )
+        .with_config(controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -127,6 +137,28 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+/// What of a capture, when it changes, calls for a reconcile (a hash, as
+/// kube-runtime's predicates take it): the spec (its generation), deletion,
+/// finalizers, and the worker's backfill milestones. Not the rest of the
+/// status: the operator writes slot facts and the worker writes lag and row
+/// counts all the time, and a reconcile on each of those writes would
+/// reconcile every capture again and again (their freshness comes from the
+/// periodic requeue instead).
+pub fn worth_a_reconcile(capture: &PostgresCapture) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    capture.metadata.generation.hash(&mut h);
+    capture.metadata.deletion_timestamp.is_some().hash(&mut h);
+    capture.metadata.finalizers.hash(&mut h);
+    if let Some(progress) = capture.status.as_ref().and_then(|s| s.progress.as_ref()) {
+        progress.completed_snapshot_request.hash(&mut h);
+        for table in &progress.tables {
+            (&table.name, &table.state).hash(&mut h);
+        }
+    }
+    Some(h.finish())
 }
 
 async fn reconcile(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -140,10 +172,15 @@ async fn reconcile(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<A
         }
     })
     .await
-    .map_err(|e| match e {
+    .or_else(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => Err(e),
+        // Teardown done and the finalizer already gone with the object (its
+        // namespace was being deleted): nothing left to do.
+        kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => Err(Error::Finalizer(other.to_string())),
     });
     ctx.metrics.observe_reconcile(
         started.elapsed(),
@@ -159,7 +196,15 @@ fn error_policy(capture: Arc<PostgresCapture>, error: &Error, _ctx: Arc<Context>
         Error::TeardownBlocked(_) => Duration::from_secs(10),
         _ => Duration::from_secs(15),
     };
-    tracing::warn!(capture = %capture.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    match error {
+        // An expected wait of the teardown, not a failure.
+        Error::WorkerStillRunning(_) => {
+            tracing::debug!(capture = %capture.name_any(), %error, retry_in = ?delay, "teardown waits")
+        }
+        _ => {
+            tracing::warn!(capture = %capture.name_any(), %error, retry_in = ?delay, "reconcile failed")
+        }
+    }
     Action::requeue(delay)
 }
 
@@ -820,4 +865,56 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::{SPEC, fixture};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use siphon_crds::status::{PostgresCaptureStatus, ProgressStatus, TableProgress};
+
+    fn with_progress(mut c: PostgresCapture, state: &str, rows: u64) -> PostgresCapture {
+        c.status = Some(PostgresCaptureStatus {
+            progress: Some(ProgressStatus {
+                events: rows,
+                lag: Some(format!("{rows}ms")),
+                tables: vec![TableProgress {
+                    name: "public.orders".into(),
+                    state: state.into(),
+                    rows_copied: rows,
+                    rows_estimated: None,
+                }],
+                ..ProgressStatus::default()
+            }),
+            ..PostgresCaptureStatus::default()
+        });
+        c
+    }
+
+    #[test]
+    fn only_spec_deletion_finalizers_and_backfill_milestones_call_for_a_reconcile() {
+        let mut base = fixture("default", "shop", SPEC);
+        base.metadata.generation = Some(1);
+        let running = with_progress(base.clone(), "Running", 10);
+        let key = worth_a_reconcile(&running);
+
+        // The worker's counters and the operator's slot facts: no reconcile.
+        let mut busier = with_progress(base.clone(), "Running", 5_000);
+        busier.status.as_mut().unwrap().observed_generation = Some(1);
+        assert_eq!(worth_a_reconcile(&busier), key);
+
+        // A backfill milestone, a spec change, a finalizer, deletion: reconcile.
+        let done = with_progress(base.clone(), "Done", 5_000);
+        assert_ne!(worth_a_reconcile(&done), key);
+        let mut edited = running.clone();
+        edited.metadata.generation = Some(2);
+        assert_ne!(worth_a_reconcile(&edited), key);
+        let mut held = running.clone();
+        held.metadata.finalizers = Some(vec![names::FINALIZER.into()]);
+        assert_ne!(worth_a_reconcile(&held), key);
+        let mut deleted = held.clone();
+        deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert_ne!(worth_a_reconcile(&deleted), worth_a_reconcile(&held));
+    }
 }

@@ -204,6 +204,52 @@ pub struct Facts {
     pub watermark_exists: bool,
 }
 
+/// The capture's own slot, when it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotUse {
+    /// A walsender streams from it (normally the capture's own worker).
+    pub active: bool,
+}
+
+/// Replication slots and WAL senders of the server, configured and in use.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub max_slots: i32,
+    pub used_slots: i32,
+    pub max_senders: i32,
+    pub used_senders: i32,
+}
+
+impl Capacity {
+    /// What the server lacks for this capture (pure). A capture needs a free
+    /// slot only to create its own, and a free WAL sender only while its
+    /// worker is not streaming: the sender an active slot holds is its own,
+    /// so a server whose senders are all taken by running captures keeps
+    /// them Ready.
+    pub fn shortage(&self, slot: Option<SlotUse>) -> Option<Unfit> {
+        if slot.is_none() && self.used_slots >= self.max_slots {
+            return Some(Unfit::definite(
+                reason::NO_FREE_SLOTS,
+                format!(
+                    "all {} replication slots are in use: raise max_replication_slots and restart PostgreSQL, or drop unused slots",
+                    self.max_slots
+                ),
+            ));
+        }
+        let streaming = slot.is_some_and(|s| s.active);
+        if !streaming && self.used_senders >= self.max_senders {
+            return Some(Unfit::definite(
+                reason::NO_FREE_WAL_SENDERS,
+                format!(
+                    "all {} WAL senders are busy: raise max_wal_senders and restart PostgreSQL",
+                    self.max_senders
+                ),
+            ));
+        }
+        None
+    }
+}
+
 /// Check that the database can serve this capture.
 pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Facts, Unfit> {
     let q = |ctx: &'static str| move |e| sql_error(ctx, e);
@@ -259,31 +305,24 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 "the role lacks the REPLICATION attribute: run ALTER ROLE <user> WITH REPLICATION (or use mode: Polling)",
             ));
         }
-        let exists: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+        let slot = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
                 &[&plan.slot.as_str()],
             )
             .await
             .map_err(q("reading pg_replication_slots"))?
-            .get(0);
-        if !exists && used_slots >= max_slots {
-            return Err(Unfit::definite(
-                reason::NO_FREE_SLOTS,
-                format!(
-                    "all {max_slots} replication slots are in use: raise max_replication_slots and restart PostgreSQL, or drop unused slots"
-                ),
-            ));
+            .map(|row| SlotUse { active: row.get(0) });
+        let capacity = Capacity {
+            max_slots,
+            used_slots,
+            max_senders,
+            used_senders,
+        };
+        if let Some(unfit) = capacity.shortage(slot) {
+            return Err(unfit);
         }
-        if used_senders >= max_senders {
-            return Err(Unfit::definite(
-                reason::NO_FREE_WAL_SENDERS,
-                format!(
-                    "all {max_senders} WAL senders are busy: raise max_wal_senders and restart PostgreSQL"
-                ),
-            ));
-        }
-        exists
+        slot.is_some()
     } else {
         false
     };
@@ -794,5 +833,39 @@ mod tests {
         assert_eq!(human_bytes(512), "512");
         assert_eq!(human_bytes(1536), "1.5Ki");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0Gi");
+    }
+
+    #[test]
+    fn a_streaming_capture_needs_no_free_sender_and_an_existing_slot_no_free_slot() {
+        let full = Capacity {
+            max_slots: 10,
+            used_slots: 10,
+            max_senders: 10,
+            used_senders: 10,
+        };
+        let streaming = Some(SlotUse { active: true });
+        let idle = Some(SlotUse { active: false });
+        assert!(full.shortage(streaming).is_none());
+        let why = |slot| full.shortage(slot).map(|u| u.reason);
+        assert_eq!(why(idle), Some(reason::NO_FREE_WAL_SENDERS));
+        assert_eq!(why(None), Some(reason::NO_FREE_SLOTS));
+        let senders_free = Capacity {
+            used_senders: 9,
+            ..full
+        };
+        assert!(senders_free.shortage(idle).is_none());
+        assert_eq!(
+            senders_free.shortage(None).map(|u| u.reason),
+            Some(reason::NO_FREE_SLOTS)
+        );
+        let slots_free = Capacity {
+            used_slots: 9,
+            ..full
+        };
+        assert!(
+            slots_free
+                .shortage(None)
+                .is_some_and(|u| u.message.contains("max_wal_senders"))
+        );
     }
 }

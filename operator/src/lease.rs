@@ -130,6 +130,36 @@ pub async fn acquire_and_hold(
     });
 }
 
+/// Give the lease up on a clean shutdown, so that another replica takes over
+/// at once instead of after the lease duration. Only a lease this replica
+/// still holds is touched (the resourceVersion guards against a race).
+pub async fn release(client: Client, cfg: &LeaseConfig) {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let result = async {
+        let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        lease.spec = Some(spec);
+        api.replace(&cfg.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| true)
+    }
+    .await;
+    match result {
+        Ok(true) => tracing::info!(lease = %cfg.name, "leader lease released"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot release the leader lease; it expires on its own")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,11 @@ struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "SIPHON_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Captures reconciled at once. Each reconcile may hold a connection to
+    /// its database; the bound keeps the operator's memory and the load it
+    /// puts on shared databases flat however many captures exist.
+    #[arg(long, env = "SIPHON_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
 }
 
 #[tokio::main]
@@ -69,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
 
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let mut lease = None;
     if args.leader_election {
         let cfg = LeaseConfig {
             namespace: args.leader_election_namespace.clone(),
@@ -77,12 +83,13 @@ async fn main() -> anyhow::Result<()> {
             duration: Duration::from_secs(15),
             renew: Duration::from_secs(5),
         };
-        lease::acquire_and_hold(client.clone(), cfg, || std::process::exit(1)).await;
+        lease::acquire_and_hold(client.clone(), cfg.clone(), || std::process::exit(1)).await;
         metrics.leader.set(1);
+        lease = Some(cfg);
     }
 
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         reporter: Reporter {
             controller: "siphon-operator".into(),
             instance: Some(identity),
@@ -95,8 +102,11 @@ async fn main() -> anyhow::Result<()> {
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!("controller starting");
-    controller::run(ctx).await;
+    controller::run(ctx, args.max_concurrent_reconciles).await;
     tracing::info!("controller stopped");
+    if let Some(cfg) = lease {
+        lease::release(client, &cfg).await;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! run on the same data; latency and memory against the product's goals.
 //! Figures go to `target/bench/summary.json`.
 
+mod client;
 mod kafka;
 mod postgres;
 mod reference;
@@ -31,11 +32,12 @@ struct Args {
     /// Multiplies every workload size (0.1 for a quick smoke run).
     #[arg(long, env = "BENCH_SCALE", default_value_t = 1.0)]
     scale: f64,
-    /// Scenarios to run, comma-separated: single,large1m,batch10,latency,memory,backfill.
+    /// Scenarios to run, comma-separated: single,large1m,batch10,latency,memory,backfill,
+    /// client (Siphon's replication client against pgwire-replication).
     #[arg(
         long,
         env = "BENCH_ONLY",
-        default_value = "single,large1m,batch10,latency,memory,backfill"
+        default_value = "single,large1m,batch10,latency,memory,backfill,client"
     )]
     only: String,
     #[arg(long, default_value = "127.0.0.1")]
@@ -174,6 +176,7 @@ async fn run(args: Args) -> Result<bool> {
             "latency" => bench.latency().await,
             "memory" => bench.large_transaction().await,
             "backfill" => bench.backfill().await,
+            "client" => bench.client().await,
             other => match workloads.iter().find(|w| w.key == other) {
                 Some(w) => bench.streaming(*w).await,
                 None => {
