@@ -437,18 +437,16 @@ impl Bench {
                         content,
                     },
                 )?,
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    // Replies are the crate's job.
-                    if counter.done_at_keepalive(SiphonLsn(wal_end.as_u64()), end_lsn, rows) {
-                        break;
-                    }
+                // Replies to keepalives are the crate's job.
+                ReplicationEvent::KeepAlive { wal_end, .. }
+                    if counter.done_at_keepalive(SiphonLsn(wal_end.as_u64()), end_lsn, rows) =>
+                {
+                    break;
                 }
                 ReplicationEvent::StoppedAt { reached } => {
                     bail!("stopped at {reached} without a stop position set");
                 }
-                // `ReplicationEvent` may grow.
-                #[allow(unreachable_patterns)]
-                _ => {}
+                ReplicationEvent::KeepAlive { .. } => {}
             }
         }
         let elapsed = started.elapsed();
