@@ -202,7 +202,14 @@ impl Bench {
         db.drop_slot(&slots[2]).await?;
 
         let mut wrong = Vec::new();
-        for (name, run) in [("siphon", &siphon), ("pgwire-replication", &pgwire)] {
+        for (name, figure, run) in [
+            ("siphon", "client.siphon_vs_pg_recvlogical", &siphon),
+            (
+                "pgwire-replication",
+                "client.pgwire_replication_vs_pg_recvlogical",
+                &pgwire,
+            ),
+        ] {
             let rate = per_s(run.inserts, run.elapsed);
             log(format!(
                 "client: {name} {rate:.0} events/s ({:.2}s; {} inserts in {} transactions; \
@@ -217,23 +224,15 @@ impl Bench {
             if run.inserts != rows {
                 wrong.push(format!("{name} counted {} inserts of {rows}", run.inserts));
             }
+            self.figures.push(Figure::against(
+                figure,
+                "events/s",
+                rate,
+                "pg_recvlogical",
+                reference,
+                vec![Goal::None],
+            ));
         }
-        self.figures.push(Figure::against(
-            "client.siphon_vs_pg_recvlogical",
-            "events/s",
-            per_s(siphon.inserts, siphon.elapsed),
-            "pg_recvlogical",
-            reference,
-            vec![Goal::None],
-        ));
-        self.figures.push(Figure::against(
-            "client.pgwire_replication_vs_pg_recvlogical",
-            "events/s",
-            per_s(pgwire.inserts, pgwire.elapsed),
-            "pg_recvlogical",
-            reference,
-            vec![Goal::None],
-        ));
         self.notes.push(format!(
             "client.*: {rows} single-row transactions read in-process up to the end marker's commit and decoded into Siphon's changes (no Kafka); \
              pgwire-replication 0.5 hands out raw XLogData for row messages and its own Begin/Commit events, decoded with Siphon's pgoutput decoder and assembler, \
