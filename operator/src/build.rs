@@ -140,7 +140,7 @@ fn labels(plan: &Plan) -> BTreeMap<String, String> {
         (names::COMPONENT_LABEL.to_string(), "worker".to_string()),
         (
             names::MANAGED_BY_LABEL.to_string(),
-            "siphon-operator".to_string(),
+            names::MANAGED_BY.to_string(),
         ),
     ])
 }

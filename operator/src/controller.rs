@@ -122,11 +122,25 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
     .reflect(writer)
     .applied_objects()
     .predicate_filter(worth_a_reconcile, Default::default());
+    // Only the worker Deployments (by label: a cluster's other Deployments are
+    // neither watched nor held in memory), and only when their availability
+    // changes: the Deployment controller writes a rollout's status in several
+    // steps, each of which would otherwise reconcile the capture. A
+    // Deployment deleted behind the operator's back is recreated by the
+    // periodic requeue.
+    let workers = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            names::MANAGED_BY_LABEL,
+            names::MANAGED_BY
+        )),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(worker_availability, Default::default());
     Controller::for_stream(captures, store)
-        .owns(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
+        .owns_stream(workers)
         .with_config(controller::Config::default().concurrency(concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -158,6 +172,24 @@ pub fn worth_a_reconcile(capture: &PostgresCapture) -> Option<u64> {
             (&table.name, &table.state).hash(&mut h);
         }
     }
+    Some(h.finish())
+}
+
+/// What of a worker Deployment, when it changes, calls for a reconcile of its
+/// capture: its spec (generation), deletion, and how many replicas exist and
+/// are available.
+pub fn worker_availability(deployment: &Deployment) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    deployment.metadata.generation.hash(&mut h);
+    deployment
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut h);
+    let status = deployment.status.as_ref();
+    status.and_then(|s| s.available_replicas).hash(&mut h);
+    status.and_then(|s| s.replicas).hash(&mut h);
     Some(h.finish())
 }
 
@@ -916,5 +948,26 @@ mod tests {
         let mut deleted = held.clone();
         deleted.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         assert_ne!(worth_a_reconcile(&deleted), worth_a_reconcile(&held));
+    }
+
+    #[test]
+    fn a_worker_deployment_calls_for_a_reconcile_when_its_availability_changes() {
+        use k8s_openapi::api::apps::v1::DeploymentStatus;
+        let status = |replicas, updated, available| {
+            let mut d = Deployment::default();
+            d.metadata.generation = Some(1);
+            d.status = Some(DeploymentStatus {
+                replicas: Some(replicas),
+                updated_replicas: Some(updated),
+                available_replicas: available,
+                ..DeploymentStatus::default()
+            });
+            worker_availability(&d)
+        };
+        // Rollout bookkeeping alone: no reconcile.
+        assert_eq!(status(1, 0, None), status(1, 1, None));
+        // The pod became available, or the worker was scaled away: reconcile.
+        assert_ne!(status(1, 1, None), status(1, 1, Some(1)));
+        assert_ne!(status(1, 1, Some(1)), status(0, 0, Some(1)));
     }
 }

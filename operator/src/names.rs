@@ -19,6 +19,9 @@ pub const CAPTURE_LABEL: &str = "siphon.dev/capture";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Standard managed-by label.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`] on every object the operator creates; the
+/// operator watches its worker Deployments by it.
+pub const MANAGED_BY: &str = "siphon-operator";
 /// Pod template annotation holding the hash of the worker configuration.
 pub const CONFIG_HASH_ANNOTATION: &str = "siphon.dev/config-hash";
 /// Key of the worker configuration in its ConfigMap.
