@@ -77,6 +77,34 @@ p = lambda q: d[min(len(d) - 1, int(q * len(d)))]
 print(f"{p(0.5):.1f} {p(0.99):.1f}")
 ' > /tmp/siphon-scale-times
 read -r p50 p99 < /tmp/siphon-scale-times
+# Where the time goes: the median second, after each capture's creation, at
+# which each step of its way to Ready happened (1 s resolution, as the API
+# server stamps them).
+{ kubectl get pgcap -n "$NS" -o json; kubectl get deploy -n "$NS" -o json; kubectl get pods -n "$NS" -o json; } |
+    python3 -c '
+import json, sys, datetime, statistics
+dec = json.JSONDecoder(); text = sys.stdin.read(); docs = []; i = 0
+while i < len(text):
+    if text[i].isspace(): i += 1; continue
+    doc, i = dec.raw_decode(text, i); docs.append(doc)
+caps, deps, pods = (d["items"] for d in docs)
+ts = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+cond = lambda o, t: next((ts(c["lastTransitionTime"]) for c in o.get("status", {}).get("conditions", []) if c["type"] == t), None)
+label = lambda o: o["metadata"].get("labels", {}).get("siphon.dev/capture")
+dep = {label(d): d for d in deps}; pod = {label(p): p for p in pods}
+steps = {"worker Deployment applied": [], "pod created": [], "pod scheduled": [], "pod Ready": [], "capture Ready": []}
+for c in caps:
+    name, t0 = c["metadata"]["name"], ts(c["metadata"]["creationTimestamp"])
+    d, p = dep.get(name), pod.get(name)
+    for step, t in (("worker Deployment applied", d and ts(d["metadata"]["creationTimestamp"])),
+                    ("pod created", p and ts(p["metadata"]["creationTimestamp"])),
+                    ("pod scheduled", p and cond(p, "PodScheduled")),
+                    ("pod Ready", p and cond(p, "Ready")),
+                    ("capture Ready", cond(c, "Ready"))):
+        if t is not None: steps[step].append(t - t0)
+for step, ds in steps.items():
+    if ds: print(f"operator-scale:   {step:<28} median {statistics.median(ds):5.1f} s  max {max(ds):5.1f} s", file=sys.stderr)
+' || true
 printf '\n%-40s %10s %10s %s\n' "operator scale ($N captures)" value goal ""
 printf '%-40s %9ss %9ss\n' "time to Ready p50" "$p50" "5"
 printf '%-40s %9ss %9ss\n' "time to Ready p99" "$p99" "-"

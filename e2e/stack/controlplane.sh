@@ -330,15 +330,43 @@ cp__ports() {
 cp__start() {
     local name="$1" state="$2" port pid
     shift 2
+    local argsfile="$state/pids/$name.args"
     if pid="$(cp__pid "$name" "$state")"; then
-        cp__log "$name already running (pid $pid)"
-        return 0
+        # A component started with other flags (an older checkout of this
+        # script) is restarted, so a flag change reaches a running stack.
+        if [[ "$(printf '%s\n' "$@")" == "$(cat "$argsfile" 2>/dev/null)" ]]; then
+            cp__log "$name already running (pid $pid)"
+            return 0
+        fi
+        cp__log "$name runs with other flags; restarting it"
+        cp__stop "$name" "$state"
     fi
     for port in $(cp__ports "$name"); do
         cp__port_free "$port"
     done
     cp__spawn "$name" "$state" "$@"
+    printf '%s\n' "$@" >"$argsfile"
     cp__log "started $name (pid $(<"$state/pids/$name.pid"), log $state/logs/$name.log)"
+}
+
+# cp__stop NAME STATE_DIR stops one component: SIGTERM, then SIGKILL after
+# CP_STOP_TIMEOUT.
+cp__stop() {
+    local name="$1" state="$2" pid deadline
+    if pid="$(cp__pid "$name" "$state")"; then
+        cp__log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + CP_STOP_TIMEOUT))
+        while cp__pid "$name" "$state" >/dev/null && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if cp__pid "$name" "$state" >/dev/null; then
+            cp__log "$name did not stop after ${CP_STOP_TIMEOUT}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            while cp__pid "$name" "$state" >/dev/null; do sleep 0.1; done
+        fi
+    fi
+    rm -f "$state/pids/$name.pid"
 }
 
 # cp_up STATE_DIR starts the control plane and waits until it serves.
@@ -395,6 +423,10 @@ cp_up() {
     # (requestheader) CA, which this stack does not configure, and logs an
     # error loop without it. /healthz, /readyz and /livez stay reachable
     # (--authorization-always-allow-paths); /metrics is refused.
+    # The controller-manager's client limit is raised from its default of 20
+    # requests/s: each new Deployment costs it ~8 requests (ReplicaSet, pod,
+    # status updates, events), so 100 captures applied at once would queue
+    # behind that limit for ~40 s, a wait no operator could shorten.
     cp__start kube-controller-manager "$state" \
         --kubeconfig="$state/controller-manager.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$CP_CONTROLLER_MANAGER_PORT" \
@@ -406,6 +438,8 @@ cp_up() {
         --root-ca-file="$pki/ca.crt" \
         --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
         --leader-elect=false \
+        --kube-api-qps=100 --kube-api-burst=200 \
+        --concurrent-deployment-syncs=10 --concurrent-replicaset-syncs=10 \
         --profiling=false
     cp__start kube-scheduler "$state" \
         --kubeconfig="$state/scheduler.kubeconfig" \
@@ -428,25 +462,11 @@ cp_up() {
 # cp_down STATE_DIR stops the processes named by our pid files: SIGTERM,
 # wait up to CP_STOP_TIMEOUT seconds, then SIGKILL. Never touches others.
 cp_down() {
-    local state="${1:?usage: cp_down STATE_DIR}" i name pid deadline
+    local state="${1:?usage: cp_down STATE_DIR}" i
     [[ -d "$state/pids" ]] || return 0
     state="$(cp__state "$state")"
     for ((i = ${#CP_COMPONENTS[@]} - 1; i >= 0; i--)); do
-        name="${CP_COMPONENTS[i]}"
-        if pid="$(cp__pid "$name" "$state")"; then
-            cp__log "stopping $name (pid $pid)"
-            kill -TERM "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + CP_STOP_TIMEOUT))
-            while cp__pid "$name" "$state" >/dev/null && ((SECONDS < deadline)); do
-                sleep 0.2
-            done
-            if cp__pid "$name" "$state" >/dev/null; then
-                cp__log "$name did not stop after ${CP_STOP_TIMEOUT}s; sending SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                while cp__pid "$name" "$state" >/dev/null; do sleep 0.1; done
-            fi
-        fi
-        rm -f "$state/pids/$name.pid"
+        cp__stop "${CP_COMPONENTS[i]}" "$state"
     done
 }
 

@@ -74,6 +74,10 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
+    /// Every capture of the cluster as the controller's watch last saw it:
+    /// validation checks slot claims against it without listing them all
+    /// from the API server on each reconcile.
+    pub captures: reflector::Store<PostgresCapture>,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub defaults: WorkerDefaults,
@@ -111,9 +115,15 @@ impl Context {
 
 /// Run the controller until shutdown, reconciling at most `concurrency`
 /// captures at once (never one capture twice at once).
-pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+pub async fn run(
+    ctx: Arc<Context>,
+    writer: reflector::store::Writer<PostgresCapture>,
+    concurrency: u16,
+) {
     let client = ctx.client.clone();
-    let (store, writer) = reflector::store();
+    // The controller holds its reconciles until this store has seen the
+    // initial list, so slot-claim validation never reads it half-filled.
+    let store = ctx.captures.clone();
     let captures = watcher(
         Api::<PostgresCapture>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -445,12 +455,12 @@ async fn provision_and_deploy(
     hold_secrets(ctx, capture, true).await?;
     let creds = read_credentials(ctx, capture).await?;
 
-    let all: Vec<PostgresCapture> = Api::<PostgresCapture>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
+    let all: Vec<PostgresCapture> = ctx
+        .captures
+        .state()
+        .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| PostgresCapture::clone(c))
         .collect();
     let plan = validate::validate(capture, &all).map_err(|inv| Unfit {
         reason: inv.reason,
@@ -506,18 +516,26 @@ async fn provision_and_deploy(
     let objects = build::worker_objects(capture, &plan, &ctx.defaults)?;
     let pp = PatchParams::apply(names::OPERATOR_MANAGER).force();
     let object_name = names::worker_object_name(&name);
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .patch(&object_name, &pp, &Patch::Apply(&objects.config_map))
-        .await?;
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-        .patch(&object_name, &pp, &Patch::Apply(&objects.service_account))
-        .await?;
-    Api::<Role>::namespaced(ctx.client.clone(), &ns)
-        .patch(&object_name, &pp, &Patch::Apply(&objects.role))
-        .await?;
-    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-        .patch(&object_name, &pp, &Patch::Apply(&objects.role_binding))
-        .await?;
+    // What the pod needs goes first and at once; the Deployment after it, so
+    // its first pod does not meet a missing ServiceAccount or ConfigMap.
+    let (config_maps, accounts, roles, bindings) = (
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns),
+        Api::<Role>::namespaced(ctx.client.clone(), &ns),
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
+    );
+    let (config_map, account, role, binding) = (
+        Patch::Apply(&objects.config_map),
+        Patch::Apply(&objects.service_account),
+        Patch::Apply(&objects.role),
+        Patch::Apply(&objects.role_binding),
+    );
+    futures::try_join!(
+        config_maps.patch(&object_name, &pp, &config_map),
+        accounts.patch(&object_name, &pp, &account),
+        roles.patch(&object_name, &pp, &role),
+        bindings.patch(&object_name, &pp, &binding),
+    )?;
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&object_name, &pp, &Patch::Apply(&objects.deployment))
         .await?;

@@ -88,8 +88,10 @@ async fn main() -> anyhow::Result<()> {
         lease = Some(cfg);
     }
 
+    let (captures, captures_writer) = kube::runtime::reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        captures,
         reporter: Reporter {
             controller: "siphon-operator".into(),
             instance: Some(identity),
@@ -102,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!("controller starting");
-    controller::run(ctx, args.max_concurrent_reconciles).await;
+    controller::run(ctx, captures_writer, args.max_concurrent_reconciles).await;
     tracing::info!("controller stopped");
     if let Some(cfg) = lease {
         lease::release(client, &cfg).await;
