@@ -14,11 +14,13 @@ SUMMARY="$ROOT/target/bench/summary.json"
 
 say() { printf 'operator-scale: %s\n' "$*" >&2; }
 
-# The benchmark measures what users run: a release build of the operator,
-# swapped in for the stack's debug one and swapped back at the end.
-say "building siphon-operator (release)"
-cargo build --release -q -p siphon-operator --manifest-path "$ROOT/Cargo.toml"
-SIPHON_OPERATOR_BIN="$ROOT/target/release/siphon-operator" bash "$ROOT/e2e/stack/stack.sh" operator-restart >&2
+# The benchmark measures what users run: release builds of the operator and
+# its workers at the info log level, swapped in for the stack's debug ones and
+# swapped back at the end.
+say "building siphon-operator and siphon-worker (release)"
+cargo build --release -q -p siphon-operator -p siphon-worker --manifest-path "$ROOT/Cargo.toml"
+SIPHON_OPERATOR_BIN="$ROOT/target/release/siphon-operator" SIPHON_WORKER_IMAGE=siphon-release:bench OPERATOR_LOG="${SCALE_OPERATOR_LOG:-info}" \
+    bash "$ROOT/e2e/stack/stack.sh" operator-restart >&2
 
 cleanup() {
     kubectl delete pgcap --all -n "$NS" --wait=false >/dev/null 2>&1 || true
@@ -35,6 +37,11 @@ trap cleanup EXIT
 say "creating $N tables"
 psql -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 psql -q -d "$DB" -c "DO \$\$ BEGIN FOR i IN 1..$N LOOP EXECUTE format('CREATE TABLE public.t%s (id int PRIMARY KEY, v text)', i); END LOOP; END \$\$"
+# The namespace of a previous run may still be terminating.
+for _ in $(seq 1 180); do
+    [[ "$(kubectl get namespace "$NS" -o jsonpath='{.status.phase}' 2>/dev/null)" == Terminating ]] || break
+    sleep 1
+done
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl -n "$NS" create secret generic pg --from-literal=username="$PGUSER" --from-literal=password="$PGPASSWORD" \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -68,6 +75,12 @@ while :; do
 done
 end=$(date +%s.%N)
 hwm_kib=$(awk '/VmHWM/ {print $2}' "/proc/$op_pid/status")
+# How much work the operator did: reconciles and their mean duration.
+curl -s "http://${SIPHON_OPERATOR_METRICS:-127.0.0.1:18080}/metrics" | awk -v n="$N" '
+    /^siphon_operator_reconciles_total / { r = $2 }
+    /^siphon_operator_reconcile_duration_seconds_sum / { s = $2 }
+    /^siphon_operator_reconcile_duration_seconds_count / { c = $2 }
+    END { if (c > 0) printf "operator-scale:   %d reconciles (%.1f per capture), mean %.0f ms\n", r, r / n, 1000 * s / c > "/dev/stderr" }' || true
 kubectl get pgcap -n "$NS" -o json | python3 -c '
 import json, sys, datetime
 items = json.load(sys.stdin)["items"]

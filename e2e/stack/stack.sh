@@ -114,6 +114,7 @@ export PG_REPLICA_PORT=$STACK_PG_REPLICA_PORT
 export SIPHON_STACK_DIR="$STACK_DIR"
 export SIPHON_NODE_NAME=$STACK_NODE_NAME
 export SIPHON_BIN_DIR="$(target_dir)"
+export SIPHON_OPERATOR_METRICS=127.0.0.1:$STACK_OPERATOR_METRICS_PORT
 EOF
 }
 
@@ -129,7 +130,8 @@ start_node_agent() {
         --node-name "$STACK_NODE_NAME" \
         --state-dir "$STACK_DIR/node" \
         --log-dir "$STACK_DIR/logs/pods" \
-        --image-map "siphon=$(target_dir)"
+        --image-map "siphon=$(target_dir)" \
+        --image-map "siphon-release=$STACK_ROOT/target/release"
     log "started node agent (pid $(<"$STACK_DIR/pids/node-agent.pid"))"
     local deadline=$((SECONDS + 60))
     until kubectl --kubeconfig "$STACK_DIR/controlplane/kubeconfig" get node "$STACK_NODE_NAME" \
@@ -155,7 +157,7 @@ start_operator() {
     spawn operator "$STACK_DIR/logs/operator.log" \
         env RUST_LOG="${OPERATOR_LOG:-info,siphon_operator=debug}" \
         KUBECONFIG="$STACK_DIR/controlplane/kubeconfig" \
-        SIPHON_WORKER_IMAGE="siphon:dev" \
+        SIPHON_WORKER_IMAGE="${SIPHON_WORKER_IMAGE:-siphon:dev}" \
         "${SIPHON_OPERATOR_BIN:-$(target_dir)/siphon-operator}" --metrics-addr "127.0.0.1:$STACK_OPERATOR_METRICS_PORT"
     log "started operator (pid $(<"$STACK_DIR/pids/operator.pid"), log $STACK_DIR/logs/operator.log)"
 }
@@ -216,7 +218,10 @@ operator_crash_restart() {
 }
 
 # SIGTERM (the operator releases its Lease), then start it again; with
-# SIPHON_OPERATOR_BIN set, that binary (the scale benchmark runs a release build).
+# SIPHON_OPERATOR_BIN set, that binary, and with SIPHON_WORKER_IMAGE set, that
+# worker image (the scale benchmark runs release builds of both: the node
+# agent maps image siphon:* to the stack's build and siphon-release:* to
+# target/release).
 operator_restart() {
     local f="$STACK_DIR/pids/operator.pid"
     if pid_alive "$f"; then

@@ -368,7 +368,9 @@ pub fn worker_objects(
             container_port: names::WORKER_METRICS_PORT,
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 2)),
+        // Readiness is what `Ready` on the capture waits for: probed every
+        // second (a local HTTP GET), so a started worker is seen within ~1 s.
+        readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
             ..probe("/healthz", 10)

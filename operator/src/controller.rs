@@ -186,8 +186,10 @@ pub fn worth_a_reconcile(capture: &PostgresCapture) -> Option<u64> {
 }
 
 /// What of a worker Deployment, when it changes, calls for a reconcile of its
-/// capture: its spec (generation), deletion, and how many replicas exist and
-/// are available.
+/// capture: its spec (generation), deletion, and how many replicas are
+/// available (what `WorkerAvailable` says). Not the replica count: a pod
+/// created or going away is followed by an availability change, and the
+/// teardown polls for the pods itself.
 pub fn worker_availability(deployment: &Deployment) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -199,7 +201,6 @@ pub fn worker_availability(deployment: &Deployment) -> Option<u64> {
         .hash(&mut h);
     let status = deployment.status.as_ref();
     status.and_then(|s| s.available_replicas).hash(&mut h);
-    status.and_then(|s| s.replicas).hash(&mut h);
     Some(h.finish())
 }
 
@@ -248,6 +249,32 @@ fn error_policy(capture: Arc<PostgresCapture>, error: &Error, _ctx: Arc<Context>
         }
     }
     Action::requeue(delay)
+}
+
+/// Wall time per step of one reconcile, logged at debug level with the
+/// outcome: where a slow reconcile spends its time (API server, database).
+#[derive(Default)]
+struct Laps {
+    last: Option<Instant>,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn lap(&mut self, step: &'static str) {
+        let now = Instant::now();
+        let since = self.last.replace(now).unwrap_or(now);
+        self.steps.push((step, now - since));
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, d)) in self.steps.iter().enumerate().skip(1) {
+            let sep = if i > 1 { " " } else { "" };
+            write!(f, "{sep}{step}={}ms", d.as_millis())?;
+        }
+        Ok(())
+    }
 }
 
 struct Credentials {
@@ -403,8 +430,18 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
     let mut managed = old.managed.clone().unwrap_or_default();
     let mut slot = old.slot.clone();
 
-    let outcome =
-        provision_and_deploy(&capture, &ctx, &api, &mut conds, &mut managed, &mut slot).await;
+    let mut laps = Laps::default();
+    laps.lap("start");
+    let outcome = provision_and_deploy(
+        &capture,
+        &ctx,
+        &api,
+        &mut conds,
+        &mut managed,
+        &mut slot,
+        &mut laps,
+    )
+    .await;
     let requeue = match &outcome {
         Ok(()) => Duration::from_secs(30),
         Err(Error::Unfit(u)) => {
@@ -426,7 +463,7 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
     };
     let phase = status::summarize_ready(&mut conds, generation, capture.spec.suspend);
 
-    announce_transitions(&ctx, &capture, &old.conditions, &conds).await;
+    laps.lap("conditions");
     let status = json!({
         "observedGeneration": generation,
         "phase": phase,
@@ -434,7 +471,21 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
         "managed": managed,
         "slot": slot,
     });
-    patch_status(&api, &name, status).await?;
+    // Events and the status write are independent requests: sent at once.
+    let ((), patched) = futures::join!(
+        announce_transitions(&ctx, &capture, &old.conditions, &conds),
+        patch_status(&api, &name, status),
+    );
+    patched?;
+    laps.lap("status_and_events");
+    match &outcome {
+        Ok(()) => {
+            tracing::debug!(capture = %name, namespace = %ns, steps = %laps, "reconcile steps")
+        }
+        Err(error) => {
+            tracing::debug!(capture = %name, namespace = %ns, steps = %laps, %error, "reconcile steps")
+        }
+    }
     match outcome {
         Ok(()) | Err(Error::Unfit(_)) => Ok(Action::requeue(requeue)),
         Err(e) => Err(e),
@@ -448,12 +499,15 @@ async fn provision_and_deploy(
     conds: &mut Vec<Condition>,
     managed: &mut ManagedObjects,
     slot: &mut Option<siphon_crds::status::SlotStatus>,
+    laps: &mut Laps,
 ) -> Result<(), Error> {
     let generation = capture.metadata.generation;
     let name = capture.name_any();
     let ns = capture.namespace().unwrap_or_default();
     hold_secrets(ctx, capture, true).await?;
+    laps.lap("hold_secrets");
     let creds = read_credentials(ctx, capture).await?;
+    laps.lap("read_secrets");
 
     let all: Vec<PostgresCapture> = ctx
         .captures
@@ -470,7 +524,9 @@ async fn provision_and_deploy(
 
     let logical = plan.mode == CaptureMode::Logical;
     let client = database::connect(&connect_params(capture, creds)).await?;
+    laps.lap("connect");
     let facts = database::preflight(&client, &plan, logical).await?;
+    laps.lap("preflight");
     if logical {
         let patch_api = api.clone();
         let patch_name = name.clone();
@@ -488,6 +544,7 @@ async fn provision_and_deploy(
             }
         })
         .await?;
+        laps.lap("provision");
         set_condition(
             conds,
             conditions::PROVISIONED,
@@ -539,6 +596,7 @@ async fn provision_and_deploy(
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&object_name, &pp, &Patch::Apply(&objects.deployment))
         .await?;
+    laps.lap("apply_worker");
 
     let available = deployment
         .status
@@ -575,8 +633,10 @@ async fn provision_and_deploy(
         );
     }
 
+    laps.lap("worker_state");
     if logical {
         *slot = database::slot_status(&client, plan.slot.as_str()).await?;
+        laps.lap("slot_status");
         match slot.as_ref() {
             None => set_condition(
                 conds,
@@ -732,28 +792,28 @@ async fn announce_transitions(
     old: &[Condition],
     new: &[Condition],
 ) {
-    for c in new {
+    let events = new.iter().filter_map(|c| {
         let before = status::find(old, &c.type_);
         let changed = before
             .map(|b| b.status != c.status || b.reason != c.reason)
             .unwrap_or(true);
         if !changed {
-            continue;
+            return None;
         }
         let warning = c.status == "False"
             && c.reason != reason::PROVISIONING
             && c.reason != reason::WORKER_STARTING
             && c.reason != reason::BACKFILL_RUNNING
             && c.reason != reason::SUSPENDED;
-        ctx.event(
+        Some(ctx.event(
             capture,
             warning,
             &c.reason,
             format!("{}={}: {}", c.type_, c.status, c.message),
             &c.type_,
-        )
-        .await;
-    }
+        ))
+    });
+    futures::future::join_all(events).await;
 }
 
 async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -888,6 +948,15 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
     }
     names_held.dedup();
     for secret in names_held {
+        // Holding is one server-side apply per capture on a Secret that many
+        // captures may share; once held, a GET tells so and the write (which
+        // contends with every other capture's) is skipped.
+        if hold
+            && let Some(current) = secrets.get_opt(&secret).await?
+            && holds(&current, &manager)
+        {
+            continue;
+        }
         let finalizers: Vec<&str> = if hold {
             vec![names::SECRET_FINALIZER]
         } else {
@@ -917,6 +986,22 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
     Ok(())
 }
 
+/// Whether field manager `manager` already holds the Secret finalizer on
+/// `secret` (pure): it owns that finalizer entry through server-side apply,
+/// as `managedFields` records it.
+fn holds(secret: &Secret, manager: &str) -> bool {
+    let entry = format!("v:\"{}\"", names::SECRET_FINALIZER);
+    secret.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1.as_ref().is_some_and(|f| {
+                f.0.pointer("/f:metadata/f:finalizers")
+                    .and_then(|fin| fin.get(&entry))
+                    .is_some()
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -940,6 +1025,34 @@ mod tests {
             ..PostgresCaptureStatus::default()
         });
         c
+    }
+
+    #[test]
+    fn a_secret_is_held_only_by_the_managers_that_own_its_finalizer_entry() {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {
+                "name": "pg",
+                "finalizers": [names::SECRET_FINALIZER],
+                "managedFields": [
+                    { "manager": "siphon-operator/a", "operation": "Apply",
+                      "fieldsType": "FieldsV1",
+                      "fieldsV1": { "f:metadata": { "f:finalizers": {
+                          format!("v:\"{}\"", names::SECRET_FINALIZER): {} } } } },
+                    // Released: applied an empty list, owns nothing under finalizers.
+                    { "manager": "siphon-operator/b", "operation": "Apply",
+                      "fieldsType": "FieldsV1", "fieldsV1": { "f:metadata": {} } },
+                    { "manager": "kubectl", "operation": "Update",
+                      "fieldsType": "FieldsV1",
+                      "fieldsV1": { "f:metadata": { "f:finalizers": {
+                          format!("v:\"{}\"", names::SECRET_FINALIZER): {} } } } }
+                ]
+            }
+        }))
+        .unwrap();
+        assert!(holds(&secret, "siphon-operator/a"));
+        assert!(!holds(&secret, "siphon-operator/b"));
+        assert!(!holds(&secret, "kubectl"), "an Update entry is not a hold");
+        assert!(!holds(&secret, "siphon-operator/c"));
     }
 
     #[test]
@@ -984,8 +1097,9 @@ mod tests {
         };
         // Rollout bookkeeping alone: no reconcile.
         assert_eq!(status(1, 0, None), status(1, 1, None));
+        assert_eq!(status(0, 0, None), status(1, 1, None));
         // The pod became available, or the worker was scaled away: reconcile.
         assert_ne!(status(1, 1, None), status(1, 1, Some(1)));
-        assert_ne!(status(1, 1, Some(1)), status(0, 0, Some(1)));
+        assert_ne!(status(1, 1, Some(1)), status(0, 0, None));
     }
 }

@@ -771,6 +771,8 @@ pub async fn teardown(
             .await
             .map_err(|e| sql_error("dropping the trigger function", e))?;
     }
+    // Captures of one database share the watermark table: another teardown
+    // may drop it between the check and the DELETE, which is then done too.
     if let Some(wm) = &managed.watermark_table
         && let Some((schema, name)) = wm.split_once('.')
     {
@@ -778,8 +780,10 @@ pub async fn teardown(
         let sql = format!(
             "DO $$ BEGIN IF to_regclass({lit}) IS NOT NULL THEN \
                    DELETE FROM {t} WHERE capture = {cap}; \
-                   IF NOT EXISTS (SELECT 1 FROM {t}) THEN DROP TABLE {t}; END IF; \
-                 END IF; END $$",
+                   IF NOT EXISTS (SELECT 1 FROM {t}) THEN DROP TABLE IF EXISTS {t}; END IF; \
+                 END IF; \
+                 EXCEPTION WHEN undefined_table THEN NULL; \
+                 END $$",
             lit = quote_literal(&t),
             cap = quote_literal(capture_id),
         );
