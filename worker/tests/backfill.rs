@@ -366,6 +366,24 @@ fn start(v: Validated) -> Worker {
     }
 }
 
+/// A worker running in-process as the binary runs it: restarted from its
+/// last confirmed position after a transient error.
+fn start_restarting(v: Validated) -> Worker {
+    let progress = Progress::default();
+    let (stop, rx) = watch::channel(false);
+    let p = progress.clone();
+    let task = tokio::spawn(async move {
+        logical::run_forever(&v, Arc::new(Metrics::default()), p, rx)
+            .await
+            .map(|()| Stopped::Shutdown)
+    });
+    Worker {
+        task,
+        stop,
+        progress,
+    }
+}
+
 impl Worker {
     /// Rows copied so far (all tables).
     fn copied(&self) -> u64 {
@@ -1211,4 +1229,64 @@ async fn the_backfill_follows_the_column_list_and_the_filter() {
     )
     .await;
     assert_eq!(audit.reads, 500, "{audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_added_during_the_backfill_is_in_every_later_read() {
+    let _turn = TURN.lock().await;
+    let fx = Fixture::new().await;
+    const ROWS: i64 = 20_000;
+    const CHUNK: u64 = 500;
+    fx.pg.batch_execute(ITEMS.create).await.expect("create");
+    fx.pg.execute(ITEMS.fill, &[&ROWS]).await.expect("fill");
+    fx.publish(&["public.items"]).await;
+    let worker =
+        start_restarting(fx.config("[{ name: public.items }]", CHUNK as u32, "AtLeastOnce"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.copied() < 4 * CHUNK {
+        assert!(Instant::now() < deadline, "the backfill did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fx.pg
+        .batch_execute("ALTER TABLE items ADD COLUMN note text NOT NULL DEFAULT 'added'")
+        .await
+        .expect("alter table");
+    // Rows emitted before the ALTER, plus the chunks read (or being read)
+    // ahead of the stream when it committed, may carry the old columns.
+    let before = worker.copied() + 3 * CHUNK;
+    assert!(before < ROWS as u64 / 2, "the ALTER came too late to tell");
+    worker.backfilled(Duration::from_secs(120)).await;
+    worker.stop().await;
+
+    let reads: Vec<Rec> = read_topic(&fx.stack.kafka, &fx.topic("items"))
+        .into_iter()
+        .flatten()
+        .filter(|r| r.op() == Some("r"))
+        .collect();
+    let key = |r: &Rec| r.after().and_then(|a| a["id"].as_i64()).expect("an id");
+    let mut with_note = HashSet::new();
+    let mut without_note = HashSet::new();
+    for r in &reads {
+        match r.after().and_then(|a| a.get("note")) {
+            Some(note) => {
+                assert_eq!(note, "added", "{r:?}");
+                with_note.insert(key(r));
+            }
+            None => {
+                without_note.insert(key(r));
+            }
+        }
+    }
+    assert!(
+        (without_note.len() as u64) <= before,
+        "{} rows were read without the new column, at most {before} could have been read before the ALTER",
+        without_note.len()
+    );
+    let all: HashSet<i64> = with_note.union(&without_note).copied().collect();
+    assert_eq!(all.len() as i64, ROWS, "every row is read");
+    assert!(
+        with_note.len() as u64 >= ROWS as u64 - before,
+        "only {} rows carry the new column",
+        with_note.len()
+    );
 }

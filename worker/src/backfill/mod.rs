@@ -122,6 +122,10 @@ pub enum BackfillError {
     },
     #[error("the backfill reader stopped unexpectedly")]
     ReaderGone,
+    #[error(
+        "the columns of {table} changed during its backfill (ALTER TABLE); the backfill starts again from its last completed chunk with the new columns"
+    )]
+    ColumnsChanged { table: String },
 }
 
 impl BackfillError {
@@ -136,7 +140,7 @@ impl BackfillError {
                         matches!(db.code().code().get(..2), Some("08" | "40" | "53" | "57"))
                     })
             }
-            BackfillError::ReaderGone => true,
+            BackfillError::ReaderGone | BackfillError::ColumnsChanged { .. } => true,
             _ => false,
         }
     }
@@ -151,6 +155,7 @@ impl BackfillError {
             BackfillError::WatermarkNotPublished { .. } => "watermark_not_published",
             BackfillError::WatermarkWrite { .. } => "watermark_write",
             BackfillError::ReaderGone => "backfill_reader",
+            BackfillError::ColumnsChanged { .. } => "backfill_columns_changed",
         }
     }
 }
@@ -682,6 +687,8 @@ impl Backfill {
             sql: plan.chunk_sql(after, limit),
             chunk_size: self.chunk_size,
             key_positions: plan.key_positions.clone(),
+            oid: plan.oid(),
+            table_columns: Arc::clone(&plan.table_columns),
             low: low.clone(),
             high: high.clone(),
         };

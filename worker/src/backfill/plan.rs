@@ -100,6 +100,10 @@ pub struct TablePlan {
     pub filter: Option<String>,
     /// `pg_class.reltuples`, when the table was ever analyzed.
     pub rows_estimated: Option<u64>,
+    /// Every stored column of the table as planned (name, type oid, type
+    /// modifier), published or not: a chunk that finds others was read
+    /// with a stale plan.
+    pub table_columns: Arc<Vec<(String, u32, i32)>>,
 }
 
 impl TablePlan {
@@ -148,6 +152,22 @@ impl TablePlan {
         sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", keys.join(", ")));
         sql
     }
+}
+
+/// The table's stored columns, in attnum order: name, type oid, type
+/// modifier and NOT NULL (`$1` is the table's oid). The plan is built from
+/// it, and each chunk reads it again to tell whether the table's columns
+/// changed since (see `reader`).
+pub fn attributes_sql(server_version_num: i32) -> String {
+    let generated = if server_version_num >= 120_000 {
+        " AND attgenerated = ''"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT attname::text, atttypid, atttypmod, attnotnull FROM pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped{generated} ORDER BY attnum"
+    )
 }
 
 /// Catalog facts of one table, as read.
@@ -272,6 +292,7 @@ pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, Bac
         key_positions,
         filter: spec.filter.clone(),
         rows_estimated,
+        table_columns: Arc::new(facts.columns.clone()),
     })
 }
 
@@ -350,19 +371,8 @@ pub async fn load_facts(
     let oid: u32 = row.get(0);
     let identity: String = row.get(1);
     let reltuples: f32 = row.get(2);
-    let generated = if server_version_num >= 120_000 {
-        " AND attgenerated = ''"
-    } else {
-        ""
-    };
     let attributes = sql
-        .query(
-            &format!(
-                "SELECT attname::text, atttypid, atttypmod, attnotnull FROM pg_attribute \
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped{generated} ORDER BY attnum"
-            ),
-            &[&oid],
-        )
+        .query(&attributes_sql(server_version_num), &[&oid])
         .await
         .map_err(sql_err("reading pg_attribute", qualified))?;
     let columns = attributes

@@ -5,6 +5,16 @@
 //! The chunk is read in a read-only REPEATABLE READ transaction that also
 //! reports its snapshot's in-progress transactions (see
 //! [`super::window::missed_commit`]).
+//!
+//! **Columns.** The chunk query names the planned columns, so a column added
+//! after planning would silently be missing from every later row. The same
+//! transaction therefore reads the table's columns again after the rows: the
+//! chunk query's lock keeps any ALTER TABLE from committing between the two,
+//! and the transaction's snapshot is taken after that lock, so the catalog
+//! read describes exactly the table the rows came from. Columns other than
+//! the plan's (or a planned column gone) end the run with
+//! [`BackfillError::ColumnsChanged`], a transient error: the worker restarts
+//! from the last completed chunk and plans again. The chunk is never emitted.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +37,9 @@ pub struct ChunkRequest {
     pub sql: String,
     pub chunk_size: usize,
     pub key_positions: Vec<usize>,
+    /// The table's oid and its stored columns as planned.
+    pub oid: u32,
+    pub table_columns: std::sync::Arc<Vec<(String, u32, i32)>>,
     pub low: String,
     pub high: String,
 }
@@ -98,6 +111,14 @@ impl Reader {
             .prepare(&watermark.upsert_sql())
             .await
             .map_err(wm_error.clone())?;
+        let attributes = client
+            .prepare(&super::plan::attributes_sql(server_version_num))
+            .await
+            .map_err(|source| BackfillError::Sql {
+                what: "preparing the column check",
+                table: None,
+                source,
+            })?;
         let (requests, mut inbox) = mpsc::channel::<ChunkRequest>(1);
         let (outbox, events) = mpsc::channel::<ReaderEvent>(2);
         let task = tokio::spawn(async move {
@@ -107,7 +128,7 @@ impl Reader {
                         .execute(&upsert, &[&capture, &request.low])
                         .await
                         .map_err(wm_error.clone())?;
-                    let rows = read_chunk(&client, &request, snapshot_sql).await?;
+                    let rows = read_chunk(&client, &request, snapshot_sql, &attributes).await?;
                     if outbox.send(ReaderEvent::Rows(rows)).await.is_err() {
                         return Ok(false);
                     }
@@ -178,7 +199,19 @@ async fn read_chunk(
     client: &tokio_postgres::Client,
     request: &ChunkRequest,
     snapshot_sql: &str,
+    attributes: &tokio_postgres::Statement,
 ) -> Result<ChunkRows, BackfillError> {
+    let changed = || BackfillError::ColumnsChanged {
+        table: request.table.clone(),
+    };
+    // A planned column dropped since: the query names it.
+    let undefined_column = |e: tokio_postgres::Error| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_COLUMN) {
+            changed()
+        } else {
+            sql("reading a chunk", &request.table)(e)
+        }
+    };
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -186,12 +219,12 @@ async fn read_chunk(
     let stream = client
         .simple_query_raw(&request.sql)
         .await
-        .map_err(sql("reading a chunk", &request.table))?;
+        .map_err(undefined_column)?;
     futures::pin_mut!(stream);
     let mut rows: Vec<Row> = Vec::with_capacity(request.chunk_size.min(100_000));
     let mut more = false;
     while let Some(message) = stream.next().await {
-        let message = message.map_err(sql("reading a chunk", &request.table))?;
+        let message = message.map_err(undefined_column)?;
         let SimpleQueryMessage::Row(row) = message else {
             continue;
         };
@@ -210,6 +243,25 @@ async fn read_chunk(
             });
         }
         rows.push(values);
+    }
+    // Still the table the plan describes? (The module doc says why this
+    // read, in this transaction, is exact.)
+    let now = client
+        .query(attributes, &[&request.oid])
+        .await
+        .map_err(sql("reading the table's columns", &request.table))?;
+    let same = now.len() == request.table_columns.len()
+        && now
+            .iter()
+            .zip(request.table_columns.iter())
+            .all(|(r, (name, ty, typmod))| {
+                r.get::<_, &str>(0) == name
+                    && r.get::<_, u32>(1) == *ty
+                    && r.get::<_, i32>(2) == *typmod
+            });
+    if !same {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(changed());
     }
     // The same snapshot as the rows': the transaction's.
     let snapshot = client
