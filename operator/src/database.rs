@@ -201,7 +201,42 @@ pub struct Facts {
     pub tables: Vec<(String, String)>,
     pub slot_exists: bool,
     pub publication_exists: bool,
+    /// What the existing publication holds, as read.
+    pub publication: Option<PublicationState>,
     pub watermark_exists: bool,
+}
+
+/// An existing publication's comment and tables (`pg_publication_rel`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublicationState {
+    pub comment: Option<String>,
+    pub tables: std::collections::BTreeSet<(String, String)>,
+}
+
+/// The comment Siphon puts on a publication it manages: a digest of the
+/// table clause it last set (pure).
+pub fn publication_comment(clause: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!(
+        "managed by siphon; tables digest {}",
+        hex::encode(&Sha256::digest(clause.as_bytes())[..8])
+    )
+}
+
+/// Whether a managed publication already publishes what the plan asks
+/// (pure): the same tables, and the comment of the same clause (row filters
+/// and column lists included). Then provisioning writes nothing: `ALTER
+/// PUBLICATION … SET TABLE` takes a SHARE UPDATE EXCLUSIVE lock on every
+/// table, which would queue behind a running VACUUM on each periodic
+/// reconcile. A hand-made change of a filter or column list is not seen
+/// (the comment still matches); one of the table set is, and is undone.
+pub fn publication_in_step(
+    current: &PublicationState,
+    clause: &str,
+    tables: &[(String, String)],
+) -> bool {
+    current.comment.as_deref() == Some(publication_comment(clause).as_str())
+        && current.tables == tables.iter().cloned().collect()
 }
 
 /// The capture's own slot, when it exists.
@@ -341,14 +376,27 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
             ),
         ));
     }
-    let publication_exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+    let publication = client
+        .query_opt(
+            "SELECT obj_description(p.oid, 'pg_publication'), \
+               ARRAY(SELECT n.nspname::text FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE r.prpubid = p.oid ORDER BY r.oid), \
+               ARRAY(SELECT c.relname::text FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid \
+                     WHERE r.prpubid = p.oid ORDER BY r.oid) \
+             FROM pg_publication p WHERE p.pubname = $1",
             &[&plan.publication],
         )
         .await
         .map_err(q("reading pg_publication"))?
-        .get(0);
+        .map(|row| PublicationState {
+            comment: row.get(0),
+            tables: row
+                .get::<_, Vec<String>>(1)
+                .into_iter()
+                .zip(row.get::<_, Vec<String>>(2))
+                .collect(),
+        });
+    let publication_exists = publication.is_some();
     if logical && plan.publication_mode == PublicationMode::Existing && !publication_exists {
         return Err(Unfit::definite(
             reason::PUBLICATION_NOT_FOUND,
@@ -390,6 +438,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         tables,
         slot_exists,
         publication_exists,
+        publication,
         watermark_exists,
     })
 }
@@ -574,6 +623,16 @@ pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
     items.join(", ")
 }
 
+/// The tables a managed publication holds: the spec's, and the watermark
+/// table (pure).
+pub fn published_tables(facts: &Facts, plan: &Plan) -> Vec<(String, String)> {
+    let mut tables = facts.tables.clone();
+    if let Some(w) = &plan.watermark {
+        tables.push(w.clone());
+    }
+    tables
+}
+
 /// Create or update what the capture needs. `managed` is the record of what
 /// Siphon created, updated in place (so the caller holds the latest record
 /// even when a later step fails); `record` persists it before each creation.
@@ -605,13 +664,18 @@ where
 
     if plan.publication_mode == PublicationMode::Create {
         let tables = publication_tables(facts, plan);
+        let comment = format!(
+            "COMMENT ON PUBLICATION {} IS {}",
+            quote_ident(&plan.publication),
+            quote_literal(&publication_comment(&tables))
+        );
         if !facts.publication_exists {
             if managed.publication.is_none() {
                 managed.publication = Some(plan.publication.clone());
                 record(managed.clone()).await?;
             }
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish_via_partition_root = true); {comment}",
                 quote_ident(&plan.publication)
             );
             client
@@ -619,15 +683,24 @@ where
                 .await
                 .map_err(|e| sql_error("creating the publication", e))?;
         } else if managed.publication.as_deref() == Some(plan.publication.as_str()) {
-            // Ours: keep its table list in step with the spec.
-            let sql = format!(
-                "ALTER PUBLICATION {} SET TABLE {tables}",
-                quote_ident(&plan.publication)
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| sql_error("updating the publication", e))?;
+            // Ours: keep its table list in step with the spec, writing only
+            // when it is not. (Statements of one simple query commit
+            // together: the comment always describes the tables.)
+            let wanted = published_tables(facts, plan);
+            if !facts
+                .publication
+                .as_ref()
+                .is_some_and(|p| publication_in_step(p, &tables, &wanted))
+            {
+                let sql = format!(
+                    "ALTER PUBLICATION {} SET TABLE {tables}; {comment}",
+                    quote_ident(&plan.publication)
+                );
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| sql_error("updating the publication", e))?;
+            }
         } else {
             return Err(Unfit::definite(
                 reason::SLOT_CLAIMED,
@@ -819,6 +892,7 @@ mod tests {
             tables: vec![("public".into(), "orders".into())],
             slot_exists: false,
             publication_exists: false,
+            publication: None,
             watermark_exists: false,
         };
         assert_eq!(
@@ -830,6 +904,46 @@ mod tests {
             publication_tables(&facts, &plan),
             "\"public\".\"orders\", \"public\".\"siphon_watermarks\""
         );
+    }
+
+    #[test]
+    fn a_publication_is_rewritten_only_when_its_tables_or_clause_differ() {
+        let plan = validate(&fixture("default", "shop", SPEC), &[]).unwrap();
+        let facts = Facts {
+            server_version_num: 150_004,
+            tables: vec![("public".into(), "orders".into())],
+            slot_exists: true,
+            publication_exists: true,
+            publication: None,
+            watermark_exists: true,
+        };
+        let clause = publication_tables(&facts, &plan);
+        let wanted = published_tables(&facts, &plan);
+        assert_eq!(
+            wanted,
+            vec![
+                ("public".to_string(), "orders".to_string()),
+                ("public".to_string(), "siphon_watermarks".to_string())
+            ]
+        );
+        let current = PublicationState {
+            comment: Some(publication_comment(&clause)),
+            tables: wanted.iter().cloned().collect(),
+        };
+        assert!(publication_in_step(&current, &clause, &wanted));
+        // A filter or column list changed in the spec: another clause.
+        let filtered = clause.replace("\"orders\"", "\"orders\" WHERE (total > 0)");
+        assert!(!publication_in_step(&current, &filtered, &wanted));
+        // A table dropped from the publication by hand.
+        let mut dropped = current.clone();
+        dropped.tables.remove(&("public".into(), "orders".into()));
+        assert!(!publication_in_step(&dropped, &clause, &wanted));
+        // Not commented by Siphon (created before, or by hand).
+        let bare = PublicationState {
+            comment: None,
+            ..current.clone()
+        };
+        assert!(!publication_in_step(&bare, &clause, &wanted));
     }
 
     #[test]
