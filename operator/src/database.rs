@@ -67,6 +67,13 @@ impl Unfit {
             transient: false,
         }
     }
+
+    fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            transient: true,
+            ..Self::definite(reason, message)
+        }
+    }
 }
 
 /// Quote an identifier for SQL: `a"b` → `"a""b"`.
@@ -260,10 +267,12 @@ impl Capacity {
     /// slot only to create its own, and a free WAL sender only while its
     /// worker is not streaming: the sender an active slot holds is its own,
     /// so a server whose senders are all taken by running captures keeps
-    /// them Ready.
+    /// them Ready. A shortage is transient (looked at again within seconds,
+    /// not a minute): another capture's teardown or a worker's exit frees
+    /// capacity without any event of this capture.
     pub fn shortage(&self, slot: Option<SlotUse>) -> Option<Unfit> {
         if slot.is_none() && self.used_slots >= self.max_slots {
-            return Some(Unfit::definite(
+            return Some(Unfit::transient(
                 reason::NO_FREE_SLOTS,
                 format!(
                     "all {} replication slots are in use: raise max_replication_slots and restart PostgreSQL, or drop unused slots",
@@ -273,7 +282,7 @@ impl Capacity {
         }
         let streaming = slot.is_some_and(|s| s.active);
         if !streaming && self.used_senders >= self.max_senders {
-            return Some(Unfit::definite(
+            return Some(Unfit::transient(
                 reason::NO_FREE_WAL_SENDERS,
                 format!(
                     "all {} WAL senders are busy: raise max_wal_senders and restart PostgreSQL",
@@ -967,6 +976,9 @@ mod tests {
         let why = |slot| full.shortage(slot).map(|u| u.reason);
         assert_eq!(why(idle), Some(reason::NO_FREE_WAL_SENDERS));
         assert_eq!(why(None), Some(reason::NO_FREE_SLOTS));
+        // Capacity frees without an event of this capture: looked at again soon.
+        assert!(full.shortage(None).is_some_and(|u| u.transient));
+        assert!(full.shortage(idle).is_some_and(|u| u.transient));
         let senders_free = Capacity {
             used_senders: 9,
             ..full
