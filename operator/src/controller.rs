@@ -284,7 +284,28 @@ struct Credentials {
     ca_file: Option<std::path::PathBuf>,
 }
 
-async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Credentials, Unfit> {
+/// A Secret as `seen` already holds it (what holding it returned), or read.
+async fn secret_seen_or_read(
+    secrets: &Api<Secret>,
+    seen: &[Secret],
+    name: &str,
+) -> Result<Option<Secret>, kube::Error> {
+    match seen
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name))
+    {
+        Some(secret) => Ok(Some(secret.clone())),
+        None => secrets.get_opt(name).await,
+    }
+}
+
+/// The credentials (and CA) of the capture, from its Secrets; `seen` are
+/// Secrets this reconcile already read.
+async fn read_credentials(
+    ctx: &Context,
+    capture: &PostgresCapture,
+    seen: &[Secret],
+) -> Result<Credentials, Unfit> {
     let ns = capture.namespace().unwrap_or_default();
     let r = &capture.spec.postgres.credentials_secret_ref;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -293,8 +314,7 @@ async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Cr
         message: what,
         transient: false,
     };
-    let secret = secrets
-        .get_opt(&r.name)
+    let secret = secret_seen_or_read(&secrets, seen, &r.name)
         .await
         .map_err(|e| Unfit {
             reason: reason::SECRET_NOT_FOUND,
@@ -329,8 +349,7 @@ async fn read_credentials(ctx: &Context, capture: &PostgresCapture) -> Result<Cr
     let ca_file = match &capture.spec.postgres.ca_secret_ref {
         None => None,
         Some(ca) => {
-            let secret = secrets
-                .get_opt(&ca.name)
+            let secret = secret_seen_or_read(&secrets, seen, &ca.name)
                 .await
                 .ok()
                 .flatten()
@@ -504,9 +523,9 @@ async fn provision_and_deploy(
     let generation = capture.metadata.generation;
     let name = capture.name_any();
     let ns = capture.namespace().unwrap_or_default();
-    hold_secrets(ctx, capture, true).await?;
+    let seen = hold_secrets(ctx, capture, true).await?;
     laps.lap("hold_secrets");
-    let creds = read_credentials(ctx, capture).await?;
+    let creds = read_credentials(ctx, capture, &seen).await?;
     laps.lap("read_secrets");
 
     let all: Vec<PostgresCapture> = ctx
@@ -898,7 +917,7 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         .await;
         Error::TeardownBlocked(msg)
     };
-    let creds = match read_credentials(&ctx, &capture).await {
+    let creds = match read_credentials(&ctx, &capture, &[]).await {
         Ok(c) => c,
         Err(u) => return Err(blocked(format!(
             "{}; or set spec.deletionPolicy: Retain to let go without dropping database objects",
@@ -938,7 +957,14 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
 /// still leaves the credentials the teardown needs. Each capture claims the
 /// finalizer under its own field manager; the entry stays while any capture
 /// still claims it (server-side apply keeps co-owned set items).
-async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> Result<(), Error> {
+///
+/// Returns the Secrets as this call saw them (read, or as the apply left
+/// them), so the caller need not read them again.
+async fn hold_secrets(
+    ctx: &Context,
+    capture: &PostgresCapture,
+    hold: bool,
+) -> Result<Vec<Secret>, Error> {
     let ns = capture.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let manager = format!("{}/{}", names::OPERATOR_MANAGER, capture.name_any());
@@ -947,6 +973,7 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
         names_held.push(ca.name.clone());
     }
     names_held.dedup();
+    let mut seen = Vec::new();
     for secret in names_held {
         // Holding is one server-side apply per capture on a Secret that many
         // captures may share; once held, a GET tells so and the write (which
@@ -955,6 +982,7 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
             && let Some(current) = secrets.get_opt(&secret).await?
             && holds(&current, &manager)
         {
+            seen.push(current);
             continue;
         }
         let finalizers: Vec<&str> = if hold {
@@ -975,7 +1003,7 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
             )
             .await
         {
-            Ok(_) => {}
+            Ok(applied) => seen.push(applied),
             // A missing Secret is reported by read_credentials; nothing to
             // hold or release. A Secret already being deleted takes no new
             // finalizer (422); teardown then reports it if it is gone.
@@ -983,7 +1011,7 @@ async fn hold_secrets(ctx: &Context, capture: &PostgresCapture, hold: bool) -> R
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// Whether field manager `manager` already holds the Secret finalizer on
