@@ -36,8 +36,10 @@ use crate::status::PostgresCaptureStatus;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.mode != 'Polling' || has(self.polling)").message("spec.polling is required when spec.mode is Polling (set polling.cursorColumn)").field_path(".polling"))]
 #[x_kube(validation = Rule::new("self.mode == oldSelf.mode || (self.suspend && oldSelf.suspend)").message("spec.mode is immutable while the capture runs: set suspend: true first, then change the mode").field_path(".mode"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.logical) || !has(oldSelf.logical.slotName) || (has(self.logical) && has(self.logical.slotName) && self.logical.slotName == oldSelf.logical.slotName)").message("spec.logical.slotName is immutable: a new slot means a new capture; create another PostgresCapture").field_path(".logical.slotName"))]
-#[x_kube(validation = Rule::new("!has(oldSelf.logical) || !has(oldSelf.logical.publicationName) || (has(self.logical) && has(self.logical.publicationName) && self.logical.publicationName == oldSelf.logical.publicationName)").message("spec.logical.publicationName is immutable; create another PostgresCapture to use another publication").field_path(".logical.publicationName"))]
+#[x_kube(validation = Rule::new("(has(self.logical) && has(self.logical.slotName) ? self.logical.slotName : '') == (has(oldSelf.logical) && has(oldSelf.logical.slotName) ? oldSelf.logical.slotName : '')").message("spec.logical.slotName is immutable, also when it was left to its default: the slot holds the capture's position; create another PostgresCapture to use another slot").field_path(".logical.slotName"))]
+#[x_kube(validation = Rule::new("(has(self.logical) && has(self.logical.publicationName) ? self.logical.publicationName : '') == (has(oldSelf.logical) && has(oldSelf.logical.publicationName) ? oldSelf.logical.publicationName : '')").message("spec.logical.publicationName is immutable, also when it was left to its default; create another PostgresCapture to use another publication").field_path(".logical.publicationName"))]
+#[x_kube(validation = Rule::new("self.postgres.database == oldSelf.postgres.database").message("spec.postgres.database is immutable: the slot and publication live in the database; create another PostgresCapture to capture another database").field_path(".postgres.database"))]
+#[x_kube(validation = Rule::new("(has(self.snapshot) ? self.snapshot.watermarkTable : 'public.siphon_watermarks') == (has(oldSelf.snapshot) ? oldSelf.snapshot.watermarkTable : 'public.siphon_watermarks')").message("spec.snapshot.watermarkTable is immutable: the capture's backfill position is tied to it; create another PostgresCapture to use another table").field_path(".snapshot.watermarkTable"))]
 #[x_kube(validation = Rule::new("self.mode != 'Polling' || self.tables.all(t, !t.name.endsWith('.*'))").message("polling needs explicit table names; `schema.*` is only for mode Logical").field_path(".tables"))]
 pub struct PostgresCaptureSpec {
     /// How to reach the source database.
@@ -101,7 +103,10 @@ pub struct PostgresConnection {
     #[serde(default = "default_pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
-    /// Name of the database holding the tables.
+    /// Name of the database holding the tables. Immutable: the slot and
+    /// the publication live in it. The host and port may change (a new
+    /// address or a promoted standby of the same database); the slot must
+    /// then exist there, or the capture stops with `SlotMissing`.
     #[schemars(length(min = 1, max = 63))]
     pub database: String,
     /// Secret holding the user name and password.
@@ -193,12 +198,21 @@ pub struct TableSpec {
     /// table of the schema.
     #[schemars(regex(pattern = r"^[^.\s]+\.[^.\s]+$"), length(max = 127))]
     pub name: String,
-    /// Columns to capture; all columns when empty. Key columns are always kept.
+    /// Columns to capture; all columns when empty. Key and replica identity
+    /// columns are always kept (a publication column list must cover the
+    /// replica identity, or PostgreSQL refuses the application's UPDATE and
+    /// DELETE); where the server has no column lists (< 15) or the identity
+    /// is FULL, the worker drops the other columns itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
     /// SQL boolean expression on the table's columns; only matching rows are
-    /// captured (a publication row filter on PostgreSQL 15+, a WHERE clause when
-    /// polling). This is the only text from the spec that reaches SQL unquoted.
+    /// captured (a publication row filter, PostgreSQL 15+; refused on older
+    /// servers). PostgreSQL must accept it as exactly one expression over
+    /// this table, checked before anything is created; what is used is
+    /// PostgreSQL's own rendering of it. While updates or deletes are
+    /// captured it may use only replica identity columns (else PostgreSQL
+    /// would refuse the application's UPDATE and DELETE). With
+    /// `publication: Existing` put the filter in the publication instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<String>,
     /// Columns that form the record key when the table has no primary key (they
@@ -219,11 +233,13 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct LogicalSpec {
     /// Name of the logical replication slot; defaults to
-    /// `siphon_<namespace>_<name>` (sanitized, at most 63 bytes). Immutable.
+    /// `siphon_<namespace>_<name>` (sanitized, at most 63 bytes). Immutable,
+    /// also when left to its default: it cannot be set later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9_]{1,63}$"))]
     pub slot_name: Option<String>,
-    /// Name of the publication; defaults to the slot name. Immutable.
+    /// Name of the publication; defaults to the slot name. Immutable, also
+    /// when left to its default: it cannot be set later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub publication_name: Option<String>,
@@ -236,7 +252,9 @@ pub struct LogicalSpec {
     /// (`publish_via_partition_root`), so one topic per partitioned table.
     #[serde(default = "default_true")]
     pub publish_via_partition_root: bool,
-    /// Operations to capture; all of them when empty.
+    /// Operations to capture; all of them when empty. A publication Siphon
+    /// creates publishes only these (`publish = …`): with `[insert]`, a row
+    /// filter may use any column.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operations: Vec<Operation>,
     /// How often the worker writes a heartbeat so that an idle or filtered

@@ -46,4 +46,18 @@ pub mod reason {
     pub const BACKFILL_DONE: &str = "BackfillDone";
     pub const BACKFILL_DISABLED: &str = "BackfillDisabled";
     pub const TEARDOWN_FAILED: &str = "TeardownFailed";
+    /// A row filter PostgreSQL does not accept as one boolean expression over
+    /// the table's columns.
+    pub const INVALID_FILTER: &str = "InvalidFilter";
+    /// A row filter uses columns outside the replica identity while updates or
+    /// deletes are published: PostgreSQL would refuse the application's
+    /// UPDATE and DELETE on the table.
+    pub const FILTER_OUTSIDE_REPLICA_IDENTITY: &str = "FilterOutsideReplicaIdentity";
+    /// A row filter on a server that cannot apply it to the stream (< 15).
+    pub const ROW_FILTER_UNSUPPORTED: &str = "RowFilterUnsupported";
+    /// An existing publication lacks a captured table.
+    pub const PUBLICATION_MISSING_TABLE: &str = "PublicationMissingTable";
+    /// An existing publication's column list or row filter makes PostgreSQL
+    /// refuse the application's UPDATE or DELETE.
+    pub const PUBLICATION_BREAKS_WRITES: &str = "PublicationBreaksWrites";
 }

@@ -47,15 +47,41 @@ pub struct ManagedObjects {
     /// The publication, if Siphon created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publication: Option<String>,
-    /// The watermark table, if Siphon created it.
+    /// The watermark table this capture writes its row into. Teardown
+    /// deletes the row, then drops the table when no other capture's row is
+    /// left and Siphon created it (its comment says so): the table goes with
+    /// the last capture that used it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark_table: Option<String>,
+    /// The slot has existed. From then on its absence or loss is a definite
+    /// failure: it is never silently created again (a new slot would skip
+    /// the changes in between), only after a person asks for a re-snapshot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slot_established: bool,
+    /// The slot was found missing or lost, and nothing streams until a
+    /// person chooses (a new `spec.snapshot.request.id`, or a new capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_loss: Option<SlotLoss>,
     /// NOTIFY triggers (`schema.table`), if Siphon created them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<String>,
     /// The trigger function, if Siphon created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_function: Option<String>,
+}
+
+/// How a capture's established slot went away.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotLoss {
+    /// `SlotMissing` (dropped) or `SlotLost` (invalidated, `wal_status = lost`).
+    pub reason: String,
+    /// When the operator saw it (RFC 3339).
+    pub detected_at: String,
+    /// `spec.snapshot.request.id` in force then: only a different id asks for
+    /// the re-snapshot that recovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_request: Option<String>,
 }
 
 /// The replication slot as PostgreSQL reports it.

@@ -472,6 +472,16 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
                 &u.message,
                 generation,
             );
+            if u.reason == reason::SLOT_MISSING || u.reason == reason::SLOT_LOST {
+                set_condition(
+                    &mut conds,
+                    conditions::WAL_HEALTHY,
+                    false,
+                    u.reason,
+                    &u.message,
+                    generation,
+                );
+            }
             if u.transient {
                 Duration::from_secs(10)
             } else {
@@ -549,7 +559,8 @@ async fn provision_and_deploy(
     if logical {
         let patch_api = api.clone();
         let patch_name = name.clone();
-        database::provision(&client, &plan, &facts, managed, |m| {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        database::provision(&client, &plan, &facts, managed, &now, |m| {
             let api = patch_api.clone();
             let name = patch_name.clone();
             async move {
@@ -663,7 +674,7 @@ async fn provision_and_deploy(
                 false,
                 reason::SLOT_MISSING,
                 format!(
-                    "replication slot {} is missing; it is recreated only by deleting and re-creating the capture (a new slot would skip changes)",
+                    "replication slot {} is missing; nothing streams until a re-snapshot is requested (spec.snapshot.request.id) or the capture is re-created",
                     plan.slot
                 ),
                 generation,
@@ -674,7 +685,7 @@ async fn provision_and_deploy(
                 false,
                 reason::SLOT_LOST,
                 format!(
-                    "replication slot {} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed; raise max_slot_wal_keep_size, then delete and re-create the capture to backfill again",
+                    "replication slot {} was invalidated (wal_status = lost): PostgreSQL removed WAL it still needed; raise max_slot_wal_keep_size, then request a re-snapshot (spec.snapshot.request.id) or re-create the capture",
                     plan.slot
                 ),
                 generation,

@@ -12,18 +12,71 @@
 //!   publication, drop triggers and functions, delete the watermark rows and
 //!   drop the table if Siphon created it and nobody else uses it.
 //!
-//! Identifiers always go through [`quote_ident`]; the only spec text that
-//! reaches SQL unquoted is a table's `filter`, which is documented as SQL.
+//! **No spec text runs as its own statement.** Every statement goes through
+//! the extended protocol (one statement per message: no text can end one
+//! statement and start another); identifiers go through [`quote_ident`] and
+//! literals through [`quote_literal`]. A table's `filter` is the only spec
+//! text that reaches SQL unquoted, and only after [`check_filter`] had
+//! PostgreSQL accept it as exactly one expression over that one table; what
+//! the publication then receives is PostgreSQL's own rendering of it.
+//!
+//! **The application's statements keep working.** PostgreSQL 15+ refuses
+//! UPDATE and DELETE on a table whose publication's column list does not
+//! cover the replica identity, or whose row filter uses other columns while
+//! updates or deletes are published. Column lists therefore always carry the
+//! identity columns, and such a filter is refused before anything exists.
 
 use std::time::Duration;
 
-use siphon_crds::capture::{PublicationMode, SslMode};
+use std::collections::BTreeMap;
+
+use siphon_crds::capture::{Operation, PublicationMode, SslMode};
 use siphon_crds::conditions::reason;
 use siphon_crds::status::{ManagedObjects, SlotStatus};
 use siphon_worker::replication::connection::{SslMode as WorkerSslMode, tls_config};
 use tokio_postgres::{Client, NoTls};
 
+use crate::slot::{self, SlotFacts, SlotStep};
 use crate::validate::{Plan, TableRef};
+
+/// The comment on a watermark table Siphon created: the last capture to
+/// leave it drops it; a table a person made is never dropped.
+pub const WATERMARK_COMMENT: &str = "created by siphon; dropped with the last capture that uses it";
+
+/// The first server version with publication row filters and column lists.
+pub const ROW_FILTERS_SINCE: i32 = 150_000;
+
+/// A `(schema, table)` pair.
+pub type Table = (String, String);
+
+/// A table's replica identity: the columns an UPDATE or DELETE logs as the
+/// old key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The primary key or the replica identity index, in index order.
+    Columns(Vec<String>),
+    /// `REPLICA IDENTITY FULL`: every column.
+    Full,
+}
+
+impl Identity {
+    /// Whether `column` is part of the identity.
+    pub fn covers(&self, column: &str) -> bool {
+        match self {
+            Identity::Full => true,
+            Identity::Columns(cols) => cols.iter().any(|c| c == column),
+        }
+    }
+}
+
+/// A row filter as PostgreSQL understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedFilter {
+    /// PostgreSQL's rendering of the expression (`pg_get_expr`).
+    pub canonical: String,
+    /// The table's columns the expression uses, as PostgreSQL records them.
+    pub columns: Vec<String>,
+}
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -206,7 +259,10 @@ pub struct Facts {
     pub server_version_num: i32,
     /// Concrete tables (wildcards expanded), `(schema, table)`.
     pub tables: Vec<(String, String)>,
-    pub slot_exists: bool,
+    /// The replica identity of each table.
+    pub identities: BTreeMap<Table, Identity>,
+    /// The capture's slot, when it exists.
+    pub slot: Option<SlotFacts>,
     pub publication_exists: bool,
     /// What the existing publication holds, as read.
     pub publication: Option<PublicationState>,
@@ -334,7 +390,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         ));
     }
 
-    let slot_exists = if logical {
+    let slot = if logical {
         if wal_level != "logical" {
             return Err(Unfit::definite(
                 reason::WAL_LEVEL_NOT_LOGICAL,
@@ -349,31 +405,53 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 "the role lacks the REPLICATION attribute: run ALTER ROLE <user> WITH REPLICATION (or use mode: Polling)",
             ));
         }
+        // wal_status exists from PostgreSQL 13.
+        let sql = if version >= 130_000 {
+            "SELECT active, coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = $1"
+        } else {
+            "SELECT active, false FROM pg_replication_slots WHERE slot_name = $1"
+        };
         let slot = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&plan.slot.as_str()],
-            )
+            .query_opt(sql, &[&plan.slot.as_str()])
             .await
             .map_err(q("reading pg_replication_slots"))?
-            .map(|row| SlotUse { active: row.get(0) });
+            .map(|row| SlotFacts {
+                active: row.get(0),
+                lost: row.get(1),
+            });
         let capacity = Capacity {
             max_slots,
             used_slots,
             max_senders,
             used_senders,
         };
-        if let Some(unfit) = capacity.shortage(slot) {
+        if let Some(unfit) = capacity.shortage(slot.map(|s| SlotUse { active: s.active })) {
             return Err(unfit);
         }
-        slot.is_some()
+        slot
     } else {
-        false
+        None
     };
 
     let tables = resolve_tables(client, &plan.tables).await?;
+    let mut identities = BTreeMap::new();
     for (schema, table) in &tables {
-        check_table(client, schema, table, plan, superuser).await?;
+        let identity = check_table(client, schema, table, plan, superuser).await?;
+        identities.insert((schema.clone(), table.clone()), identity);
+    }
+    if logical
+        && plan.publication_mode == PublicationMode::Create
+        && version < ROW_FILTERS_SINCE
+        && let Some(t) = plan.tables.iter().find(|t| t.spec.filter.is_some())
+    {
+        return Err(Unfit::definite(
+            reason::ROW_FILTER_UNSUPPORTED,
+            format!(
+                "PostgreSQL {} cannot filter the rows of a publication (row filters need PostgreSQL 15 or newer), so the filter of {} would apply to the backfill but not to the stream: remove spec.tables[].filter, or upgrade the server",
+                version / 10_000,
+                t.qualified()
+            ),
+        ));
     }
 
     if logical && plan.publication_mode == PublicationMode::Create && !can_create_in_db {
@@ -406,15 +484,18 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 .collect(),
         });
     let publication_exists = publication.is_some();
-    if logical && plan.publication_mode == PublicationMode::Existing && !publication_exists {
-        return Err(Unfit::definite(
-            reason::PUBLICATION_NOT_FOUND,
-            format!(
-                "publication {} does not exist: create it (CREATE PUBLICATION {} FOR TABLE ...) or set spec.logical.publication: Create",
-                plan.publication,
-                quote_ident(&plan.publication)
-            ),
-        ));
+    if logical && plan.publication_mode == PublicationMode::Existing {
+        if !publication_exists {
+            return Err(Unfit::definite(
+                reason::PUBLICATION_NOT_FOUND,
+                format!(
+                    "publication {} does not exist: create it (CREATE PUBLICATION {} FOR TABLE ...) or set spec.logical.publication: Create",
+                    plan.publication,
+                    quote_ident(&plan.publication)
+                ),
+            ));
+        }
+        check_existing_publication(client, plan, version, &tables, &identities).await?;
     }
 
     let mut watermark_exists = false;
@@ -445,10 +526,157 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     Ok(Facts {
         server_version_num: version,
         tables,
-        slot_exists,
+        identities,
+        slot,
         publication_exists,
         publication,
         watermark_exists,
+    })
+}
+
+/// What a publication holds for one table: whether it publishes it, its
+/// column list (all columns when none) and the columns its row filter uses.
+struct PublishedTable {
+    listed: bool,
+    columns: Option<Vec<String>>,
+    filter_columns: Vec<String>,
+}
+
+/// A publication Siphon did not create must hold every captured table (and
+/// the watermark table), and must not make the application's UPDATE and
+/// DELETE fail: its column lists cover, and its row filters stay within,
+/// the replica identity while it publishes updates or deletes.
+async fn check_existing_publication(
+    client: &Client,
+    plan: &Plan,
+    version: i32,
+    tables: &[Table],
+    identities: &BTreeMap<Table, Identity>,
+) -> Result<(), Unfit> {
+    let pubname = &plan.publication;
+    let publishes_writes: bool = client
+        .query_one(
+            "SELECT pubupdate OR pubdelete FROM pg_publication WHERE pubname = $1",
+            &[pubname],
+        )
+        .await
+        .map_err(|e| sql_error("reading pg_publication", e))?
+        .get(0);
+    let mut wanted: Vec<Table> = tables.to_vec();
+    if let Some(w) = &plan.watermark {
+        wanted.push(w.clone());
+    }
+    for (schema, table) in &wanted {
+        let published = published_table(client, pubname, version, schema, table).await?;
+        let sql_table = qualified(schema, table);
+        if !published.listed {
+            return Err(Unfit::definite(
+                reason::PUBLICATION_MISSING_TABLE,
+                format!(
+                    "publication {pubname} does not publish {schema}.{table}, so its changes would never stream: run ALTER PUBLICATION {} ADD TABLE {sql_table}, or set spec.logical.publication: Create",
+                    quote_ident(pubname)
+                ),
+            ));
+        }
+        let Some(identity) = identities.get(&(schema.clone(), table.clone())) else {
+            continue;
+        };
+        if !publishes_writes {
+            continue;
+        }
+        if let (Some(columns), Identity::Columns(ids)) = (&published.columns, identity) {
+            let missing: Vec<&String> = ids.iter().filter(|c| !columns.contains(c)).collect();
+            if !missing.is_empty() {
+                return Err(Unfit::definite(
+                    reason::PUBLICATION_BREAKS_WRITES,
+                    format!(
+                        "the column list of publication {pubname} on {schema}.{table} lacks replica identity column(s) {}: PostgreSQL refuses UPDATE and DELETE on the table while it is so published; add them to the column list (ALTER PUBLICATION {} SET TABLE {sql_table} (…))",
+                        join(&missing),
+                        quote_ident(pubname)
+                    ),
+                ));
+            }
+        }
+        let outside: Vec<&String> = published
+            .filter_columns
+            .iter()
+            .filter(|c| !identity.covers(c))
+            .collect();
+        if !outside.is_empty() {
+            return Err(Unfit::definite(
+                reason::PUBLICATION_BREAKS_WRITES,
+                format!(
+                    "the row filter of publication {pubname} on {schema}.{table} uses column(s) {} outside the replica identity: PostgreSQL refuses UPDATE and DELETE on the table while it is so published; filter on key columns, or run ALTER TABLE {sql_table} REPLICA IDENTITY FULL, or publish inserts only",
+                    join(&outside)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn published_table(
+    client: &Client,
+    pubname: &str,
+    version: i32,
+    schema: &str,
+    table: &str,
+) -> Result<PublishedTable, Unfit> {
+    let listed: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+            &[&pubname, &schema, &table],
+        )
+        .await
+        .map_err(|e| sql_error("reading pg_publication_tables", e))?
+        .get(0);
+    if !listed || version < ROW_FILTERS_SINCE {
+        return Ok(PublishedTable {
+            listed,
+            columns: None,
+            filter_columns: Vec::new(),
+        });
+    }
+    let row = client
+        .query_opt(
+            "SELECT CASE WHEN r.prattrs IS NULL THEN NULL ELSE \
+                 ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                       WHERE a.attrelid = r.prrelid AND a.attnum = ANY (r.prattrs)) END, \
+               ARRAY(SELECT a.attname::text FROM pg_depend d JOIN pg_attribute a \
+                       ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+                     WHERE r.prqual IS NOT NULL AND d.classid = 'pg_publication_rel'::regclass \
+                       AND d.objid = r.oid AND d.refobjid = r.prrelid AND d.refobjsubid > 0 \
+                       AND (r.prattrs IS NULL OR NOT a.attnum = ANY (r.prattrs)) \
+                     ORDER BY a.attnum) \
+             FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+             WHERE p.pubname = $1 AND r.prrelid = to_regclass($2)",
+            &[&pubname, &qualified(schema, table)],
+        )
+        .await
+        .map_err(|e| sql_error("reading pg_publication_rel", e))?;
+    // pg_depend holds the columns of the row filter and of the column list
+    // alike: with a column list, only filter columns outside it can be told
+    // apart (those the list already names are covered by its own check).
+    Ok(match row {
+        Some(row) => PublishedTable {
+            listed,
+            columns: row.get(0),
+            filter_columns: row.get(1),
+        },
+        // Published through FOR ALL TABLES or a schema: no list, no filter.
+        None => PublishedTable {
+            listed,
+            columns: None,
+            filter_columns: Vec::new(),
+        },
     })
 }
 
@@ -523,14 +751,23 @@ async fn check_table(
     table: &str,
     plan: &Plan,
     superuser: bool,
-) -> Result<(), Unfit> {
+) -> Result<Identity, Unfit> {
+    // The identity index's key columns (INCLUDE columns left out), in order:
+    // the replica identity index under REPLICA IDENTITY USING INDEX, else
+    // the primary key.
     let row = client
         .query_one(
             "SELECT c.relreplident::text, \
                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), \
                has_table_privilege(c.oid, 'SELECT'), \
-               pg_has_role(c.relowner, 'USAGE') \
+               pg_has_role(c.relowner, 'USAGE'), \
+               ARRAY(SELECT a.attname::text FROM pg_index i \
+                     CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                     WHERE i.indrelid = c.oid AND k.ord <= i.indnkeyatts \
+                       AND CASE WHEN c.relreplident = 'i' THEN i.indisreplident ELSE i.indisprimary END \
+                     ORDER BY k.ord) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&schema, &table],
@@ -542,6 +779,7 @@ async fn check_table(
     let has_ident_index: bool = row.get(2);
     let can_select: bool = row.get(3);
     let owns: bool = row.get(4);
+    let identity_columns: Vec<String> = row.get(5);
     let spec_keys = plan
         .tables
         .iter()
@@ -572,7 +810,11 @@ async fn check_table(
             ),
         ));
     }
-    if plan.publication_mode == PublicationMode::Create && !owns && !superuser {
+    if plan.mode == siphon_crds::capture::CaptureMode::Logical
+        && plan.publication_mode == PublicationMode::Create
+        && !owns
+        && !superuser
+    {
         return Err(Unfit::definite(
             reason::INSUFFICIENT_PRIVILEGE,
             format!(
@@ -580,7 +822,205 @@ async fn check_table(
             ),
         ));
     }
-    Ok(())
+    Ok(if identity == "f" {
+        Identity::Full
+    } else {
+        Identity::Columns(identity_columns)
+    })
+}
+
+/// Have PostgreSQL check a row filter, touching nothing: in a transaction
+/// that is always rolled back, create a publication of the one table with
+/// the filter, read back what it holds, and require exactly one table, no
+/// schema, no column list and default options, so that the text could only
+/// have been the row filter. Returns PostgreSQL's rendering of the filter
+/// and the columns it uses (from `pg_depend`).
+pub async fn check_filter(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    filter: &str,
+) -> Result<CheckedFilter, Unfit> {
+    run(client, "BEGIN", "starting the filter check").await?;
+    let result = probe_filter(client, schema, table, filter).await;
+    let rolled_back = run(client, "ROLLBACK", "ending the filter check").await;
+    let checked = result?;
+    rolled_back?;
+    Ok(checked)
+}
+
+async fn probe_filter(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    filter: &str,
+) -> Result<CheckedFilter, Unfit> {
+    let probe = format!(
+        "siphon_filter_probe_{}",
+        std::process::id()
+            ^ std::time::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| d.subsec_nanos())
+    );
+    let target = qualified(schema, table);
+    let refused = |detail: String| {
+        Unfit::definite(
+            reason::INVALID_FILTER,
+            format!(
+                "the filter of {schema}.{table} is not one boolean expression over the table that PostgreSQL accepts as a row filter: {detail}; fix spec.tables[].filter"
+            ),
+        )
+    };
+    // A lock wait must never queue the application's statements behind us.
+    run(
+        client,
+        "SET LOCAL lock_timeout = '2s'",
+        "bounding the filter check's lock wait",
+    )
+    .await?;
+    // The newline ends a `--` comment in the filter before the parenthesis.
+    let create = format!(
+        "CREATE PUBLICATION {} FOR TABLE {target} WHERE ({filter}
+)",
+        quote_ident(&probe)
+    );
+    if let Err(e) = client.execute(create.as_str(), &[]).await {
+        if e.code().map(|c| c.code()) == Some("55P03") {
+            return Err(Unfit::transient(
+                reason::PROVISIONING_FAILED,
+                format!(
+                    "checking the filter of {schema}.{table} waited too long for a lock on the table; retrying"
+                ),
+            ));
+        }
+        let detail = e
+            .as_db_error()
+            .map(|d| match d.detail() {
+                Some(more) => format!("{} ({more})", d.message()),
+                None => d.message().to_string(),
+            })
+            .unwrap_or_else(|| e.to_string());
+        if e.as_db_error().is_none() || e.is_closed() {
+            return Err(sql_error("checking a row filter", e));
+        }
+        return Err(refused(detail));
+    }
+    let row = client
+        .query_one(
+            "SELECT p.puballtables, p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate, p.pubviaroot,                (SELECT count(*) FROM pg_publication_rel r WHERE r.prpubid = p.oid)::int,                (SELECT count(*) FROM pg_publication_namespace s WHERE s.pnpubid = p.oid)::int,                (SELECT r.prattrs IS NULL FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = to_regclass($2)),                (SELECT pg_get_expr(r.prqual, r.prrelid) FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = to_regclass($2)),                ARRAY(SELECT a.attname::text FROM pg_publication_rel r                      JOIN pg_depend d ON d.classid = 'pg_publication_rel'::regclass AND d.objid = r.oid                      JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid                      WHERE r.prpubid = p.oid AND d.refobjid = r.prrelid AND d.refobjsubid > 0                      ORDER BY a.attnum)              FROM pg_publication p WHERE p.pubname = $1",
+            &[&probe, &target],
+        )
+        .await
+        .map_err(|e| sql_error("reading back the filter check", e))?;
+    let all_tables: bool = row.get(0);
+    let default_publish: bool = row.get(1);
+    let via_root: bool = row.get(2);
+    let relations: i32 = row.get(3);
+    let schemas: i32 = row.get(4);
+    let no_column_list: Option<bool> = row.get(5);
+    let canonical: Option<String> = row.get(6);
+    let columns: Vec<String> = row.get(7);
+    let shaped = !all_tables
+        && default_publish
+        && !via_root
+        && relations == 1
+        && schemas == 0
+        && no_column_list == Some(true);
+    match canonical {
+        Some(canonical) if shaped => Ok(CheckedFilter { canonical, columns }),
+        _ => Err(refused(
+            "it reaches beyond the expression (other tables, schemas, columns or options)".into(),
+        )),
+    }
+}
+
+/// Run one fixed statement (extended protocol: exactly one statement).
+async fn run(client: &Client, sql: &str, context: &str) -> Result<(), Unfit> {
+    client
+        .execute(sql, &[])
+        .await
+        .map(|_| ())
+        .map_err(|e| sql_error(context, e))
+}
+
+/// Run statements in one transaction, each through the extended protocol.
+async fn run_all(client: &Client, statements: &[String], context: &str) -> Result<(), Unfit> {
+    run(client, "BEGIN", context).await?;
+    for statement in statements {
+        if let Err(e) = client.execute(statement.as_str(), &[]).await {
+            let _ = run(client, "ROLLBACK", context).await;
+            return Err(sql_error(context, e));
+        }
+    }
+    run(client, "COMMIT", context).await
+}
+
+/// Check every row filter of the plan through PostgreSQL, and refuse one
+/// that would make the application's UPDATE or DELETE fail. Returns the
+/// filters as PostgreSQL renders them, for the publication's DDL. Runs only
+/// when the publication is about to be created or rewritten.
+pub async fn check_filters(
+    client: &Client,
+    plan: &Plan,
+    facts: &Facts,
+) -> Result<BTreeMap<Table, String>, Unfit> {
+    let mut out = BTreeMap::new();
+    for (schema, table) in &facts.tables {
+        let Some(filter) = table_spec(plan, schema, table).and_then(|t| t.filter.as_deref()) else {
+            continue;
+        };
+        let checked = check_filter(client, schema, table, filter).await?;
+        let key = (schema.clone(), table.clone());
+        if plan.publishes_updates_or_deletes()
+            && let Some(identity) = facts.identities.get(&key)
+            && let Some(unfit) = filter_outside_identity(schema, table, &checked, identity)
+        {
+            return Err(unfit);
+        }
+        out.insert(key, checked.canonical);
+    }
+    Ok(out)
+}
+
+/// The refusal of a filter that uses columns outside the replica identity
+/// (pure), with the three ways out.
+pub fn filter_outside_identity(
+    schema: &str,
+    table: &str,
+    checked: &CheckedFilter,
+    identity: &Identity,
+) -> Option<Unfit> {
+    let outside: Vec<&String> = checked
+        .columns
+        .iter()
+        .filter(|c| !identity.covers(c))
+        .collect();
+    if outside.is_empty() {
+        return None;
+    }
+    let key = match identity {
+        Identity::Columns(cols) => cols.join(", "),
+        Identity::Full => String::new(),
+    };
+    Some(Unfit::definite(
+        reason::FILTER_OUTSIDE_REPLICA_IDENTITY,
+        format!(
+            "the filter of {schema}.{table} uses column(s) {} outside its replica identity ({key}): PostgreSQL would then refuse the application's UPDATE and DELETE on the table. Filter on replica identity columns only, or run ALTER TABLE {} REPLICA IDENTITY FULL, or set spec.logical.operations: [insert] to capture inserts only",
+            join(&outside),
+            qualified(schema, table)
+        ),
+    ))
+}
+
+fn table_spec<'p>(
+    plan: &'p Plan,
+    schema: &str,
+    table: &str,
+) -> Option<&'p siphon_crds::capture::TableSpec> {
+    plan.tables
+        .iter()
+        .find(|t| t.schema == schema && t.name.as_deref() == Some(table))
+        .map(|t| &t.spec)
 }
 
 /// DDL of the watermark table. One row per capture; each backfill chunk
@@ -593,21 +1033,35 @@ pub fn watermark_table_ddl(schema: &str, table: &str) -> String {
     )
 }
 
-/// The publication's table list, with row filters and column lists where the
-/// server supports them (PostgreSQL 15+).
-pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
+/// The publication's table list (pure): each table with its column list and
+/// row filter where the server has them (PostgreSQL 15+). A column list
+/// holds the spec's columns, the key columns and every replica identity
+/// column (PostgreSQL refuses UPDATE and DELETE on a table whose column list
+/// misses one); under REPLICA IDENTITY FULL every column is identity, so no
+/// list is set and the worker drops the other columns itself. `filter_text`
+/// gives the text of each table's filter: the spec's for the digest,
+/// PostgreSQL's rendering of it for the DDL.
+fn table_clause(
+    facts: &Facts,
+    plan: &Plan,
+    filter_text: impl Fn(&Table, &str) -> String,
+) -> String {
     let mut items = Vec::new();
     for (schema, table) in &facts.tables {
         let mut item = qualified(schema, table);
-        let spec = plan
-            .tables
-            .iter()
-            .find(|t| t.schema == *schema && t.name.as_deref() == Some(table.as_str()))
-            .map(|t| &t.spec);
-        if let (Some(spec), true) = (spec, facts.server_version_num >= 150_000) {
-            if !spec.columns.is_empty() {
+        let key = (schema.clone(), table.clone());
+        if let (Some(spec), true) = (
+            table_spec(plan, schema, table),
+            facts.server_version_num >= ROW_FILTERS_SINCE,
+        ) {
+            let identity = facts.identities.get(&key);
+            if !spec.columns.is_empty() && identity != Some(&Identity::Full) {
                 let mut cols: Vec<String> = spec.columns.clone();
-                for k in &spec.key_columns {
+                let identity_cols = match identity {
+                    Some(Identity::Columns(c)) => c.as_slice(),
+                    _ => &[],
+                };
+                for k in spec.key_columns.iter().chain(identity_cols) {
                     if !cols.contains(k) {
                         cols.push(k.clone());
                     }
@@ -621,7 +1075,7 @@ pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
                 ));
             }
             if let Some(filter) = &spec.filter {
-                item.push_str(&format!(" WHERE ({filter})"));
+                item.push_str(&format!(" WHERE ({})", filter_text(&key, filter)));
             }
         }
         items.push(item);
@@ -630,6 +1084,45 @@ pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
         items.push(qualified(ws, wt));
     }
     items.join(", ")
+}
+
+/// The publication's table list as the spec writes it (pure): what the
+/// digest in the publication's comment describes.
+pub fn publication_tables(facts: &Facts, plan: &Plan) -> String {
+    table_clause(facts, plan, |_, filter| filter.to_string())
+}
+
+/// The publication's options (pure): the operations it publishes and
+/// whether partitions publish as their root.
+pub fn publication_options(plan: &Plan) -> String {
+    let ops: Vec<&str> = if plan.operations.is_empty() {
+        vec!["insert", "update", "delete", "truncate"]
+    } else {
+        [
+            (Operation::Insert, "insert"),
+            (Operation::Update, "update"),
+            (Operation::Delete, "delete"),
+            (Operation::Truncate, "truncate"),
+        ]
+        .into_iter()
+        .filter(|(op, _)| plan.operations.contains(op))
+        .map(|(_, name)| name)
+        .collect()
+    };
+    format!(
+        "publish = {}, publish_via_partition_root = {}",
+        quote_literal(&ops.join(", ")),
+        plan.publish_via_partition_root
+    )
+}
+
+/// What the publication's comment digests (pure): its tables and options.
+pub fn publication_clause(facts: &Facts, plan: &Plan) -> String {
+    format!(
+        "{} WITH ({})",
+        publication_tables(facts, plan),
+        publication_options(plan)
+    )
 }
 
 /// The tables a managed publication holds: the spec's, and the watermark
@@ -642,104 +1135,241 @@ pub fn published_tables(facts: &Facts, plan: &Plan) -> Vec<(String, String)> {
     tables
 }
 
+/// What provisioning will write to the publication (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationStep {
+    /// Existing mode, or ours and in step with the spec.
+    Nothing,
+    Create,
+    Rewrite,
+    /// It exists and is not ours.
+    Refuse,
+}
+
+/// Decide the publication's step (pure).
+pub fn publication_step(facts: &Facts, plan: &Plan, managed: &ManagedObjects) -> PublicationStep {
+    if plan.publication_mode != PublicationMode::Create {
+        return PublicationStep::Nothing;
+    }
+    if !facts.publication_exists {
+        return PublicationStep::Create;
+    }
+    if managed.publication.as_deref() != Some(plan.publication.as_str()) {
+        return PublicationStep::Refuse;
+    }
+    let clause = publication_clause(facts, plan);
+    let wanted = published_tables(facts, plan);
+    if facts
+        .publication
+        .as_ref()
+        .is_some_and(|p| publication_in_step(p, &clause, &wanted))
+    {
+        PublicationStep::Nothing
+    } else {
+        PublicationStep::Rewrite
+    }
+}
+
 /// Create or update what the capture needs. `managed` is the record of what
 /// Siphon created, updated in place (so the caller holds the latest record
 /// even when a later step fails); `record` persists it before each creation.
+///
+/// Everything that can refuse (the slot's history, the row filters) is
+/// decided before the first object is created.
 pub async fn provision<F, Fut>(
     client: &Client,
     plan: &Plan,
     facts: &Facts,
     managed: &mut ManagedObjects,
+    now: &str,
     mut record: F,
 ) -> Result<(), Unfit>
 where
     F: FnMut(ManagedObjects) -> Fut,
     Fut: std::future::Future<Output = Result<(), Unfit>>,
 {
+    let slot_step = slot::decide(managed, facts.slot, plan.snapshot_request.as_ref(), now);
+    if let SlotStep::Refuse(loss) = &slot_step {
+        let message = slot::loss_message(plan.slot.as_str(), loss, plan.snapshot_request.as_ref());
+        let reason = if loss.reason == reason::SLOT_LOST {
+            reason::SLOT_LOST
+        } else {
+            reason::SLOT_MISSING
+        };
+        managed.slot_loss = Some(loss.clone());
+        return Err(Unfit::definite(reason, message));
+    }
+    let publication_step = publication_step(facts, plan, managed);
+    if publication_step == PublicationStep::Refuse {
+        return Err(Unfit::definite(
+            reason::SLOT_CLAIMED,
+            format!(
+                "publication {} already exists and was not created by this capture: set spec.logical.publication: Existing to use it as is, or choose another publicationName",
+                plan.publication
+            ),
+        ));
+    }
+    let filters = if matches!(
+        publication_step,
+        PublicationStep::Create | PublicationStep::Rewrite
+    ) {
+        check_filters(client, plan, facts).await?
+    } else {
+        BTreeMap::new()
+    };
+
     managed.database = Some(plan.database_id.clone());
 
     if let Some((ws, wt)) = &plan.watermark {
-        if !facts.watermark_exists && managed.watermark_table.is_none() {
-            managed.watermark_table = Some(format!("{ws}.{wt}"));
+        let name = format!("{ws}.{wt}");
+        if managed.watermark_table.as_deref() != Some(name.as_str()) {
+            managed.watermark_table = Some(name);
             record(managed.clone()).await?;
         }
         if !facts.watermark_exists {
-            client
-                .batch_execute(&watermark_table_ddl(ws, wt))
-                .await
-                .map_err(|e| sql_error("creating the watermark table", e))?;
+            let created = run_all(
+                client,
+                &[
+                    watermark_table_ddl(ws, wt),
+                    format!(
+                        "COMMENT ON TABLE {} IS {}",
+                        qualified(ws, wt),
+                        quote_literal(WATERMARK_COMMENT)
+                    ),
+                ],
+                "creating the watermark table",
+            )
+            .await;
+            match created {
+                Ok(()) => {}
+                // Another capture of this database created it just now.
+                Err(_) if watermark_present(client, ws, wt).await => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    if plan.publication_mode == PublicationMode::Create {
-        let tables = publication_tables(facts, plan);
+    if matches!(
+        publication_step,
+        PublicationStep::Create | PublicationStep::Rewrite
+    ) {
+        let tables = table_clause(facts, plan, |key, filter| {
+            filters
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| filter.to_string())
+        });
+        let options = publication_options(plan);
+        let name = quote_ident(&plan.publication);
         let comment = format!(
-            "COMMENT ON PUBLICATION {} IS {}",
-            quote_ident(&plan.publication),
-            quote_literal(&publication_comment(&tables))
+            "COMMENT ON PUBLICATION {name} IS {}",
+            quote_literal(&publication_comment(&publication_clause(facts, plan)))
         );
-        if !facts.publication_exists {
+        if publication_step == PublicationStep::Create {
             if managed.publication.is_none() {
                 managed.publication = Some(plan.publication.clone());
                 record(managed.clone()).await?;
             }
-            let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish_via_partition_root = true); {comment}",
-                quote_ident(&plan.publication)
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| sql_error("creating the publication", e))?;
-        } else if managed.publication.as_deref() == Some(plan.publication.as_str()) {
-            // Ours: keep its table list in step with the spec, writing only
-            // when it is not. (Statements of one simple query commit
-            // together: the comment always describes the tables.)
-            let wanted = published_tables(facts, plan);
-            if !facts
-                .publication
-                .as_ref()
-                .is_some_and(|p| publication_in_step(p, &tables, &wanted))
-            {
-                let sql = format!(
-                    "ALTER PUBLICATION {} SET TABLE {tables}; {comment}",
-                    quote_ident(&plan.publication)
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| sql_error("updating the publication", e))?;
-            }
+            run_all(
+                client,
+                &[
+                    format!("CREATE PUBLICATION {name} FOR TABLE {tables} WITH ({options})"),
+                    comment,
+                ],
+                "creating the publication",
+            )
+            .await?;
         } else {
-            return Err(Unfit::definite(
-                reason::SLOT_CLAIMED,
-                format!(
-                    "publication {} already exists and was not created by this capture: set spec.logical.publication: Existing to use it as is, or choose another publicationName",
-                    plan.publication
-                ),
-            ));
+            // Ours: kept in step with the spec, written only when it is not;
+            // the comment always describes what the same transaction set.
+            run_all(
+                client,
+                &[
+                    format!("ALTER PUBLICATION {name} SET TABLE {tables}"),
+                    format!("ALTER PUBLICATION {name} SET ({options})"),
+                    comment,
+                ],
+                "updating the publication",
+            )
+            .await?;
         }
     }
 
-    if !facts.slot_exists {
-        if managed.slot.is_none() {
-            managed.slot = Some(plan.slot.as_str().to_string());
-            record(managed.clone()).await?;
+    match slot_step {
+        SlotStep::Keep => {}
+        SlotStep::Create | SlotStep::Recover { .. } => {
+            if let SlotStep::Recover { drop_first: true } = slot_step {
+                drop_slot(client, plan.slot.as_str()).await?;
+            }
+            if managed.slot.is_none() {
+                managed.slot = Some(plan.slot.as_str().to_string());
+                record(managed.clone()).await?;
+            }
+            match client
+                .query(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&plan.slot.as_str()],
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Created concurrently (a retried reconcile): fine.
+                Err(e) if e.code().map(|c| c.code()) == Some("42710") => {}
+                Err(e) => return Err(sql_error("creating the replication slot", e)),
+            }
+            if matches!(slot_step, SlotStep::Recover { .. }) {
+                tracing::info!(slot = %plan.slot, "replication slot created again on a re-snapshot request");
+            }
         }
-        match client
-            .query(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&plan.slot.as_str()],
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Created concurrently (a retried reconcile): fine.
-            Err(e) if e.code().map(|c| c.code()) == Some("42710") => {}
-            Err(e) => return Err(sql_error("creating the replication slot", e)),
-        }
+        SlotStep::Refuse(_) => unreachable!("refused above"),
+    }
+    // The slot exists now: from here on, its absence is a loss.
+    if !managed.slot_established || managed.slot_loss.is_some() {
+        managed.slot_established = true;
+        managed.slot_loss = None;
+        record(managed.clone()).await?;
     }
     Ok(())
+}
+
+async fn watermark_present(client: &Client, schema: &str, table: &str) -> bool {
+    client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&qualified(schema, table)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false)
+}
+
+/// End the slot's backend and drop the slot; a slot already gone is fine.
+async fn drop_slot(client: &Client, slot: &str) -> Result<(), Unfit> {
+    client
+        .query(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| sql_error("ending the slot's backend", e))?;
+    // The backend releases the slot asynchronously; retry briefly.
+    let mut attempt = 0;
+    loop {
+        let res = client
+            .query(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match res {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code().map(|c| c.code()) == Some("55006") && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(sql_error("dropping the replication slot", e)),
+        }
+    }
 }
 
 /// Facts about the slot for the status.
@@ -789,92 +1419,118 @@ pub async fn teardown(
     capture_id: &str,
 ) -> Result<(), Unfit> {
     if let Some(slot) = &managed.slot {
-        client
-            .query(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                &[slot],
-            )
-            .await
-            .map_err(|e| sql_error("ending the slot's backend", e))?;
-        // The backend releases the slot asynchronously; retry briefly.
-        let mut attempt = 0;
-        loop {
-            let res = client
-                .query(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                    &[slot],
-                )
-                .await;
-            match res {
-                Ok(_) => break,
-                Err(e) if e.code().map(|c| c.code()) == Some("55006") && attempt < 50 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(sql_error("dropping the replication slot", e)),
-            }
-        }
+        drop_slot(client, slot).await?;
     }
     if let Some(publication) = &managed.publication {
-        client
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(publication)
-            ))
-            .await
-            .map_err(|e| sql_error("dropping the publication", e))?;
+        run(
+            client,
+            &format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)),
+            "dropping the publication",
+        )
+        .await?;
     }
     for table in &managed.triggers {
-        if let Some((schema, name)) = table.split_once('.') {
+        if let Some((schema, name)) = table.split_once('.')
+            && relation_exists(client, schema, name).await?
+        {
             let trigger = format!("siphon_notify_{}", name);
-            let sql = format!(
-                "DO $$ BEGIN IF to_regclass({}) IS NOT NULL THEN EXECUTE {}; END IF; END $$",
-                quote_literal(&qualified(schema, name)),
-                quote_literal(&format!(
+            run(
+                client,
+                &format!(
                     "DROP TRIGGER IF EXISTS {} ON {}",
                     quote_ident(&trigger),
                     qualified(schema, name)
-                ))
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| sql_error("dropping a NOTIFY trigger", e))?;
+                ),
+                "dropping a NOTIFY trigger",
+            )
+            .await?;
         }
     }
     if let Some(function) = &managed.trigger_function
         && let Some((schema, name)) = function.split_once('.')
     {
-        client
-            .batch_execute(&format!(
-                "DROP FUNCTION IF EXISTS {}()",
-                qualified(schema, name)
-            ))
-            .await
-            .map_err(|e| sql_error("dropping the trigger function", e))?;
+        run(
+            client,
+            &format!("DROP FUNCTION IF EXISTS {}()", qualified(schema, name)),
+            "dropping the trigger function",
+        )
+        .await?;
     }
-    // Captures of one database share the watermark table: another teardown
-    // may drop it between the check and the DELETE, which is then done too.
     if let Some(wm) = &managed.watermark_table
         && let Some((schema, name)) = wm.split_once('.')
     {
-        let t = qualified(schema, name);
-        let sql = format!(
-            "DO $$ BEGIN IF to_regclass({lit}) IS NOT NULL THEN \
-                   DELETE FROM {t} WHERE capture = {cap}; \
-                   IF NOT EXISTS (SELECT 1 FROM {t}) THEN DROP TABLE IF EXISTS {t}; END IF; \
-                 END IF; \
-                 EXCEPTION WHEN undefined_table THEN NULL; \
-                 END $$",
-            lit = quote_literal(&t),
-            cap = quote_literal(capture_id),
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| sql_error("dropping the watermark table", e))?;
+        leave_watermark_table(client, schema, name, capture_id).await?;
     }
     Ok(())
+}
+
+async fn relation_exists(client: &Client, schema: &str, name: &str) -> Result<bool, Unfit> {
+    client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&qualified(schema, name)],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| sql_error("looking up a table", e))
+}
+
+/// Delete the capture's watermark row, then drop the table if no other
+/// capture's row is left and Siphon created it (its comment says so). The
+/// table lock (SHARE ROW EXCLUSIVE conflicts with itself) makes concurrent
+/// teardowns take turns, so the last one sees the table empty; a table
+/// another teardown dropped first is no error.
+async fn leave_watermark_table(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    capture_id: &str,
+) -> Result<(), Unfit> {
+    let context = "removing the watermark row";
+    let t = qualified(schema, name);
+    run(client, "BEGIN", context).await?;
+    let result = async {
+        run(client, "SET LOCAL lock_timeout = '10s'", context).await?;
+        if !relation_exists(client, schema, name).await? {
+            return Ok(());
+        }
+        match client
+            .execute(format!("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").as_str(), &[])
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => return Ok(()),
+            Err(e) => return Err(sql_error(context, e)),
+        }
+        client
+            .execute(format!("DELETE FROM {t} WHERE capture = $1").as_str(), &[&capture_id])
+            .await
+            .map_err(|e| sql_error(context, e))?;
+        let row = client
+            .query_one(
+                format!(
+                    "SELECT NOT EXISTS (SELECT 1 FROM {t}), obj_description(to_regclass($1), 'pg_class') = $2"
+                )
+                .as_str(),
+                &[&t, &WATERMARK_COMMENT],
+            )
+            .await
+            .map_err(|e| sql_error(context, e))?;
+        let empty: bool = row.get(0);
+        let ours: Option<bool> = row.get(1);
+        if empty && ours == Some(true) {
+            run(client, &format!("DROP TABLE {t}"), "dropping the watermark table").await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => run(client, "COMMIT", context).await,
+        Err(e) => {
+            let _ = run(client, "ROLLBACK", context).await;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -899,7 +1555,8 @@ mod tests {
         let mut facts = Facts {
             server_version_num: 150_004,
             tables: vec![("public".into(), "orders".into())],
-            slot_exists: false,
+            identities: BTreeMap::new(),
+            slot: None,
             publication_exists: false,
             publication: None,
             watermark_exists: false,
@@ -907,6 +1564,23 @@ mod tests {
         assert_eq!(
             publication_tables(&facts, &plan),
             "\"public\".\"orders\" (\"id\", \"total\") WHERE (total > 0), \"public\".\"siphon_watermarks\""
+        );
+        // The replica identity always joins the column list.
+        facts.identities.insert(
+            ("public".into(), "orders".into()),
+            Identity::Columns(vec!["region".into(), "id".into()]),
+        );
+        assert_eq!(
+            publication_tables(&facts, &plan),
+            "\"public\".\"orders\" (\"id\", \"total\", \"region\") WHERE (total > 0), \"public\".\"siphon_watermarks\""
+        );
+        // Under REPLICA IDENTITY FULL every column is identity: no list.
+        facts
+            .identities
+            .insert(("public".into(), "orders".into()), Identity::Full);
+        assert_eq!(
+            publication_tables(&facts, &plan),
+            "\"public\".\"orders\" WHERE (total > 0), \"public\".\"siphon_watermarks\""
         );
         facts.server_version_num = 140_000;
         assert_eq!(
@@ -921,12 +1595,16 @@ mod tests {
         let facts = Facts {
             server_version_num: 150_004,
             tables: vec![("public".into(), "orders".into())],
-            slot_exists: true,
+            identities: BTreeMap::new(),
+            slot: Some(SlotFacts {
+                active: true,
+                lost: false,
+            }),
             publication_exists: true,
             publication: None,
             watermark_exists: true,
         };
-        let clause = publication_tables(&facts, &plan);
+        let clause = publication_clause(&facts, &plan);
         let wanted = published_tables(&facts, &plan);
         assert_eq!(
             wanted,
@@ -953,6 +1631,62 @@ mod tests {
             ..current.clone()
         };
         assert!(!publication_in_step(&bare, &clause, &wanted));
+    }
+
+    #[test]
+    fn publication_options_follow_operations_and_partition_root() {
+        let plan = validate(&fixture("default", "shop", SPEC), &[]).unwrap();
+        assert_eq!(
+            publication_options(&plan),
+            "publish = 'insert, update, delete, truncate', publish_via_partition_root = true"
+        );
+        let spec = SPEC.replace(
+            "tables:",
+            "logical: { operations: [truncate, insert], publishViaPartitionRoot: false }\ntables:",
+        );
+        let plan = validate(&fixture("default", "shop", &spec), &[]).unwrap();
+        assert_eq!(
+            publication_options(&plan),
+            "publish = 'insert, truncate', publish_via_partition_root = false"
+        );
+    }
+
+    #[test]
+    fn a_filter_outside_the_replica_identity_names_the_three_ways_out() {
+        let checked = CheckedFilter {
+            canonical: "(qty > 10)".into(),
+            columns: vec!["qty".into()],
+        };
+        let unfit = filter_outside_identity(
+            "public",
+            "b",
+            &checked,
+            &Identity::Columns(vec!["id".into()]),
+        )
+        .unwrap();
+        assert_eq!(unfit.reason, reason::FILTER_OUTSIDE_REPLICA_IDENTITY);
+        assert!(!unfit.transient);
+        for way_out in [
+            "REPLICA IDENTITY FULL",
+            "operations: [insert]",
+            "replica identity columns",
+        ] {
+            assert!(unfit.message.contains(way_out), "{}", unfit.message);
+        }
+        assert!(filter_outside_identity("public", "b", &checked, &Identity::Full).is_none());
+        let on_key = CheckedFilter {
+            canonical: "(id > 10)".into(),
+            columns: vec!["id".into()],
+        };
+        assert!(
+            filter_outside_identity(
+                "public",
+                "b",
+                &on_key,
+                &Identity::Columns(vec!["id".into()])
+            )
+            .is_none()
+        );
     }
 
     #[test]

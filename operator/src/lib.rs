@@ -11,5 +11,6 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod names;
+pub mod slot;
 pub mod status;
 pub mod validate;

@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use siphon_crds::capture::{CaptureMode, PostgresCapture, PublicationMode, TableSpec};
+use siphon_crds::capture::{
+    CaptureMode, Operation, PostgresCapture, PublicationMode, SnapshotRequest, TableSpec,
+};
 use siphon_crds::conditions::reason;
 use siphon_crds::{duration, kafka_options};
 
@@ -51,6 +53,25 @@ pub struct Plan {
     pub heartbeat: Duration,
     /// `host:port/database`, identifying the database for claims and status.
     pub database_id: String,
+    /// Operations to capture; all when empty (`spec.logical.operations`).
+    pub operations: Vec<Operation>,
+    /// `spec.logical.publishViaPartitionRoot`.
+    pub publish_via_partition_root: bool,
+    /// The on-demand re-snapshot the spec asks for, if any.
+    pub snapshot_request: Option<SnapshotRequest>,
+}
+
+impl Plan {
+    /// Whether updates or deletes are captured: then PostgreSQL demands that
+    /// a publication's row filters and column lists stay within the replica
+    /// identity, or it refuses the application's UPDATE and DELETE.
+    pub fn publishes_updates_or_deletes(&self) -> bool {
+        self.operations.is_empty()
+            || self
+                .operations
+                .iter()
+                .any(|o| matches!(o, Operation::Update | Operation::Delete))
+    }
 }
 
 /// Split `schema.table`; both parts non-empty.
@@ -99,6 +120,20 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
             return Err(invalid(format!(
                 "spec.tables[{i}]: columns and keyColumns need a single table, not {:?}",
                 t.name
+            )));
+        }
+        if t.filter.is_some()
+            && spec.mode == CaptureMode::Logical
+            && logical.publication == PublicationMode::Existing
+        {
+            return Err(invalid(format!(
+                "spec.tables[{i}].filter: with spec.logical.publication: Existing the publication decides which rows stream; put the row filter in the publication (ALTER PUBLICATION … SET TABLE {} WHERE (…)) and remove it here",
+                t.name
+            )));
+        }
+        if t.filter.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            return Err(invalid(format!(
+                "spec.tables[{i}].filter is empty: remove it or write a boolean expression"
             )));
         }
         tables.push(TableRef {
@@ -152,6 +187,9 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         watermark,
         heartbeat,
         database_id,
+        operations: logical.operations.clone(),
+        publish_via_partition_root: logical.publish_via_partition_root,
+        snapshot_request: snapshot.request.clone(),
     };
     if plan.mode == CaptureMode::Logical
         && let Some(conflict) = claim_conflict(capture, &plan, others)
@@ -321,6 +359,36 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
             &spec.replace("database: shop", "database: other"),
         );
         assert!(validate(&fixture("b", "second", &spec), &[other]).is_ok());
+    }
+
+    #[test]
+    fn a_filter_with_an_existing_publication_is_refused() {
+        let spec = SPEC
+            .replace(
+                "{ name: public.orders }",
+                "{ name: public.orders, filter: \"total > 0\" }",
+            )
+            .replace("tables:", "logical: { publication: Existing }\ntables:");
+        let err = validate(&fixture("default", "x", &spec), &[]).unwrap_err();
+        assert!(err.message.contains("ALTER PUBLICATION"), "{}", err.message);
+    }
+
+    #[test]
+    fn only_inserts_leave_row_filters_free_of_the_replica_identity() {
+        let plan = validate(&fixture("default", "x", SPEC), &[]).unwrap();
+        assert!(plan.publishes_updates_or_deletes());
+        let spec = SPEC.replace(
+            "tables:",
+            "logical: { operations: [insert, truncate] }\ntables:",
+        );
+        let plan = validate(&fixture("default", "x", &spec), &[]).unwrap();
+        assert!(!plan.publishes_updates_or_deletes());
+        let spec = SPEC.replace(
+            "tables:",
+            "logical: { operations: [insert, delete] }\ntables:",
+        );
+        let plan = validate(&fixture("default", "x", &spec), &[]).unwrap();
+        assert!(plan.publishes_updates_or_deletes());
     }
 
     #[test]

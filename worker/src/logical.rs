@@ -88,7 +88,7 @@ pub enum CaptureError {
         source: tokio_postgres::Error,
     },
     #[error(
-        "replication slot {slot} does not exist: the operator (or `logical.createSlot: true`) must create it; a new slot would silently skip changes"
+        "replication slot {slot} does not exist: a new slot would silently skip the changes in between, so nothing streams until a person chooses (in Kubernetes a new spec.snapshot.request.id makes the operator create a new slot and backfill every table; standalone, `logical.createSlot: true`)"
     )]
     SlotMissing { slot: String },
     #[error(
@@ -99,6 +99,10 @@ pub enum CaptureError {
         "replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot"
     )]
     SlotActive { slot: String, pid: i32 },
+    /// A blocking task panicked: its outcome is unknown, so it is never
+    /// taken for a success (an empty position would restart from nothing).
+    #[error("{task} panicked; the worker stops rather than guess its outcome")]
+    Panicked { task: &'static str },
 }
 
 impl CaptureError {
@@ -133,6 +137,7 @@ impl CaptureError {
             CaptureError::SlotMissing { .. } => "slot_missing",
             CaptureError::SlotLost { .. } => "slot_lost",
             CaptureError::SlotActive { .. } => "slot_active",
+            CaptureError::Panicked { .. } => "panicked",
         }
     }
 }
@@ -602,7 +607,9 @@ pub async fn run(
             offsets::load(&props, &topic, &key, Duration::from_secs(15))
         })
         .await
-        .unwrap_or(Ok(None))?
+        .map_err(|_| CaptureError::Panicked {
+            task: "loading the position",
+        })??
         .unwrap_or_default()
     };
 

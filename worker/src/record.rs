@@ -58,6 +58,11 @@ pub struct EncoderSettings {
     pub topic_prefix: String,
     /// Database name, `source.db`.
     pub database: String,
+    /// The columns the spec selects, per `schema.table` (tables with a
+    /// `columns` list only). Records hold these and the key columns, also
+    /// where the publication sends every column (no column lists before
+    /// PostgreSQL 15, none under REPLICA IDENTITY FULL).
+    pub selected_columns: HashMap<String, Vec<String>>,
 }
 
 impl EncoderSettings {
@@ -69,6 +74,12 @@ impl EncoderSettings {
             tombstones: config.kafka.tombstones,
             topic_prefix: config.kafka.topic_prefix.clone(),
             database: config.postgres.database.clone(),
+            selected_columns: config
+                .tables
+                .iter()
+                .filter(|t| !t.columns.is_empty())
+                .map(|t| (t.name.clone(), t.columns.clone()))
+                .collect(),
         }
     }
 }
@@ -97,6 +108,9 @@ struct TablePlan {
     topic: Arc<str>,
     columns: Vec<ColumnPlan>,
     key_columns: Vec<usize>,
+    /// Indexes of the columns a row is written with, in order: every column,
+    /// or the spec's selection and the key columns.
+    emitted: Vec<usize>,
     /// `,"schema":"…","table":"…","txId":`
     source_tail: Vec<u8>,
     /// `"schema.table"` as a JSON string.
@@ -356,6 +370,17 @@ impl RecordEncoder {
             .filter(|(_, c)| c.is_key)
             .map(|(i, _)| i)
             .collect();
+        let selection = self
+            .settings
+            .selected_columns
+            .get(&format!("{}.{}", relation.schema, relation.name));
+        let emitted = relation
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| selection.is_none_or(|s| c.is_key || s.contains(&c.name)))
+            .map(|(i, _)| i)
+            .collect();
         let mut source_tail = b",\"schema\":".to_vec();
         json::write_str(&mut source_tail, relation.schema.as_bytes());
         source_tail.extend_from_slice(b",\"table\":");
@@ -371,6 +396,7 @@ impl RecordEncoder {
             topic: Arc::from(self.topic_for(&relation.schema, &relation.name)),
             columns,
             key_columns,
+            emitted,
             source_tail,
             qualified,
             warned: HashSet::new(),
@@ -421,13 +447,14 @@ impl Ctx<'_> {
         Some(out)
     }
 
-    /// A whole row as an object with every column of the relation.
+    /// A whole row as an object with every emitted column of the relation.
     fn row(&mut self, side: Side<'_>, out: &mut Vec<u8>) {
         out.push(b'{');
-        for i in 0..self.plan.columns.len() {
-            if i > 0 {
+        for n in 0..self.plan.emitted.len() {
+            if n > 0 {
                 out.push(b',');
             }
+            let i = self.plan.emitted[n];
             out.extend_from_slice(&self.plan.columns[i].name);
             self.column(i, side, out);
         }

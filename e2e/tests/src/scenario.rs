@@ -185,6 +185,66 @@ impl Scenario {
             .get(0)
     }
 
+    /// What Siphon could leave behind in this scenario's database, one line
+    /// per object: its replication slots, publications, tables (views and
+    /// sequences too), triggers and functions outside the system schemas.
+    /// Equal before a capture and after its deletion, or something leaked.
+    pub async fn census(&self) -> Vec<String> {
+        self.pg
+            .query(
+                "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE database = current_database() \
+                 UNION ALL SELECT 'publication ' || pubname FROM pg_publication \
+                 UNION ALL SELECT 'relation ' || n.nspname || '.' || c.relname FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 UNION ALL SELECT 'trigger ' || tgrelid::regclass || '.' || tgname FROM pg_trigger WHERE NOT tgisinternal \
+                 UNION ALL SELECT 'function ' || n.nspname || '.' || p.proname FROM pg_proc p \
+                   JOIN pg_namespace n ON n.oid = p.pronamespace \
+                   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("database census")
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    }
+
+    /// Wait until the Ready condition carries `reason`; returns its message.
+    pub async fn wait_ready_reason(&self, name: &str, reason: &str, timeout: Duration) -> String {
+        let api = self.captures();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            if let Ok(c) = api.get(name).await {
+                let ready = c
+                    .status
+                    .into_iter()
+                    .flat_map(|s| s.conditions)
+                    .find(|c| c.type_ == "Ready");
+                if let Some(ready) = ready {
+                    if ready.reason == reason {
+                        return ready.message;
+                    }
+                    last = format!(
+                        "{}={} {}: {}",
+                        ready.type_, ready.status, ready.reason, ready.message
+                    );
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {}/{name} to be not Ready with reason {reason}; last: {last}",
+                    self.ns
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Delete the namespace (captures are deleted first so finalizers run).
     pub async fn cleanup(self) {
         if let Ok(list) = self.captures().list(&Default::default()).await {

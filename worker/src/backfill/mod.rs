@@ -103,7 +103,7 @@ pub enum BackfillError {
         sql_name: String,
     },
     #[error(
-        "publication {publication} does not publish inserts and updates of the watermark table {table}, so no backfill chunk could ever complete: run `ALTER PUBLICATION {} ADD TABLE {sql_name}` (with publish including insert and update)",
+        "publication {publication} does not publish inserts of the watermark table {table}, so no backfill chunk could ever complete: run `ALTER PUBLICATION {} ADD TABLE {sql_name}` (with publish including insert)",
         quote_ident(publication)
     )]
     WatermarkNotPublished {
@@ -112,7 +112,7 @@ pub enum BackfillError {
         sql_name: String,
     },
     #[error(
-        "cannot write the watermark table {table}: {source}; the capture's role needs INSERT and UPDATE on it (GRANT INSERT, UPDATE ON {sql_name} TO <role>)"
+        "cannot write the watermark table {table}: {source}; the capture's role needs INSERT and DELETE on it (GRANT INSERT, DELETE ON {sql_name} TO <role>)"
     )]
     WatermarkWrite {
         table: String,

@@ -68,11 +68,17 @@ impl WatermarkTable {
     }
 
     /// Writing one watermark: `$1` the capture, `$2` the watermark text.
+    ///
+    /// The row is deleted and inserted again rather than updated, so that
+    /// the watermark reaches the stream as an INSERT: a publication that
+    /// publishes inserts only (`logical.operations: [insert]`, the way a row
+    /// filter may use any column) still carries it. The count over the
+    /// deleted rows makes the DELETE run before the INSERT.
     pub fn upsert_sql(&self) -> String {
         format!(
-            "INSERT INTO {} (capture, watermark) VALUES ($1, $2) \
-             ON CONFLICT (capture) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()",
-            self.sql_name()
+            "WITH gone AS (DELETE FROM {t} WHERE capture = $1 RETURNING 1) \
+             INSERT INTO {t} (capture, watermark) SELECT $1, $2::text FROM (SELECT count(*) FROM gone) AS done",
+            t = self.sql_name()
         )
     }
 }
@@ -138,7 +144,8 @@ impl TablePlan {
             }
         }
         if let Some(filter) = &self.filter {
-            conditions.push(format!("({filter})"));
+            // The newline ends a `--` comment of a spec's filter.
+            conditions.push(format!("({filter}\n)"));
         }
         let mut sql = format!(
             "SELECT {columns} FROM {}.{}",
@@ -183,6 +190,9 @@ pub struct TableFacts {
     pub columns: Vec<(String, u32, i32)>,
     /// Columns the publication sends (its column list), when known.
     pub published: Option<Vec<String>>,
+    /// The publication's row filter as PostgreSQL renders it (15+; `None`
+    /// when the table is published unfiltered or the server has none).
+    pub row_filter: Option<String>,
     /// Key columns (INCLUDE columns left out) of the primary key.
     pub primary_key: Vec<String>,
     /// Key columns of the replica identity index (identity `i`).
@@ -290,7 +300,14 @@ pub fn plan_table(facts: &TableFacts, spec: &TableSpec) -> Result<TablePlan, Bac
         }),
         key_names,
         key_positions,
-        filter: spec.filter.clone(),
+        // The backfill reads what the stream sends: the publication's own
+        // row filter where the server has row filters and the publication
+        // was read; the spec's only where it cannot be (standalone, < 15).
+        filter: if facts.published.is_some() {
+            facts.row_filter.clone()
+        } else {
+            spec.filter.clone()
+        },
         rows_estimated,
         table_columns: Arc::new(facts.columns.clone()),
     })
@@ -427,17 +444,23 @@ pub async fn load_facts(
             unique_not_null.push(keys);
         }
     }
-    let published = if server_version_num >= 150_000 {
+    let (published, row_filter) = if server_version_num >= 150_000 {
         sql.query_opt(
-            "SELECT attnames::text[] FROM pg_publication_tables \
+            "SELECT attnames::text[], rowfilter FROM pg_publication_tables \
              WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
             &[&publication, &schema, &name],
         )
         .await
         .map_err(sql_err("reading the publication's column list", qualified))?
-        .map(|r| r.get::<_, Vec<String>>(0))
+        .map(|r| {
+            (
+                Some(r.get::<_, Vec<String>>(0)),
+                r.get::<_, Option<String>>(1),
+            )
+        })
+        .unwrap_or((None, None))
     } else {
-        None
+        (None, None)
     };
     Ok(TableFacts {
         oid,
@@ -446,6 +469,7 @@ pub async fn load_facts(
         replica_identity: identity.bytes().next().unwrap_or(b'd'),
         columns,
         published,
+        row_filter,
         primary_key,
         identity_index,
         unique_not_null,
@@ -480,7 +504,7 @@ pub async fn check_watermark(
     }
     let published = sql
         .query_opt(
-            "SELECT p.pubinsert AND p.pubupdate FROM pg_publication p \
+            "SELECT p.pubinsert FROM pg_publication p \
              JOIN pg_publication_tables pt ON pt.pubname = p.pubname \
              WHERE p.pubname = $1 AND pt.schemaname = $2 AND pt.tablename = $3",
             &[&publication, &watermark.schema, &watermark.name],
@@ -524,6 +548,7 @@ mod tests {
                 "sku".into(),
                 "price".into(),
             ]),
+            row_filter: None,
             primary_key: vec!["order_id".into(), "line".into()],
             identity_index: vec![],
             unique_not_null: vec![vec!["order_id".into(), "line".into()], vec!["sku".into()]],
@@ -555,9 +580,10 @@ mod tests {
         let mut f = facts();
         f.primary_key = vec!["order_id".into()];
         f.published = Some(vec!["sku".into()]);
+        f.row_filter = Some("(price > (10)::numeric)".into());
         f.reltuples = 1234.4;
         let mut s = spec("public.order lines");
-        s.filter = Some("price > 10".into());
+        s.filter = Some("price > 10 -- spec".into());
         let plan = plan_table(&f, &s).unwrap();
         let names: Vec<&str> = plan
             .relation
@@ -581,7 +607,14 @@ mod tests {
         );
         assert_eq!(
             plan.chunk_sql(Some(&[Some("9".into())]), 5),
-            r#"SELECT "order_id", "sku" FROM "public"."order lines" WHERE "order_id" > '9' AND (price > 10) ORDER BY "order_id" LIMIT 5"#
+            "SELECT \"order_id\", \"sku\" FROM \"public\".\"order lines\" WHERE \"order_id\" > '9' AND ((price > (10)::numeric)\n) ORDER BY \"order_id\" LIMIT 5",
+            "the publication's own row filter, as the stream applies it"
+        );
+        // Where the publication's filter cannot be read (no row filters
+        // before 15), the spec's; its comment cannot swallow the query.
+        assert_eq!(
+            plan_all.chunk_sql(None, 5),
+            "SELECT \"order_id\", \"line\", \"sku\", \"price\" FROM \"public\".\"order lines\" WHERE (price > 10 -- spec\n) ORDER BY \"order_id\" LIMIT 5"
         );
     }
 
@@ -649,7 +682,7 @@ mod tests {
         let wm = WatermarkTable::parse("public.siphon_watermarks");
         assert_eq!(
             wm.upsert_sql(),
-            r#"INSERT INTO "public"."siphon_watermarks" (capture, watermark) VALUES ($1, $2) ON CONFLICT (capture) DO UPDATE SET watermark = EXCLUDED.watermark, updated_at = now()"#
+            r#"WITH gone AS (DELETE FROM "public"."siphon_watermarks" WHERE capture = $1 RETURNING 1) INSERT INTO "public"."siphon_watermarks" (capture, watermark) SELECT $1, $2::text FROM (SELECT count(*) FROM gone) AS done"#
         );
         assert_eq!(WatermarkTable::parse("wm").schema, "public");
         assert!(wm.ddl().starts_with(

@@ -74,6 +74,7 @@ fn settings(format: RecordFormat) -> EncoderSettings {
         tombstones: true,
         topic_prefix: "shop".into(),
         database: "shopdb".into(),
+        selected_columns: HashMap::new(),
     }
 }
 
@@ -129,6 +130,30 @@ fn envelope(before: Value, after: Value, op: &str) -> Value {
 
 fn after_value(id: i64, total: &str, note: Value) -> Value {
     json!({"id": id, "OrderTotal": total, "note": note, "tags": ["a", "b"], "blob": "AQ==", "counts": null})
+}
+
+#[test]
+fn a_column_selection_keeps_the_listed_and_the_key_columns_only() {
+    // Where the publication sends every column (no column lists before
+    // PostgreSQL 15, none under REPLICA IDENTITY FULL) the worker drops
+    // the others itself.
+    let mut s = settings(RecordFormat::Debezium);
+    s.selected_columns
+        .insert("public.orders".into(), vec!["note".into()]);
+    let mut enc = encoder(s);
+    let c = change(
+        Op::Insert,
+        relation(b'd'),
+        None,
+        Some(row("7", "1.50", t("hi"))),
+    );
+    let out = encode(&mut enc, &c);
+    assert_eq!(parse(&out[0].key), json!({ "id": 7 }));
+    assert_eq!(
+        parse(&out[0].value)["after"],
+        json!({ "id": 7, "note": "hi" }),
+        "the listed column and the key, nothing else"
+    );
 }
 
 #[test]

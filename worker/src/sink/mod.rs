@@ -46,6 +46,12 @@ pub enum SinkError {
         #[source]
         source: KafkaError,
     },
+    /// The blocking task running a producer call panicked: whether the call
+    /// took effect is unknown, so nothing is confirmed and the worker stops.
+    #[error(
+        "the Kafka producer's {call} panicked; the worker restarts from its last confirmed position"
+    )]
+    Panicked { call: &'static str },
     #[error("kafka refused the records for good ({code:?}): {hint}")]
     Fatal {
         code: Option<RDKafkaErrorCode>,
@@ -289,7 +295,7 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
-            .unwrap_or(Ok(()))
+            .map_err(|_| SinkError::Panicked { call: "flush" })?
             .map_err(classify)?;
         self.check()
     }
@@ -299,7 +305,9 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
             .await
-            .unwrap_or(Ok(()))
+            .map_err(|_| SinkError::Panicked {
+                call: "init_transactions",
+            })?
             .map_err(classify)
     }
 
@@ -313,7 +321,9 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
             .await
-            .unwrap_or(Ok(()))
+            .map_err(|_| SinkError::Panicked {
+                call: "commit_transaction",
+            })?
             .map_err(classify)?;
         self.check()
     }
@@ -323,7 +333,9 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         let producer = self.producer.clone();
         tokio::task::spawn_blocking(move || producer.abort_transaction(timeout))
             .await
-            .unwrap_or(Ok(()))
+            .map_err(|_| SinkError::Panicked {
+                call: "abort_transaction",
+            })?
             .map_err(classify)
     }
 
