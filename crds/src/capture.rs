@@ -24,6 +24,7 @@ use crate::status::PostgresCaptureStatus;
     singular = "postgrescapture",
     shortname = "pgcap",
     category = "siphon",
+    doc = "A PostgresCapture streams the changes of PostgreSQL tables into Kafka topics: the operator checks the database, creates the publication, replication slot and watermark table, runs one worker that captures by logical replication (or by polling), reports progress and health in the status, and drops what it created on deletion.",
     namespaced,
     status = "PostgresCaptureStatus",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
@@ -317,7 +318,9 @@ pub struct SnapshotSpec {
     /// Re-snapshot tables on demand: change `id` (any new string, e.g. a date)
     /// and the listed tables (all captured tables when empty) are backfilled
     /// again. Suits GitOps: the request is part of the desired state, and
-    /// status.snapshot.completedRequest shows when it is done.
+    /// status.progress.completedSnapshotRequest shows when it is done. After
+    /// a slot was lost or dropped (`SlotLost`, `SlotMissing`), a new id with
+    /// no tables is how to go on: a new slot, every table read again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<SnapshotRequest>,
 }

@@ -16,6 +16,15 @@ pub const BACKFILL_COMPLETE: &str = "BackfillComplete";
 pub const WAL_HEALTHY: &str = "WalHealthy";
 /// The finalizer could not remove database objects.
 pub const TEARDOWN_BLOCKED: &str = "TeardownBlocked";
+/// Written by the worker: its capture loop runs. False with the reason when
+/// it is interrupted (retrying) or stopped for good (and the fix).
+pub const CAPTURING: &str = "Capturing";
+/// Written by the worker: Kafka's brokers answer. False while every broker
+/// is down (records wait in the worker; nothing is lost).
+pub const KAFKA_AVAILABLE: &str = "KafkaAvailable";
+/// The conditions the worker writes under its own field manager; the
+/// operator reads them (Ready sums them up) and never writes them.
+pub const WORKER_OWNED: [&str; 2] = [CAPTURING, KAFKA_AVAILABLE];
 
 /// Reasons, in CamelCase as Kubernetes expects.
 pub mod reason {
@@ -60,4 +69,16 @@ pub mod reason {
     /// An existing publication's column list or row filter makes PostgreSQL
     /// refuse the application's UPDATE or DELETE.
     pub const PUBLICATION_BREAKS_WRITES: &str = "PublicationBreaksWrites";
+    /// Every Kafka broker is down (`KafkaAvailable=False`).
+    pub const KAFKA_UNREACHABLE: &str = "KafkaUnreachable";
+    /// Kafka answers (`KafkaAvailable=True`).
+    pub const KAFKA_REACHABLE: &str = "KafkaReachable";
+    /// The worker's capture loop was interrupted and restarts by itself.
+    pub const CAPTURE_INTERRUPTED: &str = "CaptureInterrupted";
+    /// Kafka refused the records for good (authorization, a record too
+    /// large, an invalid topic): the worker stopped.
+    pub const KAFKA_REFUSED: &str = "KafkaRefused";
+    /// The worker stopped for a reason a person must fix (its message says
+    /// which and how).
+    pub const CAPTURE_FAILED: &str = "CaptureFailed";
 }

@@ -11,6 +11,22 @@ pub struct DurationError {
 }
 
 /// Parse `500ms`, `10s`, `1m30s`, `2h`.
+/// The shortest `logical.heartbeatInterval` a worker accepts: a heartbeat is
+/// a write into the WAL, and a shorter one would be load, not safety.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// The shortest `polling.interval`: each round queries every table.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Parse a duration and require at least `min`; the error names the minimum.
+pub fn parse_at_least(text: &str, min: Duration) -> Result<Duration, String> {
+    match parse(text) {
+        Ok(d) if d >= min => Ok(d),
+        Ok(_) => Err(format!("must be at least {}ms", min.as_millis())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let err = || DurationError {
         text: text.to_string(),

@@ -363,6 +363,9 @@ pub fn worker_objects(
             format!("$(POD_IP):{}", names::WORKER_METRICS_PORT),
         ]),
         env: Some(env),
+        // The worker writes why it stopped into the status; what it could
+        // not write (a crash) is the tail of its log in lastState.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: names::WORKER_METRICS_PORT,

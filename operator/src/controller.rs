@@ -176,6 +176,12 @@ pub fn worth_a_reconcile(capture: &PostgresCapture) -> Option<u64> {
     capture.metadata.generation.hash(&mut h);
     capture.metadata.deletion_timestamp.is_some().hash(&mut h);
     capture.metadata.finalizers.hash(&mut h);
+    // The worker's own conditions: Ready follows them at once.
+    for c in capture.status.iter().flat_map(|s| &s.conditions) {
+        if conditions::WORKER_OWNED.contains(&c.type_.as_str()) {
+            (&c.type_, &c.status, &c.reason).hash(&mut h);
+        }
+    }
     if let Some(progress) = capture.status.as_ref().and_then(|s| s.progress.as_ref()) {
         progress.completed_snapshot_request.hash(&mut h);
         for table in &progress.tables {
@@ -490,13 +496,19 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
         }
         Err(_) => Duration::from_secs(15),
     };
-    let phase = status::summarize_ready(&mut conds, generation, capture.spec.suspend);
+    let mut phase = status::summarize_ready(&mut conds, generation, capture.spec.suspend);
+    // A wait that may end by itself (an unreachable server, no free slot) is
+    // not a failure a person must act on.
+    if phase == "Failed" && matches!(&outcome, Err(Error::Unfit(u)) if u.transient) {
+        phase = "Pending";
+    }
 
     laps.lap("conditions");
     let status = json!({
         "observedGeneration": generation,
         "phase": phase,
-        "conditions": conds,
+        // The worker's conditions stay the worker's (its own field manager).
+        "conditions": status::operator_owned(&conds),
         "managed": managed,
         "slot": slot,
     });
@@ -988,13 +1000,18 @@ async fn hold_secrets(
     for secret in names_held {
         // Holding is one server-side apply per capture on a Secret that many
         // captures may share; once held, a GET tells so and the write (which
-        // contends with every other capture's) is skipped.
-        if hold
-            && let Some(current) = secrets.get_opt(&secret).await?
-            && holds(&current, &manager)
-        {
-            seen.push(current);
-            continue;
+        // contends with every other capture's) is skipped. A Secret that does
+        // not exist is not held: an apply would create an empty one, and
+        // read_credentials reports it missing.
+        if hold {
+            match secrets.get_opt(&secret).await? {
+                None => continue,
+                Some(current) if holds(&current, &manager) => {
+                    seen.push(current);
+                    continue;
+                }
+                Some(_) => {}
+            }
         }
         let finalizers: Vec<&str> = if hold {
             vec![names::SECRET_FINALIZER]

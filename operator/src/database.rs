@@ -36,6 +36,7 @@ use siphon_crds::status::{ManagedObjects, SlotStatus};
 use siphon_worker::replication::connection::{SslMode as WorkerSslMode, tls_config};
 use tokio_postgres::{Client, NoTls};
 
+use crate::platform::{self, Platform};
 use crate::slot::{self, SlotFacts, SlotStep};
 use crate::validate::{Plan, TableRef};
 
@@ -360,15 +361,23 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
              current_setting('max_replication_slots')::int, \
              (SELECT count(*)::int FROM pg_replication_slots), \
              current_setting('max_wal_senders')::int, \
-             (SELECT count(*)::int FROM pg_stat_replication) \
+             (SELECT count(*)::int FROM pg_stat_replication), \
+             ARRAY(SELECT rolname::text FROM pg_roles WHERE rolname = ANY ($1)), \
+             CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') \
+                  THEN pg_has_role(current_user, 'rds_replication', 'MEMBER') ELSE false END, \
+             current_user::text \
              FROM pg_roles r WHERE r.rolname = current_user",
-            &[],
+            &[&platform::MARKER_ROLES.as_slice()],
         )
         .await
         .map_err(q("reading server settings"))?;
     let version: i32 = row.get(0);
     let wal_level: String = row.get(1);
-    let can_replicate: bool = row.get::<_, bool>(2) || row.get::<_, bool>(3);
+    let platform = Platform::detect(&row.get::<_, Vec<String>>(8));
+    let user: String = row.get(10);
+    // REPLICATION, superuser, or (Amazon RDS, Aurora) rds_replication.
+    let can_replicate: bool =
+        row.get::<_, bool>(2) || row.get::<_, bool>(3) || row.get::<_, bool>(9);
     let can_create_in_db: bool = client
         .query_one(
             "SELECT has_database_privilege(current_database(), 'CREATE')",
@@ -395,14 +404,18 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
             return Err(Unfit::definite(
                 reason::WAL_LEVEL_NOT_LOGICAL,
                 format!(
-                    "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart PostgreSQL (or use mode: Polling)"
+                    "wal_level is {wal_level}: {} (or use mode: Polling)",
+                    platform.enable_logical()
                 ),
             ));
         }
         if !can_replicate {
             return Err(Unfit::definite(
                 reason::MISSING_REPLICATION_PRIVILEGE,
-                "the role lacks the REPLICATION attribute: run ALTER ROLE <user> WITH REPLICATION (or use mode: Polling)",
+                format!(
+                    "role {user:?} may not replicate: {} (or use mode: Polling)",
+                    platform.grant_replication(&user)
+                ),
             ));
         }
         // wal_status exists from PostgreSQL 13.
@@ -484,18 +497,15 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 .collect(),
         });
     let publication_exists = publication.is_some();
-    if logical && plan.publication_mode == PublicationMode::Existing {
-        if !publication_exists {
-            return Err(Unfit::definite(
-                reason::PUBLICATION_NOT_FOUND,
-                format!(
-                    "publication {} does not exist: create it (CREATE PUBLICATION {} FOR TABLE ...) or set spec.logical.publication: Create",
-                    plan.publication,
-                    quote_ident(&plan.publication)
-                ),
-            ));
-        }
-        check_existing_publication(client, plan, version, &tables, &identities).await?;
+    if logical && plan.publication_mode == PublicationMode::Existing && !publication_exists {
+        return Err(Unfit::definite(
+            reason::PUBLICATION_NOT_FOUND,
+            format!(
+                "publication {} does not exist: create it (CREATE PUBLICATION {} FOR TABLE ...) or set spec.logical.publication: Create",
+                plan.publication,
+                quote_ident(&plan.publication)
+            ),
+        ));
     }
 
     let mut watermark_exists = false;
@@ -521,6 +531,18 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 ));
             }
         }
+    }
+
+    if logical && plan.publication_mode == PublicationMode::Existing {
+        check_existing_publication(
+            client,
+            plan,
+            version,
+            &tables,
+            &identities,
+            watermark_exists,
+        )
+        .await?;
     }
 
     Ok(Facts {
@@ -552,6 +574,7 @@ async fn check_existing_publication(
     version: i32,
     tables: &[Table],
     identities: &BTreeMap<Table, Identity>,
+    watermark_exists: bool,
 ) -> Result<(), Unfit> {
     let pubname = &plan.publication;
     let publishes_writes: bool = client
@@ -569,6 +592,17 @@ async fn check_existing_publication(
     for (schema, table) in &wanted {
         let published = published_table(client, pubname, version, schema, table).await?;
         let sql_table = qualified(schema, table);
+        let is_watermark = plan.watermark.as_ref() == Some(&(schema.clone(), table.clone()));
+        if !published.listed && is_watermark && !watermark_exists {
+            return Err(Unfit::definite(
+                reason::PUBLICATION_MISSING_TABLE,
+                format!(
+                    "publication {pubname} must publish the watermark table {schema}.{table}, which does not exist yet: run {}; and ALTER PUBLICATION {} ADD TABLE {sql_table}",
+                    watermark_table_ddl(schema, table),
+                    quote_ident(pubname)
+                ),
+            ));
+        }
         if !published.listed {
             return Err(Unfit::definite(
                 reason::PUBLICATION_MISSING_TABLE,

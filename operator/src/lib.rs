@@ -11,6 +11,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod names;
+pub mod platform;
 pub mod slot;
 pub mod status;
 pub mod validate;

@@ -37,6 +37,15 @@ pub fn set_condition(
     }
 }
 
+/// The conditions the operator writes: all but the worker's own (pure).
+pub fn operator_owned(conds: &[Condition]) -> Vec<Condition> {
+    conds
+        .iter()
+        .filter(|c| !conditions::WORKER_OWNED.contains(&c.type_.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// The condition of a type, if present.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -56,8 +65,13 @@ pub fn summarize_ready(
     suspended: bool,
 ) -> &'static str {
     use conditions::reason;
+    // The worker's own conditions come before WorkerAvailable: when the
+    // worker stopped for good, its reason and fix say more than the pod's
+    // CrashLoopBackOff.
     let blocker = [
         conditions::PROVISIONED,
+        conditions::CAPTURING,
+        conditions::KAFKA_AVAILABLE,
         conditions::WORKER_AVAILABLE,
         conditions::WAL_HEALTHY,
     ]
@@ -79,7 +93,11 @@ pub fn summarize_ready(
     match blocker {
         Some((r, m)) => {
             set_condition(conds, conditions::READY, false, &r, m, generation);
-            if r == reason::PROVISIONING || r == reason::WORKER_STARTING {
+            if r == reason::PROVISIONING
+                || r == reason::WORKER_STARTING
+                || r == reason::KAFKA_UNREACHABLE
+                || r == reason::CAPTURE_INTERRUPTED
+            {
                 "Pending"
             } else {
                 "Failed"
@@ -170,6 +188,74 @@ mod tests {
             ("False", reason::WAL_LEVEL_NOT_LOGICAL)
         );
         assert_eq!(phase, "Failed");
+    }
+
+    #[test]
+    fn the_workers_own_reason_comes_before_its_pods_and_stays_the_workers() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            "ok",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            false,
+            reason::WORKER_FAILING,
+            "worker container is CrashLoopBackOff",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::CAPTURING,
+            false,
+            reason::INSUFFICIENT_PRIVILEGE,
+            "permission denied for table t: GRANT SELECT ON t",
+            None,
+        );
+        assert_eq!(summarize_ready(&mut c, Some(1), false), "Failed");
+        let ready = find(&c, conditions::READY).unwrap();
+        assert_eq!(ready.reason, reason::INSUFFICIENT_PRIVILEGE);
+        assert!(ready.message.contains("GRANT SELECT"));
+        let written: Vec<String> = operator_owned(&c).into_iter().map(|c| c.type_).collect();
+        assert!(!written.contains(&conditions::CAPTURING.to_string()));
+        assert!(written.contains(&conditions::READY.to_string()));
+
+        // Kafka down: a wait, not a failure.
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            "ok",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            true,
+            reason::STREAMING,
+            "ok",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::KAFKA_AVAILABLE,
+            false,
+            reason::KAFKA_UNREACHABLE,
+            "every Kafka broker is down",
+            None,
+        );
+        assert_eq!(summarize_ready(&mut c, Some(1), false), "Pending");
+        assert_eq!(
+            find(&c, conditions::READY).unwrap().reason,
+            reason::KAFKA_UNREACHABLE
+        );
     }
 
     #[test]

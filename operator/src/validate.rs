@@ -104,7 +104,7 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         .publication_name
         .clone()
         .unwrap_or_else(|| slot.as_str().to_string());
-    let heartbeat = duration::parse(&logical.heartbeat_interval)
+    let heartbeat = duration::parse_at_least(&logical.heartbeat_interval, duration::MIN_HEARTBEAT)
         .map_err(|e| invalid(format!("spec.logical.heartbeatInterval: {e}")))?;
 
     let mut tables = Vec::with_capacity(spec.tables.len());
@@ -148,7 +148,7 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
             .polling
             .as_ref()
             .ok_or_else(|| invalid("spec.polling is required when spec.mode is Polling".into()))?;
-        duration::parse(&polling.interval)
+        duration::parse_at_least(&polling.interval, duration::MIN_POLL_INTERVAL)
             .map_err(|e| invalid(format!("spec.polling.interval: {e}")))?;
         if let Some(l) = &polling.lateness {
             duration::parse(l).map_err(|e| invalid(format!("spec.polling.lateness: {e}")))?;
@@ -359,6 +359,29 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
             &spec.replace("database: shop", "database: other"),
         );
         assert!(validate(&fixture("b", "second", &spec), &[other]).is_ok());
+    }
+
+    #[test]
+    fn intervals_the_worker_would_refuse_are_refused_naming_the_field() {
+        let spec = SPEC.replace("tables:", "logical: { heartbeatInterval: 0s }\ntables:");
+        let err = validate(&fixture("default", "x", &spec), &[]).unwrap_err();
+        assert_eq!(err.reason, reason::INVALID_SPEC);
+        assert!(
+            err.message
+                .contains("spec.logical.heartbeatInterval: must be at least 100ms"),
+            "{}",
+            err.message
+        );
+        let spec = SPEC.replace(
+            "tables:",
+            "mode: Polling\npolling: { cursorColumn: updated_at, interval: 0s }\ntables:",
+        );
+        let err = validate(&fixture("default", "x", &spec), &[]).unwrap_err();
+        assert!(
+            err.message.contains("spec.polling.interval"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

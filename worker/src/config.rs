@@ -198,10 +198,12 @@ pub fn validate(
             if config.logical.publication_name.is_empty() {
                 err("logical.publicationName", "required in Logical mode");
             }
-            match duration::parse(&config.logical.heartbeat_interval) {
-                Ok(d) if d >= Duration::from_millis(100) => heartbeat_interval = d,
-                Ok(_) => err("logical.heartbeatInterval", "must be at least 100ms"),
-                Err(e) => err("logical.heartbeatInterval", &e.to_string()),
+            match duration::parse_at_least(
+                &config.logical.heartbeat_interval,
+                duration::MIN_HEARTBEAT,
+            ) {
+                Ok(d) => heartbeat_interval = d,
+                Err(e) => err("logical.heartbeatInterval", &e),
             }
             if config.snapshot.chunk_size == 0 {
                 err("snapshot.chunkSize", "must be at least 1");
@@ -216,9 +218,9 @@ pub fn validate(
                 if p.cursor_column.trim().is_empty() {
                     err("polling.cursorColumn", "required");
                 }
-                match duration::parse(&p.interval) {
+                match duration::parse_at_least(&p.interval, duration::MIN_POLL_INTERVAL) {
                     Ok(d) => poll_interval = d,
-                    Err(e) => err("polling.interval", &e.to_string()),
+                    Err(e) => err("polling.interval", &e),
                 }
                 if let Some(l) = &p.lateness {
                     match duration::parse(l) {

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use siphon_crds::capture::{Delivery, Operation, SslMode as SpecSslMode};
+use siphon_crds::conditions::{self, reason};
 use tokio::sync::watch;
 
 use crate::backfill::{Backfill, BackfillError, Offer};
@@ -121,6 +122,23 @@ impl CaptureError {
             CaptureError::SlotActive { .. } => true,
             CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
             _ => false,
+        }
+    }
+
+    /// The reason of the worker's `Capturing=False` condition for an error
+    /// that stops it for good.
+    pub fn reason(&self) -> &'static str {
+        use siphon_crds::conditions::reason;
+        match self {
+            CaptureError::SlotMissing { .. } => reason::SLOT_MISSING,
+            CaptureError::SlotLost { .. } => reason::SLOT_LOST,
+            CaptureError::Sql { source, .. }
+                if source.code().map(|c| c.code()) == Some("42501") =>
+            {
+                reason::INSUFFICIENT_PRIVILEGE
+            }
+            CaptureError::Sink(SinkError::Fatal { .. }) => reason::KAFKA_REFUSED,
+            _ => reason::CAPTURE_FAILED,
         }
     }
 
@@ -504,6 +522,37 @@ impl Loop<'_> {
         self.flushed
     }
 
+    /// Kafka's availability into the worker's condition, its readiness and
+    /// a metric: a capture that cannot deliver says so (its records wait in
+    /// the producer's queue, and nothing is confirmed meanwhile).
+    async fn kafka_health(&mut self) {
+        self.sink.probe_brokers(Duration::from_millis(500)).await;
+        match self.sink.brokers_down() {
+            Some(why) => {
+                self.metrics.kafka_available.set(0);
+                self.metrics.set_ready(false);
+                self.progress.set_health(
+                    conditions::KAFKA_AVAILABLE,
+                    false,
+                    reason::KAFKA_UNREACHABLE,
+                    format!(
+                        "every Kafka broker is down ({why}); records wait in the worker and nothing is confirmed to PostgreSQL until they are delivered"
+                    ),
+                );
+            }
+            None => {
+                self.metrics.kafka_available.set(1);
+                self.metrics.set_ready(true);
+                self.progress.set_health(
+                    conditions::KAFKA_AVAILABLE,
+                    true,
+                    reason::KAFKA_REACHABLE,
+                    "Kafka's brokers answer",
+                );
+            }
+        }
+    }
+
     async fn send_status(
         &mut self,
         conn: &mut ReplicationConnection,
@@ -693,6 +742,13 @@ pub async fn run(
         tracing::info!(lsn = %state.skip_through, "resuming exactly-once capture after the stored position");
     }
     metrics.set_ready(true);
+    metrics.kafka_available.set(1);
+    progress.set_health(
+        conditions::CAPTURING,
+        true,
+        reason::STREAMING,
+        "the worker is streaming changes into Kafka",
+    );
 
     let mut confirm_tick = tokio::time::interval(CONFIRM_INTERVAL);
     confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -748,6 +804,7 @@ pub async fn run(
             // 3. Status to the server; in exactly-once mode, close an idle Kafka transaction.
             _ = status_tick.tick() => {
                 state.sink.check()?;
+                state.kafka_health().await;
                 if exactly_once && state.kafka_txn_open && !state.in_txn
                     && state.kafka_txn_started.elapsed() >= EOS_COMMIT_INTERVAL {
                     state.commit_kafka_txn().await?;
@@ -814,6 +871,12 @@ pub async fn run_forever(
             Ok(Stopped::Shutdown) => return Ok(()),
             Err(e) if e.is_transient() && !*shutdown.borrow() => {
                 metrics.set_ready(false);
+                progress.set_health(
+                    conditions::CAPTURING,
+                    false,
+                    reason::CAPTURE_INTERRUPTED,
+                    format!("{e}; retrying in {backoff:?}"),
+                );
                 metrics
                     .restarts
                     .get_or_create(&ReasonLabels {
@@ -834,6 +897,7 @@ pub async fn run_forever(
             Err(e) => {
                 metrics.set_ready(false);
                 metrics.set_unhealthy();
+                progress.set_health(conditions::CAPTURING, false, e.reason(), e.to_string());
                 return Err(e);
             }
         }

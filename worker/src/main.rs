@@ -31,7 +31,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour codes only on a terminal: in a pod's log (and its termination
+    // message) they are noise.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
 
     let validated = match config::load(&args.config) {
         Ok(v) => v,
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
             tracing::info!("shutdown requested");
             let _ = tx.send(true);
         });
+        let status_target = validated.config.status.clone();
+        let last_word = progress.clone();
         let result = match validated.config.mode {
             // A spawned task, not block_on's own future: it then runs on a
             // runtime thread beside the I/O driver, and a readable socket wakes
@@ -110,6 +117,14 @@ fn main() -> ExitCode {
             }
             Err(error) => {
                 tracing::error!(%error, "capture stopped");
+                // Why, in the resource's status, before the process ends.
+                if let Some(target) = &status_target {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        progress::report_now(target, &last_word),
+                    )
+                    .await;
+                }
                 eprintln!("siphon-worker: {error}");
                 ExitCode::FAILURE
             }

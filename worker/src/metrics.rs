@@ -48,6 +48,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Bytes of streamed transactions buffered in memory.
     pub buffered_bytes: Gauge,
+    /// 1 while Kafka's brokers answer, 0 while all of them are down.
+    pub kafka_available: Gauge,
     healthy: AtomicBool,
     ready: AtomicBool,
     /// Unix seconds of the last progress of the loop (health).
@@ -70,6 +72,7 @@ impl Default for Metrics {
             confirmed_lsn: Gauge::default(),
             in_flight: Gauge::default(),
             buffered_bytes: Gauge::default(),
+            kafka_available: Gauge::default(),
             healthy: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             heartbeat_unix: AtomicI64::new(0),
@@ -124,6 +127,11 @@ impl Default for Metrics {
             "buffered_bytes",
             "Bytes of streamed transactions buffered in memory",
             m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "kafka_available",
+            "1 while Kafka's brokers answer, 0 while every broker is down",
+            m.kafka_available.clone(),
         );
         Self { registry, ..m }
     }

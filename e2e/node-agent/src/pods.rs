@@ -706,11 +706,24 @@ impl Supervisor {
         tracing::info!(pod = %self.key, container = %c.spec.name, pid, exit_code, signal, "container exited");
         c.ready = false;
         c.started = false;
+        // As the kubelet: with FallbackToLogsOnError, a failed container's
+        // message is the tail of its log (a process has no file of its own
+        // at terminationMessagePath here).
+        let message = (exit_code != 0
+            && c.spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"))
+        .then(|| {
+            let log = self.shared.config.log_dir.join(format!(
+                "{}_{}_{}.log",
+                self.namespace, self.name, c.spec.name
+            ));
+            log_tail(&log)
+        })
+        .flatten();
         c.state = RunState::Terminated(Termination {
             exit_code,
             signal,
             reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
-            message: None,
+            message,
             started_at,
             finished_at: Timestamp::now(),
             container_id: c.container_id.clone(),
@@ -1342,6 +1355,27 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// What the kubelet keeps of a failed container's log as its termination
+/// message: at most the last 80 lines and 2048 bytes of its latest run (the
+/// agent appends runs to one file, each after a marker line).
+fn log_tail(path: &std::path::Path) -> Option<String> {
+    const MAX_BYTES: usize = 2048;
+    const MAX_LINES: usize = 80;
+    let text = std::fs::read_to_string(path).ok()?;
+    let run = text
+        .rfind("=== siphon-node-agent ")
+        .and_then(|i| text[i..].find('\n').map(|n| &text[i + n + 1..]))
+        .unwrap_or(&text);
+    let lines: Vec<&str> = run.lines().collect();
+    let tail = lines[lines.len().saturating_sub(MAX_LINES)..].join("\n");
+    let mut start = tail.len().saturating_sub(MAX_BYTES);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    let tail = tail[start..].trim().to_string();
+    (!tail.is_empty()).then_some(tail)
 }
 
 #[cfg(test)]

@@ -350,7 +350,10 @@ pub async fn resolve_tables(
                 .map(|t| format!("{schema}.{t}"))
                 .collect()
         } else {
-            vec![spec.name.clone()]
+            published_partitions(sql, &config.logical.publication_name, schema, table)
+                .await
+                .map_err(sql_err("listing the published partitions", &spec.name))?
+                .unwrap_or_else(|| vec![spec.name.clone()])
         };
         for name in names {
             if !out.iter().any(|(n, _)| *n == name) {
@@ -361,6 +364,35 @@ pub async fn resolve_tables(
         }
     }
     Ok(out)
+}
+
+/// A partitioned table whose publication publishes its partitions as
+/// themselves (`publish_via_partition_root = false`) streams each leaf
+/// partition under its own name and topic: the backfill then reads each
+/// leaf, so that its rows go where the stream's go. `None` for any other
+/// table, and for a root published as itself.
+async fn published_partitions(
+    sql: &tokio_postgres::Client,
+    publication: &str,
+    schema: &str,
+    table: &str,
+) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let root = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let rows = sql
+        .query(
+            "SELECT pt.schemaname::text || '.' || pt.tablename::text \
+             FROM pg_partition_tree(to_regclass($2)) tree \
+             JOIN pg_class c ON c.oid = tree.relid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_publication_tables pt ON pt.schemaname = n.nspname AND pt.tablename = c.relname \
+             WHERE pt.pubname = $1 AND tree.relid <> to_regclass($2) \
+               AND EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = to_regclass($2) AND r.relkind = 'p') \
+             ORDER BY 1",
+            &[&publication, &root],
+        )
+        .await?;
+    let leaves: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok((!leaves.is_empty()).then_some(leaves))
 }
 
 /// Read the catalog facts of `schema.table`.

@@ -134,6 +134,10 @@ struct Shared<P> {
     /// instead let it send one record per acknowledgement: a thread switch
     /// per record while Kafka is the bottleneck (a large transaction).
     resume_sending_at: AtomicU64,
+    /// Set (with librdkafka's words) when every broker is down; cleared by
+    /// the next acknowledgement or a successful metadata request. Records
+    /// wait in the queue meanwhile: nothing is lost, but nothing arrives.
+    brokers_down: Mutex<Option<String>>,
 }
 
 /// librdkafka's callback target.
@@ -141,7 +145,16 @@ pub struct SinkContext<P> {
     shared: Arc<Shared<P>>,
 }
 
-impl<P: Send + Sync + 'static> ClientContext for SinkContext<P> {}
+impl<P: Send + Sync + 'static> ClientContext for SinkContext<P> {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && let Ok(mut down) = self.shared.brokers_down.lock()
+        {
+            *down = Some(reason.to_string());
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
 
 impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
     type DeliveryOpaque = usize;
@@ -149,6 +162,11 @@ impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
     fn delivery(&self, result: &DeliveryResult<'_>, mark: Self::DeliveryOpaque) {
         let wake = match result {
             Ok(_) => {
+                if let Ok(mut down) = self.shared.brokers_down.lock()
+                    && down.is_some()
+                {
+                    *down = None;
+                }
                 let in_flight = match self.shared.tracker.lock() {
                     Ok(mut t) => {
                         t.acked(mark as MarkId);
@@ -192,6 +210,7 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
             failure: Mutex::new(None),
             delivered: Notify::new(),
             resume_sending_at: AtomicU64::new(0),
+            brokers_down: Mutex::new(None),
         });
         let producer: ThreadedProducer<SinkContext<P>> = cfg
             .create_with_context(SinkContext {
@@ -279,6 +298,29 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     /// Records not yet acknowledged.
     pub fn in_flight(&self) -> u64 {
         self.lock_tracker().in_flight()
+    }
+
+    /// Why Kafka is unreachable, while every broker is down.
+    pub fn brokers_down(&self) -> Option<String> {
+        self.shared.brokers_down.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// While the brokers are down, ask one for metadata: an answer ends the
+    /// outage without waiting for the next acknowledgement (an idle capture
+    /// has none to wait for).
+    pub async fn probe_brokers(&self, timeout: Duration) {
+        if self.brokers_down().is_none() {
+            return;
+        }
+        let producer = self.producer.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if answered && let Ok(mut down) = self.shared.brokers_down.lock() {
+            *down = None;
+        }
     }
 
     /// Fails once a delivery has failed for good.
