@@ -33,7 +33,7 @@ stack-status: ## one line per process of the stack
 	bash $(STACK) status
 
 integration: ## integration and end-to-end tests against the running stack
-	source .stack/env && $(CARGO) test --workspace --test '*' -- --test-threads=2
+	source .stack/env && $(CARGO) test --workspace --no-fail-fast --test '*' -- --test-threads=2
 
 test: lint unit stack-up integration ## everything CI runs
 
