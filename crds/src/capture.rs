@@ -267,6 +267,17 @@ pub struct LogicalSpec {
     /// them, spilling to disk past `maxTransactionMemory`.
     #[serde(default = "default_true")]
     pub stream_in_progress: bool,
+    /// Create the slot as a failover slot (PostgreSQL 17+), so that a
+    /// physical standby running with `sync_replication_slots = on`,
+    /// `hot_standby_feedback = on`, a `primary_slot_name` and a
+    /// `primary_conninfo` naming a database keeps a copy of it: after the
+    /// standby is promoted, point `postgres.host`/`port` at it and the
+    /// capture resumes from the copy. List the standby's physical slot in
+    /// the primary's `synchronized_standby_slots`, so that no change reaches
+    /// Kafka before the standby has it. Unset: on where the server supports
+    /// it; `true` on an older server is refused. Fixed when the slot is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<bool>,
 }
 
 fn default_heartbeat() -> String {

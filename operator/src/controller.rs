@@ -677,7 +677,8 @@ async fn provision_and_deploy(
 
     laps.lap("worker_state");
     if logical {
-        *slot = database::slot_status(&client, plan.slot.as_str()).await?;
+        *slot =
+            database::slot_status(&client, plan.slot.as_str(), facts.server_version_num).await?;
         laps.lap("slot_status");
         match slot.as_ref() {
             None => set_condition(

@@ -44,8 +44,30 @@ use crate::validate::{Plan, TableRef};
 /// leave it drops it; a table a person made is never dropped.
 pub const WATERMARK_COMMENT: &str = "created by siphon; dropped with the last capture that uses it";
 
+/// The oldest server version admitted: the oldest the version suite runs on.
+pub const OLDEST_SUPPORTED: i32 = 130_000;
+
 /// The first server version with publication row filters and column lists.
 pub const ROW_FILTERS_SINCE: i32 = 150_000;
+
+/// The first server version with failover slots.
+pub const FAILOVER_SLOTS_SINCE: i32 = 170_000;
+
+/// Whether the slot is made a failover slot (pure): as the spec says, and
+/// where the server has them when it says nothing.
+pub fn failover_slot(plan: &Plan, server_version_num: i32) -> Result<bool, Unfit> {
+    match plan.failover {
+        Some(true) if server_version_num < FAILOVER_SLOTS_SINCE => Err(Unfit::definite(
+            reason::INVALID_SPEC,
+            format!(
+                "spec.logical.failover: PostgreSQL {} has no failover slots (they need 17 or newer): remove the field or set it to false",
+                server_version_num / 10_000
+            ),
+        )),
+        Some(choice) => Ok(choice),
+        None => Ok(server_version_num >= FAILOVER_SLOTS_SINCE),
+    }
+}
 
 /// A `(schema, table)` pair.
 pub type Table = (String, String);
@@ -390,11 +412,13 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
         (row.get(4), row.get(5), row.get(6), row.get(7));
 
-    if version < 100_000 {
+    if version < OLDEST_SUPPORTED {
         return Err(Unfit::definite(
             reason::UNSUPPORTED_SERVER_VERSION,
             format!(
-                "PostgreSQL {version} is too old: Siphon needs PostgreSQL 10 or newer (14+ streams large transactions)"
+                "PostgreSQL {}.{} is not supported: Siphon runs on PostgreSQL 13 or newer (the oldest its tests run on); upgrade the server",
+                version / 10_000,
+                version % 10_000
             ),
         ));
     }
@@ -418,14 +442,11 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 ),
             ));
         }
-        // wal_status exists from PostgreSQL 13.
-        let sql = if version >= 130_000 {
-            "SELECT active, coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = $1"
-        } else {
-            "SELECT active, false FROM pg_replication_slots WHERE slot_name = $1"
-        };
         let slot = client
-            .query_opt(sql, &[&plan.slot.as_str()])
+            .query_opt(
+                "SELECT active, coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&plan.slot.as_str()],
+            )
             .await
             .map_err(q("reading pg_replication_slots"))?
             .map(|row| SlotFacts {
@@ -1222,6 +1243,7 @@ where
     F: FnMut(ManagedObjects) -> Fut,
     Fut: std::future::Future<Output = Result<(), Unfit>>,
 {
+    let failover = failover_slot(plan, facts.server_version_num)?;
     let slot_step = slot::decide(managed, facts.slot, plan.snapshot_request.as_ref(), now);
     if let SlotStep::Refuse(loss) = &slot_step {
         let message = slot::loss_message(plan.slot.as_str(), loss, plan.snapshot_request.as_ref());
@@ -1339,13 +1361,22 @@ where
                 managed.slot = Some(plan.slot.as_str().to_string());
                 record(managed.clone()).await?;
             }
-            match client
-                .query(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&plan.slot.as_str()],
-                )
-                .await
-            {
+            let created = if failover {
+                client
+                    .query(
+                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
+                        &[&plan.slot.as_str()],
+                    )
+                    .await
+            } else {
+                client
+                    .query(
+                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&plan.slot.as_str()],
+                    )
+                    .await
+            };
+            match created {
                 Ok(_) => {}
                 // Created concurrently (a retried reconcile): fine.
                 Err(e) if e.code().map(|c| c.code()) == Some("42710") => {}
@@ -1407,12 +1438,24 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<(), Unfit> {
 }
 
 /// Facts about the slot for the status.
-pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatus>, Unfit> {
+pub async fn slot_status(
+    client: &Client,
+    slot: &str,
+    server_version_num: i32,
+) -> Result<Option<SlotStatus>, Unfit> {
+    let failover = if server_version_num >= FAILOVER_SLOTS_SINCE {
+        "failover"
+    } else {
+        "NULL::bool"
+    };
     let rows = client
         .query(
-            "SELECT active, wal_status, \
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, confirmed_flush_lsn::text \
-             FROM pg_replication_slots WHERE slot_name = $1",
+            format!(
+                "SELECT active, wal_status, \
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, confirmed_flush_lsn::text, {failover} \
+                 FROM pg_replication_slots WHERE slot_name = $1"
+            )
+            .as_str(),
             &[&slot],
         )
         .await
@@ -1426,6 +1469,7 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
             retained_wal_bytes: retained,
             retained_wal: retained.map(human_bytes),
             confirmed_flush_lsn: r.get(3),
+            failover: r.get(4),
         }
     }))
 }
@@ -1721,6 +1765,21 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn failover_slots_where_the_server_has_them_and_never_asked_in_vain() {
+        let plan = validate(&fixture("default", "shop", SPEC), &[]).unwrap();
+        assert_eq!(failover_slot(&plan, 170_002), Ok(true));
+        assert_eq!(failover_slot(&plan, 160_004), Ok(false));
+        let spec = SPEC.replace("tables:", "logical: { failover: true }\ntables:");
+        let asked = validate(&fixture("default", "shop", &spec), &[]).unwrap();
+        assert_eq!(failover_slot(&asked, 180_000), Ok(true));
+        let refused = failover_slot(&asked, 160_004).unwrap_err();
+        assert!(refused.message.contains("17"), "{}", refused.message);
+        let spec = SPEC.replace("tables:", "logical: { failover: false }\ntables:");
+        let off = validate(&fixture("default", "shop", &spec), &[]).unwrap();
+        assert_eq!(failover_slot(&off, 170_002), Ok(false));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Plan {
     pub publish_via_partition_root: bool,
     /// The on-demand re-snapshot the spec asks for, if any.
     pub snapshot_request: Option<SnapshotRequest>,
+    /// `spec.logical.failover`: `None` means where the server supports it.
+    pub failover: Option<bool>,
 }
 
 impl Plan {
@@ -190,6 +192,7 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         operations: logical.operations.clone(),
         publish_via_partition_root: logical.publish_via_partition_root,
         snapshot_request: snapshot.request.clone(),
+        failover: logical.failover,
     };
     if plan.mode == CaptureMode::Logical
         && let Some(conflict) = claim_conflict(capture, &plan, others)

@@ -21,13 +21,27 @@ pub fn kafka_bootstrap() -> String {
 
 /// A connection string for the stack's PostgreSQL superuser.
 pub fn pg_config(database: &str) -> tokio_postgres::Config {
+    pg_config_on("PGPORT", database)
+}
+
+/// The same on the server whose port `.stack/env` exports as `port_var`
+/// (`PGPORT`, `PG13_PORT`, …).
+pub fn pg_config_on(port_var: &str, database: &str) -> tokio_postgres::Config {
+    pg_config_at(stack_port(port_var), database)
+}
+
+/// The port a `.stack/env` variable holds.
+pub fn stack_port(port_var: &str) -> u16 {
+    stack_var(port_var)
+        .parse()
+        .unwrap_or_else(|_| panic!("{port_var} is a port number"))
+}
+
+/// The same on 127.0.0.1:`port` (a server a test started itself).
+pub fn pg_config_at(port: u16, database: &str) -> tokio_postgres::Config {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(stack_var("PGHOST"))
-        .port(
-            stack_var("PGPORT")
-                .parse()
-                .expect("PGPORT is a port number"),
-        )
+        .port(port)
         .user(stack_var("PGUSER"))
         .password(stack_var("PGPASSWORD"))
         .dbname(database);
@@ -44,18 +58,54 @@ pub async fn pg_connect(database: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Connect to the stack's PostgreSQL whose port is `port_var`.
+pub async fn pg_connect_on(port_var: &str, database: &str) -> tokio_postgres::Client {
+    pg_connect_at(stack_port(port_var), database).await
+}
+
+/// Connect to the PostgreSQL on 127.0.0.1:`port`.
+pub async fn pg_connect_at(port: u16, database: &str) -> tokio_postgres::Client {
+    let (client, conn) = pg_config_at(port, database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the stack's PostgreSQL on port {port}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
 /// Create a fresh database (dropping a leftover one of the same name).
 pub async fn fresh_database(name: &str) -> tokio_postgres::Client {
-    let admin = pg_connect("postgres").await;
+    fresh_database_on("PGPORT", name).await
+}
+
+/// The same on the server whose port is `port_var`.
+pub async fn fresh_database_on(port_var: &str, name: &str) -> tokio_postgres::Client {
+    fresh_database_at(stack_port(port_var), name).await
+}
+
+/// The same on the server on 127.0.0.1:`port`.
+pub async fn fresh_database_at(port: u16, name: &str) -> tokio_postgres::Client {
+    let admin = pg_connect_at(port, "postgres").await;
+    let version: i32 = admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .expect("server version")
+        .get(0);
+    // WITH (FORCE) from PostgreSQL 13; the refused-version test runs on 12.
+    let force = if version >= 130_000 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
     admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\"{force}"))
         .await
         .expect("drop old test database");
     admin
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
         .expect("create test database");
-    pg_connect(name).await
+    pg_connect_at(port, name).await
 }
 
 /// A kube client for the stack's API server.

@@ -9,7 +9,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use siphon_crds::PostgresCapture;
 
-use crate::{eventually, fresh_database, kube_client, stack_var, unique};
+use crate::{eventually, kube_client, stack_var, unique};
 
 /// A namespace, a database and a credentials Secret named `pg`.
 pub struct Scenario {
@@ -17,10 +17,23 @@ pub struct Scenario {
     pub ns: String,
     pub db: String,
     pub pg: tokio_postgres::Client,
+    /// The port of this scenario's server on 127.0.0.1.
+    pub port: u16,
 }
 
 impl Scenario {
+    /// On the stack's main PostgreSQL.
     pub async fn new(prefix: &str) -> Self {
+        Self::on("PGPORT", prefix).await
+    }
+
+    /// On the stack's PostgreSQL whose port is `port_var` (`PG13_PORT`, …).
+    pub async fn on(port_var: &str, prefix: &str) -> Self {
+        Self::at(crate::stack_port(port_var), prefix).await
+    }
+
+    /// On the PostgreSQL on 127.0.0.1:`port` (one a test started itself).
+    pub async fn at(port: u16, prefix: &str) -> Self {
         let client = kube_client().await;
         let ns = unique(prefix);
         let db = ns.replace('-', "_");
@@ -44,8 +57,14 @@ impl Scenario {
             )
             .await
             .expect("create secret");
-        let pg = fresh_database(&db).await;
-        Self { client, ns, db, pg }
+        let pg = crate::fresh_database_at(port, &db).await;
+        Self {
+            client,
+            ns,
+            db,
+            pg,
+            port,
+        }
     }
 
     pub fn captures(&self) -> Api<PostgresCapture> {
@@ -59,7 +78,7 @@ impl Scenario {
             "postgres: {{ host: 127.0.0.1, port: {port}, database: {db}, credentialsSecretRef: {{ name: pg }}, sslMode: disable }}\n\
              tables: {tables}\n\
              kafka: {{ bootstrapServers: \"{kafka}\", topicPrefix: {prefix} }}\n{extra}",
-            port = stack_var("PGPORT"),
+            port = self.port,
             db = self.db,
             kafka = stack_var("KAFKA_BOOTSTRAP"),
             prefix = self.ns,
