@@ -61,7 +61,7 @@ pg_fetch() {
     return 0
   fi
   command -v "$PG_MVN" >/dev/null 2>&1 || { _pg_err "maven ($PG_MVN) not found; needed once to fetch PostgreSQL $version"; return 1; }
-  command -v unzip >/dev/null 2>&1 || { _pg_err "unzip not found (apt-get install unzip)"; return 1; }
+  command -v xz >/dev/null 2>&1 || { _pg_err "xz not found (apt-get install xz-utils)"; return 1; }
   echo "postgres.sh: fetching PostgreSQL $version binaries into $dir" >&2
   local tmp=$dir.tmp.$$
   rm -rf "$tmp"
@@ -74,7 +74,11 @@ pg_fetch() {
     rm -rf "$tmp"
     return 1
   fi
-  if ! unzip -p "$tmp"/jar/*.jar 'postgres-linux-*.txz' | tar xJ -C "$tmp/root"; then
+  # The jar is a zip: python3's zipfile reads it (no unzip needed).
+  if ! python3 -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+sys.stdout.buffer.write(z.read(next(n for n in z.namelist() if n.endswith(".txz"))))' "$tmp"/jar/*.jar |
+    tar xJ -C "$tmp/root"; then
     _pg_err "cannot unpack PostgreSQL $version"
     rm -rf "$tmp"
     return 1
