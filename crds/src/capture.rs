@@ -513,19 +513,19 @@ pub struct TopicCreation {
     #[serde(default = "default_partitions")]
     #[schemars(range(min = 1, max = 10_000))]
     pub partitions: i32,
-    /// Replication factor of a created topic.
-    #[serde(default = "default_replication")]
+    /// Replication factor of a created topic (and of the offsets topic);
+    /// the broker's `default.replication.factor` when unset, so a cluster
+    /// that enforces a replication factor or `min.insync.replicas` gets what
+    /// it expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
-    pub replication_factor: i32,
+    pub replication_factor: Option<i32>,
     /// Topic configuration (e.g. `cleanup.policy: compact`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
 }
 
 fn default_partitions() -> i32 {
-    1
-}
-fn default_replication() -> i32 {
     1
 }
 

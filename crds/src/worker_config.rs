@@ -159,6 +159,12 @@ pub struct KafkaConfig {
     pub ssl_certificate_location: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl_key_location: Option<String>,
+    /// A folder holding the TLS material of the mounted Kafka auth Secret,
+    /// each file optional: `ca.crt` (else the system's CAs), `tls.crt` and
+    /// `tls.key` (a client certificate: mutual TLS). The worker fills the
+    /// three locations above from what it finds there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<String>,
     /// Compacted topic holding positions in exactly-once mode.
     #[serde(default = "default_offsets_topic")]
     pub offsets_topic: String,
@@ -183,6 +189,7 @@ impl Default for KafkaConfig {
             ssl_ca_location: None,
             ssl_certificate_location: None,
             ssl_key_location: None,
+            tls_dir: None,
             offsets_topic: default_offsets_topic(),
             options: BTreeMap::new(),
         }

@@ -112,12 +112,11 @@ pub fn worker_config(capture: &PostgresCapture, plan: &Plan) -> WorkerConfig {
                 .sasl_mechanism
                 .as_ref()
                 .map(|_| names::ENV_KAFKA_PASSWORD.into()),
-            ssl_ca_location: kafka_auth
-                .then(|| spec.kafka.security_protocol.ends_with("ssl"))
-                .filter(|b| *b)
-                .map(|_| format!("{KAFKA_TLS_DIR}/ca.crt")),
-            ssl_certificate_location: None,
-            ssl_key_location: None,
+            // The mounted auth Secret: the worker uses the CA and the client
+            // certificate it finds there (mutual TLS when tls.crt and
+            // tls.key are present).
+            tls_dir: (kafka_auth && spec.kafka.security_protocol.ends_with("ssl"))
+                .then(|| KAFKA_TLS_DIR.to_string()),
             options: spec.kafka.options.clone(),
             ..KafkaConfig::default()
         },

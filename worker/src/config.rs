@@ -104,10 +104,11 @@ pub fn load(path: &std::path::Path) -> Result<Validated, ConfigError> {
 
 /// Validate a parsed configuration; `env` looks up environment variables.
 pub fn validate(
-    config: WorkerConfig,
+    mut config: WorkerConfig,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Validated, ConfigError> {
     let mut errors = Vec::new();
+    let tls_error = resolve_tls_dir(&mut config.kafka);
     let mut err = |path: &str, message: &str| {
         errors.push(FieldError {
             path: path.to_string(),
@@ -265,6 +266,9 @@ pub fn validate(
             err(&format!("kafka.options.{key}"), why);
         }
     }
+    if let Some(e) = &tls_error {
+        err("kafka.tlsDir", e);
+    }
     let sasl_username = kafka.sasl_username_env.as_ref().and_then(|n| env(n));
     let sasl_password = kafka.sasl_password_env.as_ref().and_then(|n| env(n));
     if kafka.security_protocol.starts_with("sasl") {
@@ -344,9 +348,77 @@ pub fn valid_slot_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// Fill the TLS file locations from `kafka.tlsDir` (the mounted auth
+/// Secret): `ca.crt`, `tls.crt` and `tls.key` where present. A certificate
+/// without its key (or a key without its certificate) is an error.
+fn resolve_tls_dir(kafka: &mut siphon_crds::worker_config::KafkaConfig) -> Option<String> {
+    let dir = std::path::PathBuf::from(kafka.tls_dir.as_ref()?);
+    let found = |name: &str| {
+        let path = dir.join(name);
+        path.is_file().then(|| path.display().to_string())
+    };
+    if kafka.ssl_ca_location.is_none() {
+        kafka.ssl_ca_location = found("ca.crt");
+    }
+    match (found("tls.crt"), found("tls.key")) {
+        (Some(cert), Some(key)) => {
+            kafka.ssl_certificate_location = Some(cert);
+            kafka.ssl_key_location = Some(key);
+            None
+        }
+        (None, None) => None,
+        (Some(_), None) => Some(format!(
+            "{} holds tls.crt but no tls.key: add the client key to the Kafka auth Secret, or remove tls.crt",
+            dir.display()
+        )),
+        (None, Some(_)) => Some(format!(
+            "{} holds tls.key but no tls.crt: add the client certificate to the Kafka auth Secret, or remove tls.key",
+            dir.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kafka_tls_folder_gives_the_files_it_holds_and_a_lone_certificate_is_refused() {
+        let dir = std::env::temp_dir().join(format!("siphon-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut kafka = siphon_crds::worker_config::KafkaConfig {
+            tls_dir: Some(dir.display().to_string()),
+            ..Default::default()
+        };
+        // Empty: the system's CAs, no client certificate.
+        assert_eq!(resolve_tls_dir(&mut kafka), None);
+        assert_eq!(kafka.ssl_ca_location, None);
+        std::fs::write(dir.join("ca.crt"), "ca").unwrap();
+        std::fs::write(dir.join("tls.crt"), "cert").unwrap();
+        let lone = resolve_tls_dir(&mut kafka).unwrap();
+        assert!(lone.contains("no tls.key"), "{lone}");
+        std::fs::write(dir.join("tls.key"), "key").unwrap();
+        assert_eq!(resolve_tls_dir(&mut kafka), None);
+        assert!(
+            kafka
+                .ssl_ca_location
+                .as_deref()
+                .is_some_and(|p| p.ends_with("ca.crt"))
+        );
+        assert!(
+            kafka
+                .ssl_certificate_location
+                .as_deref()
+                .is_some_and(|p| p.ends_with("tls.crt"))
+        );
+        assert!(
+            kafka
+                .ssl_key_location
+                .as_deref()
+                .is_some_and(|p| p.ends_with("tls.key"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn minimal() -> WorkerConfig {
         serde_yaml::from_str(

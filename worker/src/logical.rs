@@ -588,6 +588,39 @@ impl Loop<'_> {
     }
 }
 
+/// The captured tables as `(schema, table)`: `schema.*` becomes every table
+/// the publication holds in that schema, so that their topics are created
+/// like those of tables named one by one.
+async fn published_tables(
+    sql: &tokio_postgres::Client,
+    cfg: &siphon_crds::worker_config::WorkerConfig,
+) -> Result<Vec<(String, String)>, CaptureError> {
+    let mut out = Vec::new();
+    for (schema, table) in cfg.tables.iter().filter_map(|t| t.name.split_once('.')) {
+        if table != "*" {
+            out.push((schema.to_string(), table.to_string()));
+            continue;
+        }
+        let rows = sql
+            .query(
+                "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 ORDER BY 1",
+                &[&cfg.logical.publication_name, &schema],
+            )
+            .await
+            .map_err(|source| CaptureError::Sql {
+                what: "listing the published tables",
+                source,
+            })?;
+        let watermark = cfg.snapshot.watermark_table.split_once('.');
+        out.extend(
+            rows.iter()
+                .map(|r| (schema.to_string(), r.get::<_, String>(0)))
+                .filter(|(s, t)| watermark != Some((s.as_str(), t.as_str()))),
+        );
+    }
+    Ok(out)
+}
+
 /// Stream until shutdown or an error.
 pub async fn run(
     v: &Validated,
@@ -615,11 +648,9 @@ pub async fn run(
             EncoderSettings::from_config(cfg),
             Arc::new(TypeRegistry::builtin()),
         );
-        let names: Vec<String> = cfg
-            .tables
+        let names: Vec<String> = published_tables(&sql, cfg)
+            .await?
             .iter()
-            .filter_map(|t| t.name.split_once('.'))
-            .filter(|(_, t)| *t != "*")
             .map(|(s, t)| encoder.topic_for(s, t))
             .collect();
         topics::ensure(&props, &names, creation, &[]).await?;
@@ -627,11 +658,7 @@ pub async fn run(
     let offsets_settings = siphon_crds::capture::TopicCreation {
         create: true,
         partitions: 1,
-        replication_factor: cfg
-            .kafka
-            .topics
-            .as_ref()
-            .map_or(1, |t| t.replication_factor),
+        replication_factor: cfg.kafka.topics.as_ref().and_then(|t| t.replication_factor),
         config: Default::default(),
     };
     topics::ensure(

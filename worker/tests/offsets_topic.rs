@@ -67,7 +67,7 @@ async fn only_committed_positions_of_the_capture_count() {
     let settings = siphon_crds::capture::TopicCreation {
         create: true,
         partitions: 1,
-        replication_factor: 1,
+        replication_factor: Some(1),
         config: Default::default(),
     };
     siphon_worker::sink::topics::ensure(

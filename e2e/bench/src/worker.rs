@@ -126,7 +126,7 @@ impl WorkerEnv {
                 topics: Some(TopicCreation {
                     create: true,
                     partitions: 1,
-                    replication_factor: 1,
+                    replication_factor: Some(1),
                     config: Default::default(),
                 }),
                 offsets_topic: self.offsets_topic.clone(),

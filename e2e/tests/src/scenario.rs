@@ -232,6 +232,65 @@ impl Scenario {
             .collect()
     }
 
+    /// Drop a replication slot by hand, as an administrator would: end its
+    /// walsender and drop it, again until the worker's reconnect loses the
+    /// race.
+    pub async fn drop_slot_by_hand(&self, slot: &str) {
+        eventually(Duration::from_secs(30), "the slot to be dropped", || async {
+            let _ = self
+                .pg
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&slot],
+                )
+                .await;
+            self.pg
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&slot],
+                )
+                .await
+                .ok()
+                .filter(|n| *n == 1)
+        })
+        .await;
+    }
+
+    /// Rows of `sql`, which selects a key and a row as JSON, keyed by the
+    /// key's text: what [`crate::topic::reduce`] of the table's topic holds.
+    pub async fn rows_by_key(
+        &self,
+        sql: &str,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.pg
+            .query(sql, &[])
+            .await
+            .expect("rows by key")
+            .iter()
+            .map(|r| {
+                let key: serde_json::Value = r.get(0);
+                let row: serde_json::Value = r.get(1);
+                (key.to_string(), row)
+            })
+            .collect()
+    }
+
+    /// Wait until `table`'s topic, reduced by key, equals the rows of `sql`
+    /// (key and row as JSON).
+    pub async fn topic_equals_rows(&self, table: &str, sql: &str) {
+        let want = self.rows_by_key(sql).await;
+        let topic = self.topic("public", table);
+        eventually(
+            Duration::from_secs(90),
+            &format!("{topic} to equal its table"),
+            || async {
+                (crate::topic::reduce(&crate::topic::read_topic_now(&topic).await) == want)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Wait until the Ready condition carries `reason`; returns its message.
     pub async fn wait_ready_reason(&self, name: &str, reason: &str, timeout: Duration) -> String {
         let api = self.captures();

@@ -89,6 +89,21 @@ pub fn read_topic(topic: &str, isolation: &str, quiet: Duration, max: Duration) 
     out
 }
 
+/// [`read_topic`] from async code (`read_uncommitted`, 2 s quiet, 30 s at most).
+pub async fn read_topic_now(topic: &str) -> Vec<JsonRecord> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        read_topic(
+            &topic,
+            "read_uncommitted",
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .expect("topic reader")
+}
+
 /// Reduce change records by key: the last value wins, a tombstone or a delete
 /// removes the key. Returns `after` images keyed by the key's JSON text.
 pub fn reduce(records: &[JsonRecord]) -> BTreeMap<String, Value> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::stack_shell;
-use siphon_e2e::topic::{read_topic, reduce};
+use siphon_e2e::topic::{read_topic, read_topic_now, reduce};
 
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -62,16 +62,7 @@ async fn columns_and_a_key_filter_keep_the_applications_updates_and_deletes_work
     let records = siphon_e2e::eventually(Duration::from_secs(60), "public.a's changes", || {
         let topic = topic_a.clone();
         async move {
-            let records = tokio::task::spawn_blocking(move || {
-                read_topic(
-                    &topic,
-                    "read_uncommitted",
-                    Duration::from_secs(2),
-                    Duration::from_secs(20),
-                )
-            })
-            .await
-            .unwrap();
+            let records = read_topic_now(&topic).await;
             let reduced = reduce(&records);
             let done = reduced.get(&json!({"id": 1}).to_string())
                 == Some(&json!({"id": 1, "note": "changed"}))
@@ -105,16 +96,7 @@ async fn columns_and_a_key_filter_keep_the_applications_updates_and_deletes_work
             let topic = topic_b.clone();
             let expected = expected.clone();
             async move {
-                let records = tokio::task::spawn_blocking(move || {
-                    read_topic(
-                        &topic,
-                        "read_uncommitted",
-                        Duration::from_secs(2),
-                        Duration::from_secs(20),
-                    )
-                })
-                .await
-                .unwrap();
+                let records = read_topic_now(&topic).await;
                 let mut ids: Vec<i64> = reduce(&records)
                     .values()
                     .map(|row| row["id"].as_i64().unwrap())
@@ -173,16 +155,7 @@ async fn a_filter_outside_the_replica_identity_is_refused_before_anything_is_cre
     let records = siphon_e2e::eventually(Duration::from_secs(60), "the inserts", || {
         let topic = topic.clone();
         async move {
-            let records = tokio::task::spawn_blocking(move || {
-                read_topic(
-                    &topic,
-                    "read_uncommitted",
-                    Duration::from_secs(2),
-                    Duration::from_secs(20),
-                )
-            })
-            .await
-            .unwrap();
+            let records = read_topic_now(&topic).await;
             (records.len() >= 2).then_some(records)
         }
     })
@@ -321,26 +294,7 @@ async fn a_slot_dropped_under_load_stops_the_capture_until_a_resnapshot_is_reque
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Drop the slot by hand, as an administrator would.
-    siphon_e2e::eventually(Duration::from_secs(30), "the slot to be dropped", || {
-        let pg = &s.pg;
-        let slot = slot.clone();
-        async move {
-            let _ = pg
-                .execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                    &[&slot],
-                )
-                .await;
-            pg.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await
-            .ok()
-            .filter(|n| *n == 1)
-        }
-    })
-    .await;
+    s.drop_slot_by_hand(&slot).await;
 
     let message = s
         .wait_ready_reason("t", "SlotMissing", REFUSAL_TIMEOUT)

@@ -6,55 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
-use siphon_e2e::topic::{read_topic, reduce};
 
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The topic reduced by key, once it equals `want` (or a panic naming it).
-async fn topic_equals(topic: String, want: BTreeMap<String, Value>) {
-    siphon_e2e::eventually(
-        Duration::from_secs(90),
-        &format!("{topic} to equal the table"),
-        || {
-            let topic = topic.clone();
-            let want = want.clone();
-            async move {
-                let got = tokio::task::spawn_blocking(move || {
-                    reduce(&read_topic(
-                        &topic,
-                        "read_uncommitted",
-                        Duration::from_secs(2),
-                        Duration::from_secs(30),
-                    ))
-                })
-                .await
-                .unwrap();
-                (got == want).then_some(())
-            }
-        },
-    )
-    .await;
-}
-
-async fn rows(s: &Scenario, sql: &str) -> BTreeMap<String, Value> {
-    s.pg.query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let row: Value = r.get(0);
-            let key: Value = r.get(1);
-            (key.to_string(), row)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn an_existing_publication_is_checked_against_the_spec() {
@@ -140,22 +99,14 @@ async fn an_existing_publication_is_checked_against_the_spec() {
     s.pg.batch_execute("UPDATE public.a SET v = 2; INSERT INTO public.b VALUES (2, 2);")
         .await
         .unwrap();
-    topic_equals(
-        s.topic("public", "a"),
-        rows(
-            &s,
-            "SELECT to_jsonb(t), jsonb_build_object('id', id) FROM public.a t",
-        )
-        .await,
+    s.topic_equals_rows(
+        "a",
+        "SELECT jsonb_build_object('id', id), to_jsonb(t) FROM public.a t",
     )
     .await;
-    topic_equals(
-        s.topic("public", "b"),
-        rows(
-            &s,
-            "SELECT to_jsonb(t), jsonb_build_object('id', id) FROM public.b t",
-        )
-        .await,
+    s.topic_equals_rows(
+        "b",
+        "SELECT jsonb_build_object('id', id), to_jsonb(t) FROM public.b t",
     )
     .await;
     for name in ["gap", "nowm", "narrow", "whole"] {
@@ -207,11 +158,8 @@ async fn a_partitioned_table_streams_through_its_root() {
     s.wait_condition("m", "BackfillComplete", "True", READY_TIMEOUT)
         .await;
     let key = "jsonb_build_object('id', id, 'region', region)";
-    topic_equals(
-        s.topic("public", "m"),
-        rows(&s, &format!("SELECT to_jsonb(t), {key} FROM public.m t")).await,
-    )
-    .await;
+    s.topic_equals_rows("m", &format!("SELECT {key}, to_jsonb(t) FROM public.m t"))
+        .await;
     let viaroot: bool =
         s.pg.query_one("SELECT pubviaroot FROM pg_publication", &[])
             .await
@@ -239,13 +187,9 @@ async fn partitions_published_as_themselves_get_a_topic_each() {
         .await;
     let key = "jsonb_build_object('id', id, 'region', region)";
     for leaf in ["m_eu", "m_us"] {
-        topic_equals(
-            s.topic("public", leaf),
-            rows(
-                &s,
-                &format!("SELECT to_jsonb(t), {key} FROM public.{leaf} t"),
-            )
-            .await,
+        s.topic_equals_rows(
+            leaf,
+            &format!("SELECT {key}, to_jsonb(t) FROM public.{leaf} t"),
         )
         .await;
     }
@@ -380,26 +324,7 @@ async fn a_worker_that_stops_for_good_says_why_in_the_status() {
         .unwrap()
         .slot
         .unwrap();
-    siphon_e2e::eventually(Duration::from_secs(30), "the slot to be dropped", || {
-        let pg = &s.pg;
-        let slot = slot.clone();
-        async move {
-            let _ = pg
-                .execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                    &[&slot],
-                )
-                .await;
-            pg.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await
-            .ok()
-            .filter(|n| *n == 1)
-        }
-    })
-    .await;
+    s.drop_slot_by_hand(&slot).await;
     // Written by the worker itself before it exits (a retry of the broken
     // connection may say CaptureInterrupted first).
     let api = s.captures();

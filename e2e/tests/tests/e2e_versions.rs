@@ -17,12 +17,10 @@
 
 #![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
-use siphon_e2e::topic::{JsonRecord, read_topic, reduce};
+use siphon_e2e::topic::{read_topic_now, reduce};
 
 const TABLES: &str = "CREATE TABLE public.t (id int PRIMARY KEY, v int NOT NULL, note text, secret text);
      INSERT INTO public.t SELECT g, 0, 'n' || g, 's' || g FROM generate_series(1, 3000) g;
@@ -33,51 +31,6 @@ const TABLES: &str = "CREATE TABLE public.t (id int PRIMARY KEY, v int NOT NULL,
      CREATE TABLE public.m_eu PARTITION OF public.m FOR VALUES IN ('eu');
      CREATE TABLE public.m_us PARTITION OF public.m FOR VALUES IN ('us');
      INSERT INTO public.m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 0 FROM generate_series(1, 40) g;";
-
-async fn read(topic: &str) -> Vec<JsonRecord> {
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        read_topic(
-            &topic,
-            "read_uncommitted",
-            Duration::from_secs(2),
-            Duration::from_secs(60),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-async fn table(s: &Scenario, sql: &str) -> BTreeMap<String, Value> {
-    s.pg.query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let key: Value = r.get(0);
-            let row: Value = r.get(1);
-            (key.to_string(), row)
-        })
-        .collect()
-}
-
-async fn topic_equals(s: &Scenario, name: &str, sql: &str) {
-    let want = table(s, sql).await;
-    let topic = s.topic("public", name);
-    let mut last = 0;
-    for _ in 0..30 {
-        let got = reduce(&read(&topic).await);
-        if got == want {
-            return;
-        }
-        last = got.len();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    panic!(
-        "{topic}: {last} keys reduced, the table holds {} rows (or values differ)",
-        want.len()
-    );
-}
 
 async fn suite(major: u32) {
     let s = Scenario::on(&format!("PG{major}_PORT"), &format!("e2e-pg{major}")).await;
@@ -192,19 +145,17 @@ async fn suite(major: u32) {
     .unwrap();
 
     // Records hold the key and the selected columns only, on every version.
-    topic_equals(
-        &s,
+    s.topic_equals_rows(
         "t",
         "SELECT jsonb_build_object('id', id), jsonb_build_object('id', id, 'v', v) FROM public.t",
     )
     .await;
-    topic_equals(
-        &s,
+    s.topic_equals_rows(
         "m",
         "SELECT jsonb_build_object('id', id, 'region', region), to_jsonb(m) FROM public.m m",
     )
     .await;
-    let big = reduce(&read(&s.topic("public", "big")).await);
+    let big = reduce(&read_topic_now(&s.topic("public", "big")).await);
     let one = &big[&serde_json::json!({"id": 1}).to_string()];
     assert_eq!(one["n"], 1);
     assert_eq!(
@@ -217,7 +168,7 @@ async fn suite(major: u32) {
     siphon_e2e::eventually(Duration::from_secs(60), "the truncate record", || {
         let topic = topic.clone();
         async move {
-            read(&topic)
+            read_topic_now(&topic)
                 .await
                 .iter()
                 .any(|r| r.op() == Some("t"))
@@ -386,7 +337,7 @@ async fn postgres_17_failover_slot_survives_promotion() {
         || {
             let topic = topic.clone();
             async move {
-                let mut ids: Vec<i64> = read(&topic)
+                let mut ids: Vec<i64> = read_topic_now(&topic)
                     .await
                     .iter()
                     .filter_map(|r| r.after()?.get("id")?.as_i64())

@@ -40,7 +40,8 @@ pub async fn ensure(
             let mut t = NewTopic::new(
                 n,
                 settings.partitions,
-                TopicReplication::Fixed(settings.replication_factor),
+                // -1: the broker's default.replication.factor (KIP-464).
+                TopicReplication::Fixed(settings.replication_factor.unwrap_or(-1)),
             );
             for (k, v) in &topic_config {
                 t = t.set(k, v);
