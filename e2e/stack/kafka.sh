@@ -15,7 +15,12 @@
 # Layout: STATE_DIR/kafka/{server.properties,client.properties,data/},
 # STATE_DIR/pids/kafka.pid, STATE_DIR/logs/kafka.log.
 # Loopback only: PLAINTEXT 127.0.0.1:$KAFKA_PORT (19092), controller
-# 127.0.0.1:$KAFKA_CONTROLLER_PORT (19093).
+# 127.0.0.1:$KAFKA_CONTROLLER_PORT (19093), and for clients that need them:
+# SSL $KAFKA_SSL_PORT (19094, server certificate only), MTLS
+# $KAFKA_MTLS_PORT (19095, SSL requiring a client certificate) and SASL_SSL
+# $KAFKA_SASL_SSL_PORT (19096, SCRAM-SHA-512 user $KAFKA_SCRAM_USER). The
+# certificates are made once by the stack (openssl) under
+# STATE_DIR/kafka/tls: ca.crt, client.crt and client.key for clients.
 #
 # Written for callers running `set -euo pipefail`; sourcing only sets variable
 # defaults (ROOT, versions from e2e/versions.env, KAFKA_* knobs).
@@ -23,6 +28,11 @@
 ROOT="${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+KAFKA_SSL_PORT="${KAFKA_SSL_PORT:-19094}"
+KAFKA_MTLS_PORT="${KAFKA_MTLS_PORT:-19095}"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-19096}"
+KAFKA_SCRAM_USER="${KAFKA_SCRAM_USER:-siphon}"
+KAFKA_SCRAM_PASSWORD="${KAFKA_SCRAM_PASSWORD:-siphon-scram-secret}"
 KAFKA_LIBS="${KAFKA_LIBS:-$ROOT/.cache/kafka-libs}"
 KAFKA_M2_REPO="${KAFKA_M2_REPO:-$ROOT/.cache/m2}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
@@ -183,11 +193,19 @@ _kafka_server_properties() { # STATE_DIR
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_SSL_PORT,MTLS://127.0.0.1:$KAFKA_MTLS_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL
+# TLS: PEM files made by _kafka_tls; MTLS demands a client certificate.
+ssl.keystore.type=PEM
+ssl.keystore.location=$state/kafka/tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$state/kafka/tls/ca.crt
+listener.name.mtls.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 log.dirs=$state/kafka/data
 # single node
 num.partitions=1
@@ -214,6 +232,49 @@ log.retention.bytes=1073741824
 log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 EOF
+}
+
+# _kafka_tls STATE_DIR: a CA, the broker's certificate (127.0.0.1 and
+# localhost) and a client certificate, made once with openssl.
+_kafka_tls() {
+  local dir=$1/kafka/tls
+  [[ -s $dir/broker.pem && -s $dir/client.key && -s $dir/ca.crt ]] && return 0
+  command -v openssl >/dev/null 2>&1 || { _kafka_err "openssl not found; needed once for the TLS listeners"; return 1; }
+  local tmp=$dir.tmp.$$
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  (
+    cd "$tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=siphon-stack-ca" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    local who
+    for who in broker client; do
+      openssl req -newkey rsa:2048 -nodes -keyout "$who.key" -out "$who.csr" -subj "/CN=siphon-$who"
+      printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+        "extendedKeyUsage=serverAuth,clientAuth" >"$who.ext"
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -out "$who.crt" -days 3650 -extfile "$who.ext"
+    done
+    # Kafka's PEM keystore: the unencrypted PKCS#8 key, then the certificate.
+    cat broker.key broker.crt >broker.pem
+    rm -f ./*.csr ./*.ext ca.srl
+  ) >"$tmp.log" 2>&1 || { _kafka_err "making the TLS certificates failed:"; tail -n 20 "$tmp.log" >&2; rm -rf "$tmp"; return 1; }
+  rm -f "$tmp.log"
+  chmod 644 "$tmp"/*
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+
+# _kafka_scram_user STATE_DIR: the SCRAM-SHA-512 credentials of the SASL_SSL
+# listener's user (idempotent: the broker keeps them in its metadata log).
+_kafka_scram_user() {
+  local state=$1
+  _KAFKA_CLI_TIMEOUT=60 _kafka_run_cli kafka.admin.ConfigCommand \
+    --bootstrap-server "$(kafka_bootstrap)" --command-config "$state/kafka/client.properties" \
+    --alter --entity-type users --entity-name "$KAFKA_SCRAM_USER" \
+    --add-config "SCRAM-SHA-512=[password=$KAFKA_SCRAM_PASSWORD]" >>"$state/logs/kafka.log" 2>&1 ||
+    { _kafka_err "cannot create the SCRAM user $KAFKA_SCRAM_USER; see $state/logs/kafka.log"; return 1; }
 }
 
 # Ready = our pid alive, port open and a metadata request (topic list) answered.
@@ -251,17 +312,22 @@ kafka_up() {
   state=$(_kafka_abspath "$1")
   local kdir=$state/kafka pidf=$state/pids/kafka.pid log=$state/logs/kafka.log
 
+  _kafka_tls "$state" || return 1
   if _kafka_our_pid "$state" >/dev/null; then
-    # Ours and listening: nothing to do. Ours but not listening yet: still starting.
-    _kafka_port_open "$KAFKA_PORT" && return 0
-    _kafka_wait_ready "$state"
-    return
+    if cmp -s <(_kafka_server_properties "$state") "$kdir/server.properties"; then
+      # Ours and listening: nothing to do. Ours but not listening yet: still starting.
+      _kafka_port_open "$KAFKA_PORT" && return 0
+      _kafka_wait_ready "$state"
+      return
+    fi
+    echo "kafka.sh: the broker runs with an older configuration; restarting it" >&2
+    kafka_down "$state" || return 1
   fi
   rm -f "$pidf"
 
   kafka_build || return 1
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
     if _kafka_port_busy "$p"; then
       _kafka_err "port $p on 127.0.0.1 is already in use by another process (not our broker for $state); set KAFKA_PORT/KAFKA_CONTROLLER_PORT or free it"
       return 1
@@ -306,7 +372,8 @@ kafka_up() {
     sleep 0.05
   done
   [[ -s $pidf ]] || { _kafka_err "the broker did not start (no pid file $pidf); see $log"; return 1; }
-  _kafka_wait_ready "$state"
+  _kafka_wait_ready "$state" || return 1
+  _kafka_scram_user "$state"
 }
 
 kafka_down() {

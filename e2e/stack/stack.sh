@@ -10,7 +10,10 @@
 #   env                 source it: KUBECONFIG, PGHOST, PGPORT, PGUSER, PGPASSWORD,
 #                       KAFKA_BOOTSTRAP, plus PG_REPLICA_PORT (a second PostgreSQL
 #                       with wal_level=replica, for preflight tests) and
-#                       PG<major>_PORT for each other major (13 14 16 17 18)
+#                       PG<major>_PORT for each other major (12 13 14 16 17 18),
+#                       and Kafka's TLS, mutual TLS and SASL_SSL listeners
+#                       (KAFKA_SSL_BOOTSTRAP, KAFKA_MTLS_BOOTSTRAP,
+#                       KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_TLS_DIR, KAFKA_SCRAM_*)
 #   controlplane/       etcd, kube-apiserver, controller-manager, scheduler
 #   pg-main/ pg-replica/ kafka/
 #   logs/               every process's log; logs/pods/ holds the pods' output
@@ -111,6 +114,12 @@ export PGUSER=postgres
 export PGPASSWORD=$PG_SUPERUSER_PASSWORD
 export PGDATABASE=postgres
 export KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+export KAFKA_SSL_BOOTSTRAP=127.0.0.1:$KAFKA_SSL_PORT
+export KAFKA_MTLS_BOOTSTRAP=127.0.0.1:$KAFKA_MTLS_PORT
+export KAFKA_SASL_SSL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_SSL_PORT
+export KAFKA_TLS_DIR="$STACK_DIR/kafka/tls"
+export KAFKA_SCRAM_USER=$KAFKA_SCRAM_USER
+export KAFKA_SCRAM_PASSWORD=$KAFKA_SCRAM_PASSWORD
 export PG_REPLICA_PORT=$STACK_PG_REPLICA_PORT
 $(for major in $STACK_PG_OTHER_MAJORS; do echo "export PG${major}_PORT=$(other_major_port "$major")"; done)
 export SIPHON_STACK_DIR="$STACK_DIR"
