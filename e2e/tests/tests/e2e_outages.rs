@@ -1,0 +1,216 @@
+//! A capture that cannot deliver says so, and loses nothing:
+//!
+//! * with every Kafka broker down the worker's `KafkaAvailable` condition
+//!   goes False (Ready follows, the pod is not ready,
+//!   `siphon_worker_kafka_available` is 0), and when the broker is back it
+//!   goes True again and the changes written meanwhile arrive;
+//! * with its PostgreSQL stopped mid-stream the worker's `Capturing`
+//!   condition goes False (`CaptureInterrupted`, retrying), and True again
+//!   once the server is back.
+//!
+//! In a test binary of their own: stopping the broker would disturb other
+//! scenarios. The PostgreSQL stopped is the stack's 16, not the main one.
+
+#![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
+
+use std::time::Duration;
+
+use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
+use siphon_e2e::topic::read_topic;
+use siphon_e2e::{stack_shell, stack_var};
+
+/// Starts the broker again when dropped, also when the test panics.
+struct BrokerBack;
+
+impl Drop for BrokerBack {
+    fn drop(&mut self) {
+        let out = stack_shell(&format!(
+            "source e2e/stack/kafka.sh; kafka_up {}",
+            stack_var("SIPHON_STACK_DIR")
+        ));
+        assert!(
+            out.status.success(),
+            "kafka_up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
+    let s = Scenario::new("e2e-kafka-down").await;
+    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    s.apply(
+        "t",
+        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
+    )
+    .await;
+    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.pg.execute("INSERT INTO public.t VALUES (1)", &[])
+        .await
+        .unwrap();
+    s.wait_condition("t", "KafkaAvailable", "True", READY_TIMEOUT)
+        .await;
+
+    let back = BrokerBack;
+    let out = stack_shell(&format!(
+        "source e2e/stack/kafka.sh; kafka_down {}",
+        stack_var("SIPHON_STACK_DIR")
+    ));
+    assert!(
+        out.status.success(),
+        "kafka_down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in 2..=20 {
+        s.pg.execute("INSERT INTO public.t VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+    let down = s
+        .wait_condition("t", "KafkaAvailable", "False", Duration::from_secs(90))
+        .await;
+    assert_eq!(down.reason, "KafkaUnreachable", "{}", down.message);
+    let msg = s
+        .wait_ready_reason("t", "KafkaUnreachable", Duration::from_secs(60))
+        .await;
+    assert!(msg.contains("broker"), "{msg}");
+
+    drop(back);
+    s.wait_condition("t", "KafkaAvailable", "True", Duration::from_secs(120))
+        .await;
+    s.wait_condition("t", "Ready", "True", Duration::from_secs(60))
+        .await;
+    let topic = s.topic("public", "t");
+    let ids = siphon_e2e::eventually(
+        Duration::from_secs(90),
+        "the rows written during the outage",
+        || {
+            let topic = topic.clone();
+            async move {
+                let records = tokio::task::spawn_blocking(move || {
+                    read_topic(
+                        &topic,
+                        "read_uncommitted",
+                        Duration::from_secs(2),
+                        Duration::from_secs(30),
+                    )
+                })
+                .await
+                .unwrap();
+                let mut ids: Vec<i64> = records
+                    .iter()
+                    .filter_map(|r| r.after()?.get("id")?.as_i64())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                (ids.len() == 20).then_some(ids)
+            }
+        },
+    )
+    .await;
+    assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
+    s.cleanup().await;
+}
+
+/// Starts the stack's PostgreSQL 16 again when dropped, also on panic.
+struct Postgres16Back;
+
+const PG16: &str = "source e2e/stack/postgres.sh; export PG_BINDIR=$(pg_fetch \"$PG16_VERSION\")";
+
+impl Drop for Postgres16Back {
+    fn drop(&mut self) {
+        let out = stack_shell(&format!(
+            "{PG16}; pg_up \"$SIPHON_STACK_DIR\" \"$PG16_PORT\" pg16 \"shared_buffers = 32MB\" \"max_connections = 100\" \"logical_decoding_work_mem = 64kB\""
+        ));
+        assert!(
+            out.status.success(),
+            "pg_up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_mid_stream_shows_in_the_status_and_heals() {
+    let s = Scenario::on("PG16_PORT", "e2e-pg-down").await;
+    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    s.apply(
+        "t",
+        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
+    )
+    .await;
+    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.wait_condition("t", "Capturing", "True", READY_TIMEOUT)
+        .await;
+    s.pg.execute("INSERT INTO public.t VALUES (1)", &[])
+        .await
+        .unwrap();
+
+    let back = Postgres16Back;
+    let out = stack_shell(&format!("{PG16}; pg_down \"$SIPHON_STACK_DIR\" pg16"));
+    assert!(
+        out.status.success(),
+        "pg_down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = s.captures();
+    let interrupted = siphon_e2e::eventually(
+        Duration::from_secs(90),
+        "Capturing=False CaptureInterrupted",
+        || {
+            let api = api.clone();
+            async move {
+                api.get("t")
+                    .await
+                    .ok()?
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| {
+                        c.type_ == "Capturing"
+                            && c.status == "False"
+                            && c.reason == "CaptureInterrupted"
+                    })
+            }
+        },
+    )
+    .await;
+    assert!(
+        interrupted.message.contains("retrying"),
+        "{}",
+        interrupted.message
+    );
+    s.wait_condition("t", "Ready", "False", Duration::from_secs(60))
+        .await;
+
+    drop(back);
+    s.wait_condition("t", "Capturing", "True", Duration::from_secs(120))
+        .await;
+    s.wait_condition("t", "Ready", "True", Duration::from_secs(120))
+        .await;
+    let pg = siphon_e2e::pg_connect_on("PG16_PORT", &s.db).await;
+    pg.execute("INSERT INTO public.t VALUES (2)", &[])
+        .await
+        .unwrap();
+    let topic = s.topic("public", "t");
+    siphon_e2e::eventually(Duration::from_secs(90), "both rows", || {
+        let topic = topic.clone();
+        async move {
+            let records = siphon_e2e::topic::read_topic_now(&topic).await;
+            let mut ids: Vec<i64> = records
+                .iter()
+                .filter_map(|r| r.after()?.get("id")?.as_i64())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            (ids == [1, 2]).then_some(())
+        }
+    })
+    .await;
+    s.cleanup().await;
+}
