@@ -4,6 +4,8 @@
 //!   goes False (Ready follows, the pod is not ready,
 //!   `siphon_worker_kafka_available` is 0), and when the broker is back it
 //!   goes True again and the changes written meanwhile arrive;
+//! * a slot PostgreSQL invalidated stops the capture with `SlotLost` until a
+//!   re-snapshot is asked for;
 //! * with its PostgreSQL stopped mid-stream the worker's `Capturing`
 //!   condition goes False (`CaptureInterrupted`, retrying), and True again
 //!   once the server is back.
@@ -212,5 +214,126 @@ async fn a_postgres_outage_mid_stream_shows_in_the_status_and_heals() {
         }
     })
     .await;
+    s.cleanup().await;
+}
+
+/// Puts `max_slot_wal_keep_size` of the stack's PostgreSQL 13 back when
+/// dropped, also on panic.
+struct KeepSizeBack;
+
+impl Drop for KeepSizeBack {
+    fn drop(&mut self) {
+        let out = stack_shell(
+            "source e2e/stack/postgres.sh; pg_psql \"$PG13_PORT\" -c 'ALTER SYSTEM RESET max_slot_wal_keep_size' -c 'SELECT pg_reload_conf()'",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A slot PostgreSQL invalidated (`wal_status = lost`, past
+/// `max_slot_wal_keep_size`) stops the capture with `SlotLost` until a
+/// re-snapshot is asked for; then the lost slot is dropped, a new one made,
+/// and the topic equals the table again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_stops_the_capture_until_a_resnapshot() {
+    let s = Scenario::on("PG13_PORT", "e2e-slot-lost").await;
+    s.pg.batch_execute(
+        "CREATE TABLE public.t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO public.t SELECT g, 0 FROM generate_series(1, 100) g;
+         CREATE TABLE public.filler (x text);",
+    )
+    .await
+    .unwrap();
+    s.apply("t", &s.spec("[{ name: public.t }]", "")).await;
+    s.wait_condition("t", "BackfillComplete", "True", READY_TIMEOUT)
+        .await;
+    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+
+    // The worker stops; WAL grows past what the server keeps for a slot.
+    s.patch_spec("t", serde_json::json!({ "suspend": true }))
+        .await;
+    s.wait_condition("t", "WorkerAvailable", "False", READY_TIMEOUT)
+        .await;
+    let admin = siphon_e2e::pg_connect_on("PG13_PORT", "postgres").await;
+    let _back = KeepSizeBack;
+    for sql in [
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    s.pg.batch_execute("UPDATE public.t SET v = 1 WHERE id <= 10")
+        .await
+        .unwrap();
+    let slot = s
+        .captures()
+        .get("t")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .managed
+        .unwrap()
+        .slot
+        .unwrap();
+    siphon_e2e::eventually(Duration::from_secs(120), "the slot to be lost", || {
+        let (pg, admin, slot) = (&s.pg, &admin, slot.clone());
+        async move {
+            pg.batch_execute(
+                "INSERT INTO public.filler SELECT repeat('x', 1000) FROM generate_series(1, 20000); TRUNCATE public.filler;",
+            )
+            .await
+            .ok()?;
+            admin.batch_execute("SELECT pg_switch_wal()").await.ok()?;
+            admin.batch_execute("CHECKPOINT").await.ok()?;
+            let row = admin
+                .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await
+                .ok()?;
+            (row.get::<_, Option<String>>(0).as_deref() == Some("lost")).then_some(())
+        }
+    })
+    .await;
+
+    // Resumed, the capture refuses to stream from a slot that lost changes.
+    s.patch_spec("t", serde_json::json!({ "suspend": false }))
+        .await;
+    let msg = s
+        .wait_ready_reason("t", "SlotLost", Duration::from_secs(90))
+        .await;
+    assert!(msg.contains("spec.snapshot.request.id"), "{msg}");
+
+    // A re-snapshot: the lost slot goes, a new one comes, every row is read again.
+    s.patch_spec(
+        "t",
+        serde_json::json!({ "snapshot": { "request": { "id": "after-slot-lost" } } }),
+    )
+    .await;
+    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.pg.execute("INSERT INTO public.t VALUES (1000, 7)", &[])
+        .await
+        .unwrap();
+    s.topic_equals_rows(
+        "t",
+        "SELECT jsonb_build_object('id', id), to_jsonb(t) FROM public.t t",
+    )
+    .await;
+    let status: Option<String> = admin
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        status.as_deref(),
+        Some("lost"),
+        "the lost slot was replaced by a new one"
+    );
     s.cleanup().await;
 }
