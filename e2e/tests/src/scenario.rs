@@ -291,6 +291,27 @@ impl Scenario {
         .await;
     }
 
+    /// Wait until the `id`s of the `after` images in `table`'s topic (each
+    /// once, sorted) are `want`: every row arrived, none that should not.
+    pub async fn wait_ids(&self, table: &str, want: &[i64]) {
+        let topic = self.topic("public", table);
+        eventually(
+            Duration::from_secs(90),
+            &format!("ids {want:?} in {topic}"),
+            || async {
+                let mut ids: Vec<i64> = crate::topic::read_topic_now(&topic)
+                    .await
+                    .iter()
+                    .filter_map(|r| r.after()?.get("id")?.as_i64())
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                (ids == want).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Wait until the Ready condition carries `reason`; returns its message.
     pub async fn wait_ready_reason(&self, name: &str, reason: &str, timeout: Duration) -> String {
         let api = self.captures();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::stack_shell;
-use siphon_e2e::topic::{read_topic, read_topic_now, reduce};
+use siphon_e2e::topic::{read_topic_now, reduce};
 
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -344,38 +344,9 @@ async fn a_slot_dropped_under_load_stops_the_capture_until_a_resnapshot_is_reque
     let last = load.await.unwrap();
     assert!(last > 1100, "the load ran ({last})");
 
-    let rows: std::collections::BTreeMap<String, serde_json::Value> =
-        s.pg.query("SELECT id, v FROM public.t", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let id: i32 = r.get(0);
-                let v: i32 = r.get(1);
-                (json!({ "id": id }).to_string(), json!({ "id": id, "v": v }))
-            })
-            .collect();
-    let topic = s.topic("public", "t");
-    siphon_e2e::eventually(
-        Duration::from_secs(90),
-        "the topic to equal the table",
-        || {
-            let topic = topic.clone();
-            let rows = rows.clone();
-            async move {
-                let reduced = tokio::task::spawn_blocking(move || {
-                    reduce(&read_topic(
-                        &topic,
-                        "read_uncommitted",
-                        Duration::from_secs(3),
-                        Duration::from_secs(60),
-                    ))
-                })
-                .await
-                .unwrap();
-                (reduced == rows).then_some(())
-            }
-        },
+    s.topic_equals_rows(
+        "t",
+        "SELECT jsonb_build_object('id', id), to_jsonb(t) FROM public.t t",
     )
     .await;
     s.cleanup().await;

@@ -14,7 +14,6 @@ use kube::api::Api;
 use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::stack_var;
-use siphon_e2e::topic::read_topic;
 
 fn pem(name: &str) -> String {
     let path = format!("{}/{name}", stack_var("KAFKA_TLS_DIR"));
@@ -49,28 +48,7 @@ async fn delivered(s: &Scenario, table: &str) {
     s.pg.batch_execute(&format!("INSERT INTO public.{table} VALUES (1), (2), (3)"))
         .await
         .unwrap();
-    let topic = s.topic("public", table);
-    siphon_e2e::eventually(
-        Duration::from_secs(90),
-        &format!("{topic}'s records"),
-        || {
-            let topic = topic.clone();
-            async move {
-                let records = tokio::task::spawn_blocking(move || {
-                    read_topic(
-                        &topic,
-                        "read_uncommitted",
-                        Duration::from_secs(2),
-                        Duration::from_secs(20),
-                    )
-                })
-                .await
-                .unwrap();
-                (records.iter().filter(|r| r.op() == Some("c")).count() == 3).then_some(())
-            }
-        },
-    )
-    .await;
+    s.wait_ids(table, &[1, 2, 3]).await;
 }
 
 #[tokio::test]

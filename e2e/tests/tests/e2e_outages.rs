@@ -18,7 +18,6 @@
 use std::time::Duration;
 
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
-use siphon_e2e::topic::read_topic;
 use siphon_e2e::{stack_shell, stack_var};
 
 /// Starts the broker again when dropped, also when the test panics.
@@ -85,35 +84,7 @@ async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
         .await;
     s.wait_condition("t", "Ready", "True", Duration::from_secs(60))
         .await;
-    let topic = s.topic("public", "t");
-    let ids = siphon_e2e::eventually(
-        Duration::from_secs(90),
-        "the rows written during the outage",
-        || {
-            let topic = topic.clone();
-            async move {
-                let records = tokio::task::spawn_blocking(move || {
-                    read_topic(
-                        &topic,
-                        "read_uncommitted",
-                        Duration::from_secs(2),
-                        Duration::from_secs(30),
-                    )
-                })
-                .await
-                .unwrap();
-                let mut ids: Vec<i64> = records
-                    .iter()
-                    .filter_map(|r| r.after()?.get("id")?.as_i64())
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                (ids.len() == 20).then_some(ids)
-            }
-        },
-    )
-    .await;
-    assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
+    s.wait_ids("t", &(1..=20).collect::<Vec<i64>>()).await;
     s.cleanup().await;
 }
 
@@ -199,21 +170,7 @@ async fn a_postgres_outage_mid_stream_shows_in_the_status_and_heals() {
     pg.execute("INSERT INTO public.t VALUES (2)", &[])
         .await
         .unwrap();
-    let topic = s.topic("public", "t");
-    siphon_e2e::eventually(Duration::from_secs(90), "both rows", || {
-        let topic = topic.clone();
-        async move {
-            let records = siphon_e2e::topic::read_topic_now(&topic).await;
-            let mut ids: Vec<i64> = records
-                .iter()
-                .filter_map(|r| r.after()?.get("id")?.as_i64())
-                .collect();
-            ids.sort();
-            ids.dedup();
-            (ids == [1, 2]).then_some(())
-        }
-    })
-    .await;
+    s.wait_ids("t", &[1, 2]).await;
     s.cleanup().await;
 }
 
