@@ -334,6 +334,10 @@ struct Loop<'a> {
     position: Position,
     exactly_once: bool,
     last_commit_ts_us: i64,
+    /// End LSN of the newest source transaction seen.
+    last_commit_end: Lsn,
+    /// The newest transaction whose commit-to-confirm delay was reported.
+    lag_measured: Lsn,
     server_wal_end: Lsn,
     backfill: Backfill,
     /// A backfill chunk went out in the open source transaction (the one
@@ -418,6 +422,7 @@ impl Loop<'_> {
                 self.in_txn = false;
                 self.backfill.committed(xid);
                 self.last_commit_ts_us = commit_ts_us;
+                self.last_commit_end = end_lsn;
                 self.metrics.transactions.inc();
                 let chunk_done = std::mem::take(&mut self.chunk_in_txn);
                 if self.exactly_once {
@@ -561,16 +566,29 @@ impl Loop<'_> {
         let flush = self.confirmable();
         conn.send_standby_status(self.received.max(flush), flush, flush, reply)
             .await?;
-        if flush > self.flushed {
+        // Commit-to-confirm delay of the newest transaction, measured when
+        // it is confirmed; with nothing committed still waiting for Kafka,
+        // 0: an idle capture that is caught up has no lag (the time since
+        // the last commit is not lag).
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let lag = if self.last_commit_end > self.lag_measured && flush >= self.last_commit_end {
+            self.lag_measured = self.last_commit_end;
+            (self.last_commit_ts_us > 0)
+                .then(|| (now_us - self.last_commit_ts_us).max(0) as f64 / 1e6)
+        } else if flush >= self.last_commit_end && self.sink.in_flight() == 0 {
+            Some(0.0)
+        } else {
+            None
+        };
+        if let Some(lag) = lag {
+            self.metrics.lag_seconds.set(lag);
+        }
+        let advanced = flush > self.flushed;
+        if advanced {
             self.flushed = flush;
             self.metrics.confirmed_lsn.set(flush.0 as i64);
-            let now_us = chrono::Utc::now().timestamp_micros();
-            // Commit-to-confirmed delay of the newest delivered transaction.
-            let lag = (self.last_commit_ts_us > 0)
-                .then(|| (now_us - self.last_commit_ts_us).max(0) as f64 / 1e6);
-            if let Some(lag) = lag {
-                self.metrics.lag_seconds.set(lag);
-            }
+        }
+        if advanced || lag.is_some() {
             let lag_bytes = self.server_wal_end.0.saturating_sub(flush.0);
             self.metrics.lag_bytes.set(lag_bytes as i64);
             let events = self.metrics.events.get();
@@ -746,6 +764,8 @@ pub async fn run(
         position,
         exactly_once,
         last_commit_ts_us: 0,
+        last_commit_end: Lsn(0),
+        lag_measured: Lsn(0),
         server_wal_end: Lsn(0),
         backfill,
         chunk_in_txn: false,

@@ -110,7 +110,7 @@ impl Default for Metrics {
         );
         registry.register(
             "lag_seconds",
-            "Seconds from the newest commit to its delivery",
+            "Seconds from the newest commit to its delivery; 0 once caught up",
             m.lag_seconds.clone(),
         );
         registry.register(

@@ -54,6 +54,20 @@ async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
         .unwrap();
     s.wait_condition("t", "KafkaAvailable", "True", READY_TIMEOUT)
         .await;
+    // Idle and caught up: no lag, however long ago the last commit was.
+    let api = s.captures();
+    siphon_e2e::eventually(
+        Duration::from_secs(60),
+        "the lag of an idle capture to be 0",
+        || {
+            let api = api.clone();
+            async move {
+                let lag = api.get("t").await.ok()?.status?.progress?.lag?;
+                (lag == "0.0s").then_some(())
+            }
+        },
+    )
+    .await;
 
     let back = BrokerBack;
     let out = stack_shell(&format!(
