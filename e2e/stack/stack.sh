@@ -182,17 +182,24 @@ other_major_bindir() {
     [[ -n ${!var:-} ]] || die "$var is not set in e2e/versions.env"
     echo "$PG_CACHE/${!var}/bin"
 }
+# other_major_up MAJOR: start (fetching on first use) one other major.
+other_major_up() {
+    local major=$1 var="PG$1_VERSION"
+    [[ -n ${!var:-} ]] || die "$var is not set in e2e/versions.env"
+    pg_fetch "${!var}" >/dev/null || die "cannot fetch PostgreSQL ${!var}"
+    # Large transactions stream (14+) or spill from a few kB on.
+    local small_txn=()
+    ((major >= 13)) && small_txn=("logical_decoding_work_mem = 64kB")
+    PG_BINDIR=$(other_major_bindir "$major") pg_up "$STACK_DIR" "$(other_major_port "$major")" "pg$major" \
+        "shared_buffers = 32MB" "max_connections = 100" "${small_txn[@]}" || die "cannot start PostgreSQL $major"
+}
+other_major_down() {
+    PG_BINDIR=$(other_major_bindir "$1") pg_down "$STACK_DIR" "pg$1"
+}
 other_majors_up() {
-    local major var
+    local major
     for major in $STACK_PG_OTHER_MAJORS; do
-        var="PG${major}_VERSION"
-        [[ -n ${!var:-} ]] || die "$var is not set in e2e/versions.env"
-        pg_fetch "${!var}" >/dev/null || die "cannot fetch PostgreSQL ${!var}"
-        # Large transactions stream (14+) or spill from a few kB on.
-        local small_txn=()
-        ((major >= 13)) && small_txn=("logical_decoding_work_mem = 64kB")
-        PG_BINDIR=$(other_major_bindir "$major") pg_up "$STACK_DIR" "$(other_major_port "$major")" "pg$major" \
-            "shared_buffers = 32MB" "max_connections = 100" "${small_txn[@]}" || die "cannot start PostgreSQL $major"
+        other_major_up "$major"
     done
 }
 
@@ -227,7 +234,7 @@ down() {
     pg_down "$STACK_DIR" main
     local major
     for major in $STACK_PG_OTHER_MAJORS; do
-        PG_BINDIR=$(other_major_bindir "$major") pg_down "$STACK_DIR" "pg$major"
+        other_major_down "$major"
     done
     log "stack down"
 }
@@ -277,10 +284,13 @@ case "${1:-}" in
 up) up ;;
 operator-crash-restart) operator_crash_restart ;;
 operator-restart) operator_restart ;;
+# One other PostgreSQL major stopped or started, as the outage tests do.
+pg-major-up) other_major_up "${2:?usage: $0 pg-major-up MAJOR}" ;;
+pg-major-down) other_major_down "${2:?usage: $0 pg-major-down MAJOR}" ;;
 down) down ;;
 status) status ;;
 *)
-    echo "usage: $0 up|down|status|operator-restart|operator-crash-restart" >&2
+    echo "usage: $0 up|down|status|operator-restart|operator-crash-restart|pg-major-up N|pg-major-down N" >&2
     exit 2
     ;;
 esac

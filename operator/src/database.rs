@@ -531,11 +531,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
 
     let mut watermark_exists = false;
     if let (true, Some((ws, wt))) = (logical, &plan.watermark) {
-        watermark_exists = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&qualified(ws, wt)])
-            .await
-            .map_err(q("looking up the watermark table"))?
-            .get(0);
+        watermark_exists = relation_exists(client, ws, wt).await?;
         if !watermark_exists {
             let can_create: bool = client
                 .query_one("SELECT has_schema_privilege($1, 'CREATE')", &[ws])
@@ -896,12 +892,13 @@ pub async fn check_filter(
     table: &str,
     filter: &str,
 ) -> Result<CheckedFilter, Unfit> {
-    run(client, "BEGIN", "starting the filter check").await?;
-    let result = probe_filter(client, schema, table, filter).await;
-    let rolled_back = run(client, "ROLLBACK", "ending the filter check").await;
-    let checked = result?;
-    rolled_back?;
-    Ok(checked)
+    transaction(
+        client,
+        "checking a row filter",
+        End::RollBack,
+        probe_filter(client, schema, table, filter),
+    )
+    .await
 }
 
 async fn probe_filter(
@@ -1000,14 +997,42 @@ async fn run(client: &Client, sql: &str, context: &str) -> Result<(), Unfit> {
 
 /// Run statements in one transaction, each through the extended protocol.
 async fn run_all(client: &Client, statements: &[String], context: &str) -> Result<(), Unfit> {
-    run(client, "BEGIN", context).await?;
-    for statement in statements {
-        if let Err(e) = client.execute(statement.as_str(), &[]).await {
-            let _ = run(client, "ROLLBACK", context).await;
-            return Err(sql_error(context, e));
+    transaction(client, context, End::Commit, async {
+        for statement in statements {
+            run(client, statement, context).await?;
         }
-    }
-    run(client, "COMMIT", context).await
+        Ok(())
+    })
+    .await
+}
+
+/// How [`transaction`] ends when its body succeeds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Commit,
+    /// Always rolled back: a check that must leave nothing behind.
+    RollBack,
+}
+
+/// Run `body` inside BEGIN … COMMIT (or ROLLBACK: when `end` says so, and
+/// whenever the body fails). The first error wins.
+async fn transaction<T>(
+    client: &Client,
+    context: &str,
+    end: End,
+    body: impl std::future::Future<Output = Result<T, Unfit>>,
+) -> Result<T, Unfit> {
+    run(client, "BEGIN", context).await?;
+    let result = body.await;
+    let last = if result.is_ok() && end == End::Commit {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = run(client, last, context).await;
+    let value = result?;
+    ended?;
+    Ok(value)
 }
 
 /// Check every row filter of the plan through PostgreSQL, and refuse one
@@ -1299,7 +1324,7 @@ where
             match created {
                 Ok(()) => {}
                 // Another capture of this database created it just now.
-                Err(_) if watermark_present(client, ws, wt).await => {}
+                Err(_) if relation_exists(client, ws, wt).await.unwrap_or(false) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -1395,17 +1420,6 @@ where
         record(managed.clone()).await?;
     }
     Ok(())
-}
-
-async fn watermark_present(client: &Client, schema: &str, table: &str) -> bool {
-    client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&qualified(schema, table)],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(false)
 }
 
 /// End the slot's backend and drop the slot; a slot already gone is fine.
@@ -1542,6 +1556,7 @@ pub async fn teardown(
     Ok(())
 }
 
+/// Whether `schema.name` exists (a table, view, …).
 async fn relation_exists(client: &Client, schema: &str, name: &str) -> Result<bool, Unfit> {
     client
         .query_one(
@@ -1566,8 +1581,7 @@ async fn leave_watermark_table(
 ) -> Result<(), Unfit> {
     let context = "removing the watermark row";
     let t = qualified(schema, name);
-    run(client, "BEGIN", context).await?;
-    let result = async {
+    transaction(client, context, End::Commit, async {
         run(client, "SET LOCAL lock_timeout = '10s'", context).await?;
         if !relation_exists(client, schema, name).await? {
             return Ok(());
@@ -1600,15 +1614,8 @@ async fn leave_watermark_table(
             run(client, &format!("DROP TABLE {t}"), "dropping the watermark table").await?;
         }
         Ok(())
-    }
-    .await;
-    match result {
-        Ok(()) => run(client, "COMMIT", context).await,
-        Err(e) => {
-            let _ = run(client, "ROLLBACK", context).await;
-            Err(e)
-        }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

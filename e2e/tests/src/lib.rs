@@ -161,3 +161,26 @@ pub fn stack_shell(script: &str) -> std::process::Output {
         .output()
         .expect("bash")
 }
+
+/// Runs a stack shell script when dropped, also when the test panics:
+/// brings back what a test stopped or changed (a broker, a server, a
+/// setting), so a failed test leaves the stack as it found it.
+pub struct RunOnDrop(pub String);
+
+impl Drop for RunOnDrop {
+    fn drop(&mut self) {
+        let out = stack_shell(&self.0);
+        let failed = !out.status.success();
+        let why = format!(
+            "restoring the stack ({}) failed: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A second panic while unwinding would abort the test run.
+        if failed && std::thread::panicking() {
+            eprintln!("{why}");
+        } else {
+            assert!(!failed, "{why}");
+        }
+    }
+}

@@ -232,6 +232,23 @@ impl Scenario {
             .collect()
     }
 
+    /// Create `public.t` (`id int PRIMARY KEY`) and a capture `t` of it that
+    /// streams new changes only, and wait until it is Ready: the start of
+    /// every scenario about what happens to a running capture.
+    pub async fn streaming_capture_of_t(&self) {
+        self.pg
+            .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+            .await
+            .expect("create public.t");
+        self.apply(
+            "t",
+            &self.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
+        )
+        .await;
+        self.wait_condition("t", "Ready", "True", READY_TIMEOUT)
+            .await;
+    }
+
     /// Drop a replication slot by hand, as an administrator would: end its
     /// walsender and drop it, again until the worker's reconnect loses the
     /// race.

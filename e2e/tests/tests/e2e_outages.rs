@@ -18,37 +18,12 @@
 use std::time::Duration;
 
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
-use siphon_e2e::{stack_shell, stack_var};
-
-/// Starts the broker again when dropped, also when the test panics.
-struct BrokerBack;
-
-impl Drop for BrokerBack {
-    fn drop(&mut self) {
-        let out = stack_shell(&format!(
-            "source e2e/stack/kafka.sh; kafka_up {}",
-            stack_var("SIPHON_STACK_DIR")
-        ));
-        assert!(
-            out.status.success(),
-            "kafka_up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
+use siphon_e2e::{RunOnDrop, stack_shell, stack_var};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
     let s = Scenario::new("e2e-kafka-down").await;
-    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    s.apply(
-        "t",
-        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
-    )
-    .await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.streaming_capture_of_t().await;
     s.pg.execute("INSERT INTO public.t VALUES (1)", &[])
         .await
         .unwrap();
@@ -69,7 +44,10 @@ async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
     )
     .await;
 
-    let back = BrokerBack;
+    let back = RunOnDrop(format!(
+        "source e2e/stack/kafka.sh; kafka_up {}",
+        stack_var("SIPHON_STACK_DIR")
+    ));
     let out = stack_shell(&format!(
         "source e2e/stack/kafka.sh; kafka_down {}",
         stack_var("SIPHON_STACK_DIR")
@@ -102,44 +80,18 @@ async fn a_kafka_outage_shows_in_the_status_and_loses_nothing() {
     s.cleanup().await;
 }
 
-/// Starts the stack's PostgreSQL 16 again when dropped, also on panic.
-struct Postgres16Back;
-
-const PG16: &str = "source e2e/stack/postgres.sh; export PG_BINDIR=$(pg_fetch \"$PG16_VERSION\")";
-
-impl Drop for Postgres16Back {
-    fn drop(&mut self) {
-        let out = stack_shell(&format!(
-            "{PG16}; pg_up \"$SIPHON_STACK_DIR\" \"$PG16_PORT\" pg16 \"shared_buffers = 32MB\" \"max_connections = 100\" \"logical_decoding_work_mem = 64kB\""
-        ));
-        assert!(
-            out.status.success(),
-            "pg_up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_mid_stream_shows_in_the_status_and_heals() {
     let s = Scenario::on("PG16_PORT", "e2e-pg-down").await;
-    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    s.apply(
-        "t",
-        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
-    )
-    .await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.streaming_capture_of_t().await;
     s.wait_condition("t", "Capturing", "True", READY_TIMEOUT)
         .await;
     s.pg.execute("INSERT INTO public.t VALUES (1)", &[])
         .await
         .unwrap();
 
-    let back = Postgres16Back;
-    let out = stack_shell(&format!("{PG16}; pg_down \"$SIPHON_STACK_DIR\" pg16"));
+    let back = RunOnDrop("bash e2e/stack/stack.sh pg-major-up 16".into());
+    let out = stack_shell("bash e2e/stack/stack.sh pg-major-down 16");
     assert!(
         out.status.success(),
         "pg_down: {}",
@@ -188,23 +140,6 @@ async fn a_postgres_outage_mid_stream_shows_in_the_status_and_heals() {
     s.cleanup().await;
 }
 
-/// Puts `max_slot_wal_keep_size` of the stack's PostgreSQL 13 back when
-/// dropped, also on panic.
-struct KeepSizeBack;
-
-impl Drop for KeepSizeBack {
-    fn drop(&mut self) {
-        let out = stack_shell(
-            "source e2e/stack/postgres.sh; pg_psql \"$PG13_PORT\" -c 'ALTER SYSTEM RESET max_slot_wal_keep_size' -c 'SELECT pg_reload_conf()'",
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 /// A slot PostgreSQL invalidated (`wal_status = lost`, past
 /// `max_slot_wal_keep_size`) stops the capture with `SlotLost` until a
 /// re-snapshot is asked for; then the lost slot is dropped, a new one made,
@@ -230,7 +165,9 @@ async fn a_lost_slot_stops_the_capture_until_a_resnapshot() {
     s.wait_condition("t", "WorkerAvailable", "False", READY_TIMEOUT)
         .await;
     let admin = siphon_e2e::pg_connect_on("PG13_PORT", "postgres").await;
-    let _back = KeepSizeBack;
+    let _back = RunOnDrop(
+        "source e2e/stack/postgres.sh; pg_psql \"$PG13_PORT\" -c 'ALTER SYSTEM RESET max_slot_wal_keep_size' -c 'SELECT pg_reload_conf()'".into(),
+    );
     for sql in [
         "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'",
         "SELECT pg_reload_conf()",

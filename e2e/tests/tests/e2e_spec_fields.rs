@@ -300,15 +300,7 @@ async fn a_missing_secret_is_named_missing_and_not_created() {
 #[tokio::test]
 async fn a_worker_that_stops_for_good_says_why_in_the_status() {
     let s = Scenario::new("e2e-fields-stop").await;
-    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    s.apply(
-        "t",
-        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
-    )
-    .await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.streaming_capture_of_t().await;
     let capturing = s
         .wait_condition("t", "Capturing", "True", READY_TIMEOUT)
         .await;

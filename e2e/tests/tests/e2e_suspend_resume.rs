@@ -14,15 +14,7 @@ use siphon_e2e::topic::read_topic;
 #[tokio::test]
 async fn suspend_keeps_the_slot_and_resume_catches_up() {
     let s = Scenario::new("e2e-suspend").await;
-    s.pg.batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    s.apply(
-        "t",
-        &s.spec("[{ name: public.t }]", "snapshot: { mode: Never }"),
-    )
-    .await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    s.streaming_capture_of_t().await;
 
     s.patch_spec("t", serde_json::json!({ "suspend": true }))
         .await;
