@@ -249,6 +249,18 @@ impl Scenario {
             .await;
     }
 
+    /// What the operator recorded as created for capture `name`
+    /// (`status.managed`), empty when nothing is.
+    pub async fn managed(&self, name: &str) -> siphon_crds::status::ManagedObjects {
+        self.captures()
+            .get(name)
+            .await
+            .expect("get capture")
+            .status
+            .and_then(|s| s.managed)
+            .unwrap_or_default()
+    }
+
     /// Drop a replication slot by hand, as an administrator would: end its
     /// walsender and drop it, again until the worker's reconnect loses the
     /// race.

@@ -17,13 +17,6 @@ use siphon_e2e::topic::{read_topic_now, reduce};
 
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn managed(c: &siphon_crds::PostgresCapture) -> siphon_crds::status::ManagedObjects {
-    c.status
-        .as_ref()
-        .and_then(|s| s.managed.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn columns_and_a_key_filter_keep_the_applications_updates_and_deletes_working() {
     let s = Scenario::new("e2e-safe-cols").await;
@@ -132,11 +125,7 @@ async fn a_filter_outside_the_replica_identity_is_refused_before_anything_is_cre
         assert!(message.contains(way_out), "{message}");
     }
     assert_eq!(s.census().await, before, "nothing was created");
-    assert!(
-        managed(&s.captures().get("b").await.unwrap())
-            .slot
-            .is_none()
-    );
+    assert!(s.managed("b").await.slot.is_none());
 
     // One of the ways out: capture inserts only; the application's UPDATE
     // and DELETE keep working, and the filter applies to the stream.
@@ -265,7 +254,7 @@ async fn a_slot_dropped_under_load_stops_the_capture_until_a_resnapshot_is_reque
     s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
     s.wait_condition("t", "BackfillComplete", "True", READY_TIMEOUT)
         .await;
-    let slot = managed(&s.captures().get("t").await.unwrap()).slot.unwrap();
+    let slot = s.managed("t").await.slot.unwrap();
 
     // A steady write load for the whole scenario.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -177,17 +177,7 @@ async fn a_lost_slot_stops_the_capture_until_a_resnapshot() {
     s.pg.batch_execute("UPDATE public.t SET v = 1 WHERE id <= 10")
         .await
         .unwrap();
-    let slot = s
-        .captures()
-        .get("t")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .managed
-        .unwrap()
-        .slot
-        .unwrap();
+    let slot = s.managed("t").await.slot.unwrap();
     siphon_e2e::eventually(Duration::from_secs(120), "the slot to be lost", || {
         let (pg, admin, slot) = (&s.pg, &admin, slot.clone());
         async move {

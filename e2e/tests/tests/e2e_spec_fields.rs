@@ -305,17 +305,7 @@ async fn a_worker_that_stops_for_good_says_why_in_the_status() {
         .wait_condition("t", "Capturing", "True", READY_TIMEOUT)
         .await;
     assert_eq!(capturing.reason, "Streaming");
-    let slot = s
-        .captures()
-        .get("t")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .managed
-        .unwrap()
-        .slot
-        .unwrap();
+    let slot = s.managed("t").await.slot.unwrap();
     s.drop_slot_by_hand(&slot).await;
     // Written by the worker itself before it exits (a retry of the broken
     // connection may say CaptureInterrupted first).

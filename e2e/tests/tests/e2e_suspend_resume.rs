@@ -47,17 +47,7 @@ async fn suspend_keeps_the_slot_and_resume_catches_up() {
     s.pg.batch_execute("INSERT INTO public.t SELECT generate_series(1, 100)")
         .await
         .unwrap();
-    let slot = s
-        .captures()
-        .get("t")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .managed
-        .unwrap()
-        .slot
-        .unwrap();
+    let slot = s.managed("t").await.slot.unwrap();
     assert!(s.slot_exists(&slot).await, "the slot stays while suspended");
     // The status shows the WAL the slot retains.
     siphon_e2e::eventually(
