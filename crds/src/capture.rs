@@ -41,6 +41,9 @@ use crate::status::PostgresCaptureStatus;
 #[x_kube(validation = Rule::new("(has(self.logical) && has(self.logical.publicationName) ? self.logical.publicationName : '') == (has(oldSelf.logical) && has(oldSelf.logical.publicationName) ? oldSelf.logical.publicationName : '')").message("spec.logical.publicationName is immutable, also when it was left to its default; create another PostgresCapture to use another publication").field_path(".logical.publicationName"))]
 #[x_kube(validation = Rule::new("self.postgres.database == oldSelf.postgres.database").message("spec.postgres.database is immutable: the slot and publication live in the database; create another PostgresCapture to capture another database").field_path(".postgres.database"))]
 #[x_kube(validation = Rule::new("(has(self.snapshot) ? self.snapshot.watermarkTable : 'public.siphon_watermarks') == (has(oldSelf.snapshot) ? oldSelf.snapshot.watermarkTable : 'public.siphon_watermarks')").message("spec.snapshot.watermarkTable is immutable: the capture's backfill position is tied to it; create another PostgresCapture to use another table").field_path(".snapshot.watermarkTable"))]
+#[x_kube(validation = Rule::new("self.mode == 'Polling' || self.tables.all(t, !has(t.query) && !has(t.cursorColumn))").message("tables[].query and tables[].cursorColumn are for mode Polling").field_path(".tables"))]
+#[x_kube(validation = Rule::new("self.tables.all(t, !has(t.query) || (has(t.keyColumns) && size(t.keyColumns) > 0))").message("a table with a query needs keyColumns: the columns of the query's rows that identify a row").field_path(".tables"))]
+#[x_kube(validation = Rule::new("!has(self.polling) || !self.polling.notify || self.tables.all(t, !has(t.query))").message("polling.notify makes triggers on tables; a tables[].query has none: poll it without notify, or capture its tables").field_path(".polling.notify"))]
 #[x_kube(validation = Rule::new("self.mode != 'Polling' || self.tables.all(t, !t.name.endsWith('.*'))").message("polling needs explicit table names; `schema.*` is only for mode Logical").field_path(".tables"))]
 pub struct PostgresCaptureSpec {
     /// How to reach the source database.
@@ -223,6 +226,20 @@ pub struct TableSpec {
     /// Backfill this table's existing rows; set false to stream changes only.
     #[serde(default = "default_true")]
     pub snapshot: bool,
+    /// Polling only: the cursor column of this table, instead of
+    /// `polling.cursorColumn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub cursor_column: Option<String>,
+    /// Polling only: poll the rows of this SELECT instead of a table (joins,
+    /// projections, expressions); `name` then only names the topic. Siphon
+    /// wraps it with the keyset predicate, the order and the limit, so it
+    /// must return the cursor column and `keyColumns`, which identify a row.
+    /// Checked by PostgreSQL before the capture starts, read in a read-only
+    /// transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub query: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -380,35 +397,56 @@ pub struct SnapshotRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PollingSpec {
-    /// Column that grows with every change (a timestamp or a sequence), read in
-    /// order together with the primary key.
-    #[schemars(length(min = 1))]
+    /// Column that grows with every change: a timestamp the database sets
+    /// (`DEFAULT now()`, or a trigger on update), or a sequence. Rows are
+    /// read in (cursor, key) order, so ties on the cursor lose nothing.
+    /// Types: smallint, integer, bigint, numeric, timestamp, timestamptz,
+    /// date. Rows whose cursor is NULL are never read. A table may name its
+    /// own (`tables[].cursorColumn`).
+    #[schemars(length(min = 1, max = 63))]
     pub cursor_column: String,
-    /// Time between two polls (e.g. `5s`).
+    /// Time between two polls (e.g. `5s`); while a backlog remains, polls
+    /// follow each other without waiting.
     #[serde(default = "default_poll_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
     pub interval: String,
-    /// Rows read per query.
+    /// Rows read per query, per table.
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub batch_size: u32,
-    /// Re-read this window of recent cursor values to catch rows whose cursor
-    /// was written by a transaction that committed late; already-delivered rows
-    /// are not sent again.
+    /// Late commits (a transaction that took an older cursor value commits
+    /// after newer rows were read). Unset: none are expected. A duration
+    /// (`30s`): re-read that window behind the position each poll and emit
+    /// the rows not delivered yet. `Auto`: never read past the start of the
+    /// oldest transaction still open, so a cursor set by the database's
+    /// clock can never get a row behind the position (time cursors only;
+    /// the role needs pg_read_all_stats). docs/polling.md says what each
+    /// makes safe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = r"^(Auto|([0-9]+(ms|s|m|h))+)$"))]
     pub lateness: Option<String>,
-    /// `Append` emits every row read as an insert; `Upsert` emits reads of a
-    /// known key as updates.
+    /// `Append`: each row read is a new event (`op: c`), for insert-only
+    /// tables. `Upsert`: each row read is the latest state of its key
+    /// (`op: u`), for tables updated in place. Deletes are `op: d` in both.
     #[serde(default)]
     pub semantics: PollingSemantics,
-    /// Cursor value to start from (as text); the whole table when unset.
+    /// Cursor value to start from (as text, e.g. `2024-01-01` or `1000`):
+    /// rows with a smaller cursor are never read. The whole table when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub initial_cursor: Option<String>,
-    /// Create NOTIFY triggers so that changes wake the worker at once and
-    /// deletes are captured; the operator drops them on deletion.
+    /// Create, per table, triggers that wake the worker at once on a change
+    /// (LISTEN/NOTIFY; the interval stays the fallback) and record deleted
+    /// keys in a table, so deletes are captured (`op: d` and a tombstone),
+    /// also those made while the worker is down. The operator drops the
+    /// triggers, their function and the table on deletion. Needs TRIGGER on
+    /// each table and CREATE on `objectsSchema`; not for `tables[].query`.
     #[serde(default)]
     pub notify: bool,
+    /// Schema of the trigger function and the deletes table (`notify: true`).
+    #[serde(default = "default_objects_schema")]
+    #[schemars(length(min = 1, max = 63))]
+    pub objects_schema: String,
 }
 
 fn default_poll_interval() -> String {
@@ -417,14 +455,17 @@ fn default_poll_interval() -> String {
 fn default_batch_size() -> u32 {
     1000
 }
+fn default_objects_schema() -> String {
+    "public".into()
+}
 
 /// How polled rows become records.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum PollingSemantics {
-    /// Every row read is a new record (`op: c`).
+    /// Every row read is a new event (`op: c`).
     #[default]
     Append,
-    /// A row with a key seen before is an update (`op: u`).
+    /// Every row read is the latest state of its key (`op: u`).
     Upsert,
 }
 

@@ -22,6 +22,9 @@ pub const CAPTURING: &str = "Capturing";
 /// Written by the worker: Kafka's brokers answer. False while every broker
 /// is down (records wait in the worker; nothing is lost).
 pub const KAFKA_AVAILABLE: &str = "KafkaAvailable";
+/// Polling: every cursor column leads an index (else each poll scans the
+/// table); `False` is a warning, it does not hold `Ready` back.
+pub const CURSOR_INDEXED: &str = "CursorIndexed";
 /// The conditions the worker writes under its own field manager; the
 /// operator reads them (Ready sums them up) and never writes them.
 pub const WORKER_OWNED: [&str; 2] = [CAPTURING, KAFKA_AVAILABLE];
@@ -81,4 +84,18 @@ pub mod reason {
     /// The worker stopped for a reason a person must fix (its message says
     /// which and how).
     pub const CAPTURE_FAILED: &str = "CaptureFailed";
+    /// Polling: the cursor column is not in the table (or the query).
+    pub const CURSOR_COLUMN_MISSING: &str = "CursorColumnMissing";
+    /// Polling: the cursor column's type cannot order rows as a cursor.
+    pub const CURSOR_TYPE_UNSUPPORTED: &str = "CursorTypeUnsupported";
+    /// Polling: a `tables[].query` PostgreSQL refuses, or one lacking the
+    /// cursor or key columns.
+    pub const INVALID_QUERY: &str = "InvalidQuery";
+    /// Polling, `lateness: Auto`: the horizon cannot be derived (a number
+    /// cursor, or a role that cannot see other sessions' transactions).
+    pub const HORIZON_UNAVAILABLE: &str = "HorizonUnavailable";
+    /// Polling: a cursor column leads no index.
+    pub const CURSOR_NOT_INDEXED: &str = "CursorNotIndexed";
+    /// Polling: every cursor column leads an index.
+    pub const INDEXED: &str = "Indexed";
 }

@@ -13,6 +13,7 @@ pub mod capture;
 pub mod conditions;
 pub mod duration;
 pub mod kafka_options;
+pub mod polling;
 pub mod status;
 pub mod worker_config;
 

@@ -65,9 +65,16 @@ pub struct ManagedObjects {
     /// NOTIFY triggers (`schema.table`), if Siphon created them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<String>,
-    /// The trigger function, if Siphon created it.
+    /// The trigger function (`schema.name`), if Siphon created it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger_function: Option<String>,
+    /// The table of deleted keys (`schema.name`), if Siphon created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_table: Option<String>,
+    /// Deletes recorded by the triggers and not yet drained into Kafka
+    /// (counted by the operator; they wait while the capture is suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_waiting: Option<i64>,
 }
 
 /// How a capture's established slot went away.
@@ -135,6 +142,65 @@ pub struct ProgressStatus {
     /// Per-table backfill progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableProgress>,
+    /// Polling mode: where each table's cursor stands, and what holds the
+    /// horizon back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling: Option<PollingProgress>,
+}
+
+/// Progress of a polling capture.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PollingProgress {
+    /// Per table: the position and what was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<PolledTable>,
+    /// `lateness: Auto`: no row at or past this cursor time is read yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<String>,
+    /// `lateness: Auto`: the open transaction that holds the horizon back,
+    /// when one does (a forgotten `idle in transaction` session shows here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<HorizonHolder>,
+    /// Deletes drained from the deletes table since the worker started.
+    #[serde(default)]
+    pub deletes: u64,
+}
+
+/// One polled table.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolledTable {
+    /// `schema.table` (the name of a query's topic for `tables[].query`).
+    pub name: String,
+    /// Cursor value of the last row delivered (as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Rows read and sent since the worker started.
+    #[serde(default)]
+    pub rows: u64,
+    /// Time cursors: now minus the cursor of the last row delivered, while
+    /// rows wait; `0s` when the table is read to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+}
+
+/// An open transaction holding a polling horizon back.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HorizonHolder {
+    /// Backend process id (`SELECT pg_terminate_backend(pid)` ends it).
+    pub pid: i32,
+    /// `pg_stat_activity.state`, e.g. `idle in transaction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `application_name` of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_name: Option<String>,
+    /// When its transaction started (RFC 3339).
+    pub transaction_start: String,
+    /// How long it has been open, in seconds.
+    pub seconds: u64,
 }
 
 /// Backfill progress of one table.

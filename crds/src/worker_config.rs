@@ -34,6 +34,10 @@ pub struct WorkerConfig {
     pub snapshot: SnapshotSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polling: Option<PollingSpec>,
+    /// Polling with `notify: true`: the channel to LISTEN on and the table
+    /// of deleted keys, as the operator created them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
     #[serde(default)]
     pub kafka: KafkaConfig,
     #[serde(default)]
@@ -56,6 +60,16 @@ fn default_max_txn_memory() -> u64 {
 }
 fn default_spill_dir() -> String {
     "/tmp/siphon-spill".into()
+}
+
+/// The objects of `polling.notify`, names resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// LISTEN/NOTIFY channel of the capture's triggers.
+    pub channel: String,
+    /// `schema.table` of deleted keys, written by the DELETE trigger.
+    pub deletes_table: String,
 }
 
 /// Connection to PostgreSQL; each secret either inline or from an environment variable.

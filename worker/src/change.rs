@@ -104,3 +104,11 @@ pub struct Change {
     /// Set for backfill reads: `true`, `last` or `false` as Debezium writes it.
     pub snapshot: Option<&'static str>,
 }
+
+impl Change {
+    /// Read by polling: no WAL position, no transaction id (and not a
+    /// backfill read).
+    pub fn is_polled(&self) -> bool {
+        self.commit_lsn.0 == 0 && self.xid == 0 && self.snapshot.is_none()
+    }
+}

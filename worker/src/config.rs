@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use siphon_crds::capture::{CaptureMode, SslMode};
 use siphon_crds::duration;
+use siphon_crds::polling::Lateness;
 pub use siphon_crds::worker_config::WorkerConfig;
 
 /// One invalid field.
@@ -76,7 +77,8 @@ impl std::fmt::Debug for Secrets {
 pub struct Derived {
     pub heartbeat_interval: Duration,
     pub poll_interval: Duration,
-    pub lateness: Option<Duration>,
+    /// `polling.lateness`, read.
+    pub lateness: Lateness,
 }
 
 /// A configuration that passed validation, with its secrets.
@@ -185,7 +187,7 @@ pub fn validate(
 
     let mut heartbeat_interval = Duration::from_secs(10);
     let mut poll_interval = Duration::from_secs(5);
-    let mut lateness = None;
+    let mut lateness = Lateness::None;
     match config.mode {
         CaptureMode::Logical => {
             if config.logical.slot_name.is_empty() {
@@ -223,10 +225,41 @@ pub fn validate(
                     Ok(d) => poll_interval = d,
                     Err(e) => err("polling.interval", &e),
                 }
-                if let Some(l) = &p.lateness {
-                    match duration::parse(l) {
-                        Ok(d) => lateness = Some(d),
-                        Err(e) => err("polling.lateness", &e.to_string()),
+                match Lateness::parse(p.lateness.as_deref()) {
+                    Ok(l) => lateness = l,
+                    Err(e) => err("polling.lateness", &e),
+                }
+                if p.batch_size == 0 {
+                    err("polling.batchSize", "must be at least 1");
+                }
+                if p.notify {
+                    match &config.notify {
+                        None => err(
+                            "notify",
+                            "required with polling.notify: the channel and deletesTable the triggers use (the operator fills it in)",
+                        ),
+                        Some(n) => {
+                            if n.channel.trim().is_empty() {
+                                err("notify.channel", "required");
+                            }
+                            if n.deletes_table.split_once('.').is_none() {
+                                err("notify.deletesTable", "write schema.table");
+                            }
+                        }
+                    }
+                }
+                for (i, table) in config.tables.iter().enumerate() {
+                    if table.query.is_some() && table.key_columns.is_empty() {
+                        err(
+                            &format!("tables[{i}].keyColumns"),
+                            "required with a query: the columns of its rows that identify a row",
+                        );
+                    }
+                    if table.name.ends_with(".*") {
+                        err(
+                            &format!("tables[{i}].name"),
+                            "polling needs explicit table names; `schema.*` is only for mode Logical",
+                        );
                     }
                 }
             }

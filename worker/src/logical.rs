@@ -37,23 +37,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use siphon_crds::capture::{Delivery, Operation, SslMode as SpecSslMode};
+use siphon_crds::capture::{Delivery, Operation};
 use siphon_crds::conditions::{self, reason};
 use tokio::sync::watch;
 
-use crate::backfill::{Backfill, BackfillError, Offer};
+use crate::backfill::{Backfill, Offer};
+use crate::capture::{CaptureError, Stopped, connect_params, kafka_ids, sql_connect, start_kafka};
 use crate::change::{Change, Lsn, Op};
 use crate::config::Validated;
-use crate::metrics::{Metrics, ReasonLabels};
-use crate::offsets::{self, Position};
+use crate::metrics::Metrics;
+use crate::offsets::Position;
 use crate::progress::Progress;
 use crate::record::{EncoderSettings, Record, RecordEncoder};
 use crate::replication::{
-    Assembler, AssemblerConfig, AssemblyError, ConnectParams, DecodeError, Decoder,
-    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationOptions, SslMode,
-    TxEvent, choose_protocol,
+    Assembler, AssemblerConfig, Decoder, ReplicationConnection, ReplicationMessage,
+    ReplicationOptions, TxEvent, choose_protocol,
 };
-use crate::sink::{KafkaSink, SinkError, options, topics};
+use crate::sink::{KafkaSink, options};
 use crate::values::registry::TypeRegistry;
 
 /// Prefix of the heartbeat messages the worker emits (and skips on receipt).
@@ -66,187 +66,6 @@ const CONFIRM_INTERVAL: Duration = Duration::from_millis(10);
 const EOS_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most records in one Kafka transaction in exactly-once mode.
 const EOS_MAX_RECORDS: u64 = 50_000;
-
-/// Why the capture stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error(transparent)]
-    Replication(#[from] ReplicationError),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    #[error(transparent)]
-    Assembly(#[from] AssemblyError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Offsets(#[from] offsets::OffsetsError),
-    #[error(transparent)]
-    Backfill(#[from] BackfillError),
-    #[error("PostgreSQL query failed ({what}): {source}")]
-    Sql {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error(
-        "replication slot {slot} does not exist: a new slot would silently skip the changes in between, so nothing streams until a person chooses (in Kubernetes a new spec.snapshot.request.id makes the operator create a new slot and backfill every table; standalone, `logical.createSlot: true`)"
-    )]
-    SlotMissing { slot: String },
-    #[error(
-        "replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL this capture still needed; raise max_slot_wal_keep_size and re-create the capture to backfill again"
-    )]
-    SlotLost { slot: String },
-    #[error(
-        "replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot"
-    )]
-    SlotActive { slot: String, pid: i32 },
-    /// A blocking task panicked: its outcome is unknown, so it is never
-    /// taken for a success (an empty position would restart from nothing).
-    #[error("{task} panicked; the worker stops rather than guess its outcome")]
-    Panicked { task: &'static str },
-}
-
-impl CaptureError {
-    /// Whether a restart from the last confirmed position may succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CaptureError::Replication(e) => e.is_transient(),
-            CaptureError::Sink(e) => e.is_transient(),
-            CaptureError::Sql { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none()
-                    || source.code().is_some_and(|c| transient_sqlstate(c.code()))
-            }
-            CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
-            CaptureError::Backfill(e) => e.is_transient(),
-            CaptureError::SlotActive { .. } => true,
-            CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
-            _ => false,
-        }
-    }
-
-    /// The reason of the worker's `Capturing=False` condition for an error
-    /// that stops it for good.
-    pub fn reason(&self) -> &'static str {
-        use siphon_crds::conditions::reason;
-        match self {
-            CaptureError::SlotMissing { .. } => reason::SLOT_MISSING,
-            CaptureError::SlotLost { .. } => reason::SLOT_LOST,
-            CaptureError::Sql { source, .. }
-                if source.code().map(|c| c.code()) == Some("42501") =>
-            {
-                reason::INSUFFICIENT_PRIVILEGE
-            }
-            CaptureError::Sink(SinkError::Fatal { .. }) => reason::KAFKA_REFUSED,
-            _ => reason::CAPTURE_FAILED,
-        }
-    }
-
-    /// Low-cardinality label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            CaptureError::Replication(e) => e.metric_label(),
-            CaptureError::Decode(_) => "decode",
-            CaptureError::Assembly(_) => "assembly",
-            CaptureError::Sink(_) => "kafka",
-            CaptureError::Offsets(_) => "offsets",
-            CaptureError::Backfill(e) => e.metric_label(),
-            CaptureError::Sql { .. } => "sql",
-            CaptureError::SlotMissing { .. } => "slot_missing",
-            CaptureError::SlotLost { .. } => "slot_lost",
-            CaptureError::SlotActive { .. } => "slot_active",
-            CaptureError::Panicked { .. } => "panicked",
-        }
-    }
-}
-
-/// SQLSTATEs worth a retry: connection exceptions (08), insufficient
-/// resources (53), operator intervention such as a shutdown or a server still
-/// starting (57P01-57P03), serialization failures and deadlocks.
-fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01")
-}
-
-/// How a run ended without error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
-    Shutdown,
-}
-
-fn ssl_mode(mode: SpecSslMode) -> SslMode {
-    match mode {
-        SpecSslMode::Disable => SslMode::Disable,
-        SpecSslMode::Prefer => SslMode::Prefer,
-        SpecSslMode::Require => SslMode::Require,
-        SpecSslMode::VerifyCa => SslMode::VerifyCa,
-        SpecSslMode::VerifyFull => SslMode::VerifyFull,
-    }
-}
-
-/// Replication connection parameters of a configuration.
-pub fn connect_params(v: &Validated) -> ConnectParams {
-    let pg = &v.config.postgres;
-    let mut p = ConnectParams::new(
-        pg.host.clone(),
-        v.secrets.pg_user.clone(),
-        pg.database.clone(),
-    );
-    p.port = pg.port;
-    p.password = v.secrets.pg_password.clone();
-    p.ssl_mode = ssl_mode(pg.ssl_mode);
-    p.ssl_root_cert = pg.ssl_root_cert.as_ref().map(PathBuf::from);
-    p
-}
-
-/// A plain SQL connection (heartbeats, catalog reads).
-pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, CaptureError> {
-    let pg = &v.config.postgres;
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&pg.host)
-        .port(pg.port)
-        .dbname(&pg.database)
-        .user(&v.secrets.pg_user)
-        .application_name("siphon-worker")
-        // The same text forms as the replication connection's values.
-        .options("-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c lc_monetary=C -c bytea_output=hex")
-        .connect_timeout(Duration::from_secs(10));
-    if let Some(pw) = &v.secrets.pg_password {
-        cfg.password(pw);
-    }
-    let sql_err = |source| CaptureError::Sql {
-        what: "connecting",
-        source,
-    };
-    let (client, conn) = if pg.ssl_mode == SpecSslMode::Disable {
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(sql_err)?;
-        (client, tokio::spawn(conn))
-    } else {
-        // libpq semantics as on the replication connection: `prefer` falls
-        // back to plain text, the others insist on TLS, and the verify modes
-        // check the chain (and the host name) inside the rustls config.
-        let tls_mode = if pg.ssl_mode == SpecSslMode::Prefer {
-            tokio_postgres::config::SslMode::Prefer
-        } else {
-            tokio_postgres::config::SslMode::Require
-        };
-        cfg.ssl_mode(tls_mode);
-        let root = pg.ssl_root_cert.as_ref().map(std::path::PathBuf::from);
-        let tls =
-            crate::replication::connection::tls_config(ssl_mode(pg.ssl_mode), root.as_deref())?;
-        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-        let (client, conn) = cfg.connect(connector).await.map_err(sql_err)?;
-        (client, tokio::spawn(conn))
-    };
-    tokio::spawn(async move {
-        if let Ok(Err(error)) = conn.await {
-            tracing::debug!(%error, "sql connection closed");
-        }
-    });
-    Ok(client)
-}
 
 /// Check the slot before streaming: present, not lost, not active elsewhere.
 /// Creates it only when the configuration says so (standalone use).
@@ -527,35 +346,8 @@ impl Loop<'_> {
         self.flushed
     }
 
-    /// Kafka's availability into the worker's condition, its readiness and
-    /// a metric: a capture that cannot deliver says so (its records wait in
-    /// the producer's queue, and nothing is confirmed meanwhile).
     async fn kafka_health(&mut self) {
-        self.sink.probe_brokers(Duration::from_millis(500)).await;
-        match self.sink.brokers_down() {
-            Some(why) => {
-                self.metrics.kafka_available.set(0);
-                self.metrics.set_ready(false);
-                self.progress.set_health(
-                    conditions::KAFKA_AVAILABLE,
-                    false,
-                    reason::KAFKA_UNREACHABLE,
-                    format!(
-                        "every Kafka broker is down ({why}); records wait in the worker and nothing is confirmed to PostgreSQL until they are delivered"
-                    ),
-                );
-            }
-            None => {
-                self.metrics.kafka_available.set(1);
-                self.metrics.set_ready(true);
-                self.progress.set_health(
-                    conditions::KAFKA_AVAILABLE,
-                    true,
-                    reason::KAFKA_REACHABLE,
-                    "Kafka's brokers answer",
-                );
-            }
-        }
+        crate::capture::kafka_health(&self.sink, self.metrics, self.progress).await;
     }
 
     async fn send_status(
@@ -648,64 +440,29 @@ pub async fn run(
 ) -> Result<Stopped, CaptureError> {
     let cfg = &v.config;
     let exactly_once = cfg.kafka.delivery == Delivery::ExactlyOnce;
-    let tx_id = exactly_once.then(|| format!("siphon-{}", cfg.name.replace('/', "-")));
-    let client_id = format!("siphon-{}", cfg.name.replace('/', "-"));
+    let (client_id, tx_id) = kafka_ids(v);
     let props = options::producer_properties(&cfg.kafka, &v.secrets, &client_id, tx_id.as_deref());
     tracing::debug!(properties = ?options::redacted(&props), "kafka producer");
 
-    // Topics first (when asked), then the offsets topic (always compacted).
     let sql = sql_connect(v).await?;
     let registry = TypeRegistry::load(&sql).await.unwrap_or_else(|error| {
         tracing::warn!(%error, "cannot read pg_type; non-built-in types are encoded as text");
         TypeRegistry::builtin()
     });
-    if let Some(creation) = &cfg.kafka.topics
-        && creation.create
-    {
+    let topic_names: Vec<String> = if cfg.kafka.topics.as_ref().is_some_and(|t| t.create) {
         let encoder = RecordEncoder::new(
             EncoderSettings::from_config(cfg),
             Arc::new(TypeRegistry::builtin()),
         );
-        let names: Vec<String> = published_tables(&sql, cfg)
+        published_tables(&sql, cfg)
             .await?
             .iter()
             .map(|(s, t)| encoder.topic_for(s, t))
-            .collect();
-        topics::ensure(&props, &names, creation, &[]).await?;
-    }
-    let offsets_settings = siphon_crds::capture::TopicCreation {
-        create: true,
-        partitions: 1,
-        replication_factor: cfg.kafka.topics.as_ref().and_then(|t| t.replication_factor),
-        config: Default::default(),
+            .collect()
+    } else {
+        Vec::new()
     };
-    topics::ensure(
-        &props,
-        std::slice::from_ref(&cfg.kafka.offsets_topic),
-        &offsets_settings,
-        &[("cleanup.policy", "compact")],
-    )
-    .await?;
-    // Fence first, read the position second: once init_transactions returns,
-    // any transaction of an older worker is committed or aborted, so the
-    // position read below is final.
-    let sink: KafkaSink<Lsn> = KafkaSink::new(&props)?;
-    if exactly_once {
-        sink.init_transactions(Duration::from_secs(60)).await?;
-    }
-    let mut position = {
-        let props = props.clone();
-        let topic = cfg.kafka.offsets_topic.clone();
-        let key = cfg.name.clone();
-        tokio::task::spawn_blocking(move || {
-            offsets::load(&props, &topic, &key, Duration::from_secs(15))
-        })
-        .await
-        .map_err(|_| CaptureError::Panicked {
-            task: "loading the position",
-        })??
-        .unwrap_or_default()
-    };
+    let (sink, mut position): (KafkaSink<Lsn>, _) = start_kafka(v, &props, &topic_names).await?;
 
     check_slot(&sql, v).await?;
     // Definite backfill problems (no key, no watermark table) surface here,
@@ -903,54 +660,6 @@ pub async fn run(
     }
 }
 
-/// Run until shutdown, restarting from the last confirmed position after
-/// transient errors (with backoff); a definite error ends the worker.
-pub async fn run_forever(
-    v: &Validated,
-    metrics: Arc<Metrics>,
-    progress: Progress,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(), CaptureError> {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let started = Instant::now();
-        match run(v, metrics.clone(), progress.clone(), shutdown.clone()).await {
-            Ok(Stopped::Shutdown) => return Ok(()),
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
-                metrics.set_ready(false);
-                progress.set_health(
-                    conditions::CAPTURING,
-                    false,
-                    reason::CAPTURE_INTERRUPTED,
-                    format!("{e}; retrying in {backoff:?}"),
-                );
-                metrics
-                    .restarts
-                    .get_or_create(&ReasonLabels {
-                        reason: e.metric_label().into(),
-                    })
-                    .inc();
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "capture interrupted; restarting from the last confirmed position");
-                let mut sd = shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = sd.changed() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                metrics.set_ready(false);
-                metrics.set_unhealthy();
-                progress.set_health(conditions::CAPTURING, false, e.reason(), e.to_string());
-                return Err(e);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,19 +672,6 @@ mod tests {
         assert!(
             op_allowed(&[Operation::Insert], Op::Read),
             "backfill reads are never filtered"
-        );
-    }
-
-    #[test]
-    fn definite_errors_are_not_retried() {
-        assert!(!CaptureError::SlotMissing { slot: "s".into() }.is_transient());
-        assert!(!CaptureError::SlotLost { slot: "s".into() }.is_transient());
-        assert!(
-            CaptureError::SlotActive {
-                slot: "s".into(),
-                pid: 1
-            }
-            .is_transient()
         );
     }
 }

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use siphon_crds::capture::CaptureMode;
 use siphon_worker::metrics::{self, Metrics};
 use siphon_worker::progress::{self, Progress};
-use siphon_worker::{config, logical};
+use siphon_worker::{capture, config};
 
 /// Captures changes of PostgreSQL tables into Kafka topics.
 #[derive(Parser, Debug)]
@@ -88,26 +87,19 @@ fn main() -> ExitCode {
         });
         let status_target = validated.config.status.clone();
         let last_word = progress.clone();
-        let result = match validated.config.mode {
-            // A spawned task, not block_on's own future: it then runs on a
-            // runtime thread beside the I/O driver, and a readable socket wakes
-            // it without a cross-thread unpark (two context switches per
-            // wake-up otherwise, tens of thousands a second when streaming).
-            CaptureMode::Logical => {
-                let capture = tokio::spawn(async move {
-                    logical::run_forever(&validated, metrics, progress, rx).await
-                });
-                match capture.await {
-                    Ok(result) => result,
-                    Err(error) => {
-                        tracing::error!(%error, "capture task failed");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            }
-            CaptureMode::Polling => {
-                tracing::error!("polling mode is not available in this build of the worker");
-                return ExitCode::from(2);
+        // A spawned task, not block_on's own future: it then runs on a
+        // runtime thread beside the I/O driver, and a readable socket wakes
+        // it without a cross-thread unpark (two context switches per
+        // wake-up otherwise, tens of thousands a second when streaming).
+        let capture =
+            tokio::spawn(
+                async move { capture::run_forever(&validated, metrics, progress, rx).await },
+            );
+        let result = match capture.await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%error, "capture task failed");
+                return ExitCode::FAILURE;
             }
         };
         match result {

@@ -15,12 +15,18 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
 }
 
 /// The worker's metrics. Counters are cheap atomics, safe on the hot path.
@@ -50,6 +56,14 @@ pub struct Metrics {
     pub buffered_bytes: Gauge,
     /// 1 while Kafka's brokers answer, 0 while all of them are down.
     pub kafka_available: Gauge,
+    /// Polling: rows read and sent, by table.
+    pub polled_rows: Family<TableLabels, Counter>,
+    /// Polling: deletes drained from the deletes table.
+    pub polled_deletes: Counter,
+    /// Polling: seconds per poll (every table read once, deletes drained).
+    pub poll_duration: Histogram,
+    /// Polling: polls that failed, by reason.
+    pub poll_errors: Family<ReasonLabels, Counter>,
     healthy: AtomicBool,
     ready: AtomicBool,
     /// Unix seconds of the last progress of the loop (health).
@@ -73,6 +87,12 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             buffered_bytes: Gauge::default(),
             kafka_available: Gauge::default(),
+            polled_rows: Family::default(),
+            polled_deletes: Counter::default(),
+            poll_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            poll_errors: Family::default(),
             healthy: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             heartbeat_unix: AtomicI64::new(0),
@@ -132,6 +152,26 @@ impl Default for Metrics {
             "kafka_available",
             "1 while Kafka's brokers answer, 0 while every broker is down",
             m.kafka_available.clone(),
+        );
+        registry.register(
+            "polled_rows",
+            "Polling: rows read and sent, by table",
+            m.polled_rows.clone(),
+        );
+        registry.register(
+            "polled_deletes",
+            "Polling: deletes drained from the deletes table",
+            m.polled_deletes.clone(),
+        );
+        registry.register(
+            "poll_duration_seconds",
+            "Polling: seconds per poll of every table",
+            m.poll_duration.clone(),
+        );
+        registry.register(
+            "poll_errors",
+            "Polling: failed polls by reason",
+            m.poll_errors.clone(),
         );
         Self { registry, ..m }
     }

@@ -7,6 +7,10 @@
 //! disagree: the worker skips every source transaction at or before the stored
 //! LSN. In at-least-once mode the slot's `confirmed_flush_lsn` is the stream
 //! position and the topic only carries backfill progress.
+//!
+//! A polling capture keeps its whole position here: per table the (cursor,
+//! key) of the last row delivered, and the deletes drained into Kafka but
+//! perhaps not yet removed from the deletes table.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,6 +48,23 @@ pub struct Position {
     /// Id of the last on-demand snapshot request that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_request: Option<String>,
+    /// Polling: per table name, the last row delivered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub polled: BTreeMap<String, PolledPosition>,
+    /// Polling: `seq` of rows of the deletes table that are in Kafka; a
+    /// restart removes them from the table before draining it again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drained_deletes: Vec<i64>,
+}
+
+/// Where polling of one table stands.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct PolledPosition {
+    /// Cursor of the last row delivered, in PostgreSQL's text form.
+    pub cursor: String,
+    /// Its key, in key column order (text forms).
+    pub key: Vec<Option<String>>,
 }
 
 impl Position {

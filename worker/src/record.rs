@@ -580,20 +580,12 @@ impl Envelope<'_> {
         json::write_str(out, change.snapshot.unwrap_or("false").as_bytes());
         out.push(b',');
         out.extend_from_slice(self.source_db);
-        // A JSON string holding `["<previous commit lsn>","<lsn>"]`, written
-        // with its quotes already escaped (digits need no escaping).
-        out.extend_from_slice(b"\"sequence\":\"[");
-        match self.last_commit {
-            Some(lsn) => {
-                out.extend_from_slice(b"\\\"");
-                json::write_u64(out, lsn.0);
-                out.extend_from_slice(b"\\\"");
-            }
-            None => out.extend_from_slice(b"null"),
+        if change.is_polled() {
+            // A polled row has no WAL position.
+            out.extend_from_slice(b"\"sequence\":null");
+        } else {
+            self.sequence(change, out);
         }
-        out.extend_from_slice(b",\\\"");
-        json::write_u64(out, change.lsn.0);
-        out.extend_from_slice(b"\\\"]\"");
         out.extend_from_slice(b",\"ts_us\":");
         json::write_i64(out, change.commit_ts_us);
         out.extend_from_slice(b",\"ts_ns\":");
@@ -625,6 +617,24 @@ impl Envelope<'_> {
         out.extend_from_slice(b",\"ts_ns\":");
         json::write_i64(out, self.now_us.saturating_mul(1000));
         out.extend_from_slice(b",\"transaction\":null}");
+    }
+
+    /// `source.sequence`: a JSON string holding `["<previous commit
+    /// lsn>","<lsn>"]`, written with its quotes already escaped (digits need
+    /// no escaping).
+    fn sequence(&self, change: &Change, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\"sequence\":\"[");
+        match self.last_commit {
+            Some(lsn) => {
+                out.extend_from_slice(b"\\\"");
+                json::write_u64(out, lsn.0);
+                out.extend_from_slice(b"\\\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\\\"");
+        json::write_u64(out, change.lsn.0);
+        out.extend_from_slice(b"\\\"]\"");
     }
 
     /// `{"table","op","ts","data","old_data"[,"metadata"]}`: `data` is the new
@@ -672,10 +682,17 @@ impl Envelope<'_> {
             json::write_str(out, relation.schema.as_bytes());
             out.extend_from_slice(b",\"table\":");
             json::write_str(out, relation.name.as_bytes());
-            out.extend_from_slice(b",\"lsn\":");
-            json::write_str(out, change.lsn.to_string().as_bytes());
-            out.extend_from_slice(b",\"commit_lsn\":");
-            json::write_str(out, change.commit_lsn.to_string().as_bytes());
+            for (name, lsn) in [
+                (&b",\"lsn\":"[..], change.lsn),
+                (b",\"commit_lsn\":", change.commit_lsn),
+            ] {
+                out.extend_from_slice(name);
+                if change.is_polled() {
+                    out.extend_from_slice(b"null");
+                } else {
+                    json::write_str(out, lsn.to_string().as_bytes());
+                }
+            }
             out.extend_from_slice(b",\"tx_id\":");
             if change.xid == 0 {
                 out.extend_from_slice(b"null");

@@ -25,7 +25,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use siphon_worker::change::Lsn;
 use siphon_worker::config::{self, Validated, WorkerConfig};
-use siphon_worker::logical::{self, CaptureError, Stopped};
+use siphon_worker::capture::{self, CaptureError, Stopped};
+use siphon_worker::logical;
 use siphon_worker::metrics::Metrics;
 use siphon_worker::offsets::{self, Position};
 use siphon_worker::progress::Progress;
@@ -373,7 +374,7 @@ fn start_restarting(v: Validated) -> Worker {
     let (stop, rx) = watch::channel(false);
     let p = progress.clone();
     let task = tokio::spawn(async move {
-        logical::run_forever(&v, Arc::new(Metrics::default()), p, rx)
+        capture::run_forever(&v, Arc::new(Metrics::default()), p, rx)
             .await
             .map(|()| Stopped::Shutdown)
     });

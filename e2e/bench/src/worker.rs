@@ -107,6 +107,8 @@ impl WorkerEnv {
                     filter: None,
                     key_columns: Vec::new(),
                     snapshot,
+                    cursor_column: None,
+                    query: None,
                 })
                 .collect(),
             logical: LogicalConfig {

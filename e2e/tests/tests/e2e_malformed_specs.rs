@@ -60,6 +60,15 @@ fn malformed_specs_are_refused_with_readable_messages() {
         ("duplicate-table", GOOD.replace("[{ name: public.orders }]", "[{ name: public.orders }, { name: public.orders }]"), "Duplicate value"),
         ("no-secret-name", GOOD.replace("credentialsSecretRef: { name: pg }", "credentialsSecretRef: {}"), "spec.postgres.credentialsSecretRef.name: Required value"),
         ("bad-compression", GOOD.replace("topicPrefix: shop", "topicPrefix: shop, compression: brotli"), "spec.kafka.compression"),
+        ("polling-bad-lateness", GOOD.replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: updated_at, lateness: soon }\n  suspend: true"), "spec.polling.lateness"),
+        ("polling-bad-interval", GOOD.replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: updated_at, interval: often }\n  suspend: true"), "spec.polling.interval"),
+        ("polling-no-cursor", GOOD.replace("  suspend: true", "  mode: Polling\n  polling: { interval: 5s }\n  suspend: true"), "spec.polling.cursorColumn: Required value"),
+        ("polling-zero-batch", GOOD.replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: v, batchSize: 0 }\n  suspend: true"), "spec.polling.batchSize"),
+        ("polling-bad-semantics", GOOD.replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: v, semantics: Merge }\n  suspend: true"), "spec.polling.semantics: Unsupported value"),
+        ("polling-wildcard", GOOD.replace("public.orders", "public.*").replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: v }\n  suspend: true"), "polling needs explicit table names"),
+        ("query-without-key", GOOD.replace("[{ name: public.orders }]", "[{ name: public.totals, query: \"SELECT 1 AS v\" }]").replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: v }\n  suspend: true"), "a table with a query needs keyColumns"),
+        ("query-with-notify", GOOD.replace("[{ name: public.orders }]", "[{ name: public.totals, keyColumns: [v], query: \"SELECT 1 AS v\" }]").replace("  suspend: true", "  mode: Polling\n  polling: { cursorColumn: v, notify: true }\n  suspend: true"), "polling.notify makes triggers on tables"),
+        ("query-in-logical", GOOD.replace("[{ name: public.orders }]", "[{ name: public.totals, keyColumns: [v], query: \"SELECT 1 AS v\" }]"), "tables[].query and tables[].cursorColumn are for mode Polling"),
     ];
     let mut failures = Vec::new();
     for (label, spec, expected) in &cases {

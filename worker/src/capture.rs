@@ -1,0 +1,427 @@
+//! What both capture sources share: why a capture stops ([`CaptureError`]),
+//! the SQL connection, the Kafka start (topics, the producer, fencing and the
+//! stored position) and the restart policy ([`run_forever`]).
+//!
+//! ```text
+//!  run_forever ──► logical::run  (WAL through a replication slot)
+//!              └─► polling::run  (keyset SELECTs on an interval / NOTIFY)
+//!        both: RecordEncoder ──► KafkaSink ──► offsets topic (Position)
+//! ```
+//!
+//! **Restart policy.** A transient error (a lost connection, a broker
+//! outage, a column added under a backfill) restarts the source from its
+//! last durable position after a backoff (500 ms doubling to 30 s, reset
+//! after a minute of running); any other error stops the worker with a
+//! reason and the fix in `Capturing=False`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use siphon_crds::capture::{CaptureMode, SslMode as SpecSslMode, TopicCreation};
+use siphon_crds::conditions::{self, reason};
+use tokio::sync::{Notify, watch};
+
+use crate::backfill::BackfillError;
+use crate::config::Validated;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::offsets::{self, Position};
+use crate::polling::PollError;
+use crate::progress::Progress;
+use crate::replication::{AssemblyError, ConnectParams, DecodeError, ReplicationError, SslMode};
+use crate::sink::{KafkaSink, SinkError, topics};
+
+/// Why the capture stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
+    #[error(transparent)]
+    Polling(#[from] PollError),
+    #[error("PostgreSQL query failed ({what}): {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "replication slot {slot} does not exist: a new slot would silently skip the changes in between, so nothing streams until a person chooses (in Kubernetes a new spec.snapshot.request.id makes the operator create a new slot and backfill every table; standalone, `logical.createSlot: true`)"
+    )]
+    SlotMissing { slot: String },
+    #[error(
+        "replication slot {slot} was invalidated (wal_status = lost): PostgreSQL removed WAL this capture still needed; raise max_slot_wal_keep_size and re-create the capture to backfill again"
+    )]
+    SlotLost { slot: String },
+    #[error(
+        "replication slot {slot} is in use by another process (pid {pid}); only one worker may stream from a slot"
+    )]
+    SlotActive { slot: String, pid: i32 },
+    /// A blocking task panicked: its outcome is unknown, so it is never
+    /// taken for a success (an empty position would restart from nothing).
+    #[error("{task} panicked; the worker stops rather than guess its outcome")]
+    Panicked { task: &'static str },
+}
+
+impl CaptureError {
+    /// Whether a restart from the last confirmed position may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Replication(e) => e.is_transient(),
+            CaptureError::Sink(e) => e.is_transient(),
+            CaptureError::Sql { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none()
+                    || source.code().is_some_and(|c| transient_sqlstate(c.code()))
+            }
+            CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
+            CaptureError::Backfill(e) => e.is_transient(),
+            CaptureError::Polling(e) => e.is_transient(),
+            CaptureError::SlotActive { .. } => true,
+            CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The reason of the worker's `Capturing=False` condition for an error
+    /// that stops it for good.
+    pub fn reason(&self) -> &'static str {
+        use siphon_crds::conditions::reason;
+        match self {
+            CaptureError::SlotMissing { .. } => reason::SLOT_MISSING,
+            CaptureError::Polling(e) => e.reason(),
+            CaptureError::SlotLost { .. } => reason::SLOT_LOST,
+            CaptureError::Sql { source, .. }
+                if source.code().map(|c| c.code()) == Some("42501") =>
+            {
+                reason::INSUFFICIENT_PRIVILEGE
+            }
+            CaptureError::Sink(SinkError::Fatal { .. }) => reason::KAFKA_REFUSED,
+            _ => reason::CAPTURE_FAILED,
+        }
+    }
+
+    /// Low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            CaptureError::Replication(e) => e.metric_label(),
+            CaptureError::Decode(_) => "decode",
+            CaptureError::Assembly(_) => "assembly",
+            CaptureError::Sink(_) => "kafka",
+            CaptureError::Offsets(_) => "offsets",
+            CaptureError::Backfill(e) => e.metric_label(),
+            CaptureError::Polling(e) => e.metric_label(),
+            CaptureError::Sql { .. } => "sql",
+            CaptureError::SlotMissing { .. } => "slot_missing",
+            CaptureError::SlotLost { .. } => "slot_lost",
+            CaptureError::SlotActive { .. } => "slot_active",
+            CaptureError::Panicked { .. } => "panicked",
+        }
+    }
+}
+
+/// SQLSTATEs worth a retry: connection exceptions (08), insufficient
+/// resources (53), operator intervention such as a shutdown or a server still
+/// starting (57P01-57P03), serialization failures and deadlocks.
+pub fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57P")
+        || matches!(code, "40001" | "40P01")
+}
+
+/// How a run ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Shutdown,
+}
+
+fn ssl_mode(mode: SpecSslMode) -> SslMode {
+    match mode {
+        SpecSslMode::Disable => SslMode::Disable,
+        SpecSslMode::Prefer => SslMode::Prefer,
+        SpecSslMode::Require => SslMode::Require,
+        SpecSslMode::VerifyCa => SslMode::VerifyCa,
+        SpecSslMode::VerifyFull => SslMode::VerifyFull,
+    }
+}
+
+/// Replication connection parameters of a configuration.
+pub fn connect_params(v: &Validated) -> ConnectParams {
+    let pg = &v.config.postgres;
+    let mut p = ConnectParams::new(
+        pg.host.clone(),
+        v.secrets.pg_user.clone(),
+        pg.database.clone(),
+    );
+    p.port = pg.port;
+    p.password = v.secrets.pg_password.clone();
+    p.ssl_mode = ssl_mode(pg.ssl_mode);
+    p.ssl_root_cert = pg.ssl_root_cert.as_ref().map(PathBuf::from);
+    p
+}
+
+/// A plain SQL connection (heartbeats, catalog reads, polls).
+pub async fn sql_connect(v: &Validated) -> Result<tokio_postgres::Client, CaptureError> {
+    sql_connect_with(v, None).await
+}
+
+/// A SQL connection whose NOTIFY messages wake `wake` (LISTEN is up to the
+/// caller); `Client::is_closed` tells when the connection ended.
+pub async fn sql_connect_with(
+    v: &Validated,
+    wake: Option<Arc<Notify>>,
+) -> Result<tokio_postgres::Client, CaptureError> {
+    let pg = &v.config.postgres;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&pg.host)
+        .port(pg.port)
+        .dbname(&pg.database)
+        .user(&v.secrets.pg_user)
+        .application_name("siphon-worker")
+        // The same text forms as the replication connection's values.
+        .options("-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c lc_monetary=C -c bytea_output=hex -c standard_conforming_strings=on")
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(pw) = &v.secrets.pg_password {
+        cfg.password(pw);
+    }
+    let sql_err = |source| CaptureError::Sql {
+        what: "connecting",
+        source,
+    };
+    let (client, conn) = if pg.ssl_mode == SpecSslMode::Disable {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(sql_err)?;
+        (client, drive(conn, wake))
+    } else {
+        // libpq semantics as on the replication connection: `prefer` falls
+        // back to plain text, the others insist on TLS, and the verify modes
+        // check the chain (and the host name) inside the rustls config.
+        let tls_mode = if pg.ssl_mode == SpecSslMode::Prefer {
+            tokio_postgres::config::SslMode::Prefer
+        } else {
+            tokio_postgres::config::SslMode::Require
+        };
+        cfg.ssl_mode(tls_mode);
+        let root = pg.ssl_root_cert.as_ref().map(std::path::PathBuf::from);
+        let tls =
+            crate::replication::connection::tls_config(ssl_mode(pg.ssl_mode), root.as_deref())?;
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+        let (client, conn) = cfg.connect(connector).await.map_err(sql_err)?;
+        (client, drive(conn, wake))
+    };
+    drop(conn);
+    Ok(client)
+}
+
+/// Run a connection's I/O on a task of its own, turning notifications into
+/// wake-ups (many notifications before the next poll are one wake-up).
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: Option<Arc<Notify>>,
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = futures::StreamExt::next(&mut messages).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if let Some(w) = &wake {
+                        w.notify_one();
+                    }
+                }
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(notice = %notice.message(), "postgres notice");
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "sql connection closed");
+                    break;
+                }
+            }
+        }
+    })
+}
+
+/// The Kafka side of a start: the tables' topics (when asked), the offsets
+/// topic (always, compacted), the producer, and the stored position.
+///
+/// Fence first, read the position second: once `init_transactions`
+/// returns, any transaction of an older worker is committed or aborted, so
+/// the position read after it is final.
+pub async fn start_kafka<P: Clone + Send + Sync + 'static>(
+    v: &Validated,
+    props: &std::collections::BTreeMap<String, String>,
+    topic_names: &[String],
+) -> Result<(KafkaSink<P>, Position), CaptureError> {
+    let cfg = &v.config;
+    if let Some(creation) = &cfg.kafka.topics
+        && creation.create
+    {
+        topics::ensure(props, topic_names, creation, &[]).await?;
+    }
+    let offsets_settings = TopicCreation {
+        create: true,
+        partitions: 1,
+        replication_factor: cfg.kafka.topics.as_ref().and_then(|t| t.replication_factor),
+        config: Default::default(),
+    };
+    topics::ensure(
+        props,
+        std::slice::from_ref(&cfg.kafka.offsets_topic),
+        &offsets_settings,
+        &[("cleanup.policy", "compact")],
+    )
+    .await?;
+    let sink: KafkaSink<P> = KafkaSink::new(props)?;
+    if sink.is_transactional() {
+        sink.init_transactions(Duration::from_secs(60)).await?;
+    }
+    let position = {
+        let props = props.clone();
+        let topic = cfg.kafka.offsets_topic.clone();
+        let key = cfg.name.clone();
+        tokio::task::spawn_blocking(move || {
+            offsets::load(&props, &topic, &key, Duration::from_secs(15))
+        })
+        .await
+        .map_err(|_| CaptureError::Panicked {
+            task: "loading the position",
+        })??
+        .unwrap_or_default()
+    };
+    Ok((sink, position))
+}
+
+/// Kafka's availability into the worker's condition, its readiness and
+/// a metric: a capture that cannot deliver says so (its records wait in
+/// the producer's queue, and nothing is confirmed meanwhile).
+pub async fn kafka_health<P: Clone + Send + Sync + 'static>(
+    sink: &KafkaSink<P>,
+    metrics: &Metrics,
+    progress: &Progress,
+) {
+    sink.probe_brokers(Duration::from_millis(500)).await;
+    match sink.brokers_down() {
+        Some(why) => {
+            metrics.kafka_available.set(0);
+            metrics.set_ready(false);
+            progress.set_health(
+                conditions::KAFKA_AVAILABLE,
+                false,
+                reason::KAFKA_UNREACHABLE,
+                format!(
+                    "every Kafka broker is down ({why}); records wait in the worker and nothing is confirmed to PostgreSQL until they are delivered"
+                ),
+            );
+        }
+        None => {
+            metrics.kafka_available.set(1);
+            metrics.set_ready(true);
+            progress.set_health(
+                conditions::KAFKA_AVAILABLE,
+                true,
+                reason::KAFKA_REACHABLE,
+                "Kafka's brokers answer",
+            );
+        }
+    }
+}
+
+/// The Kafka client id, and the transactional id in exactly-once mode.
+pub fn kafka_ids(v: &Validated) -> (String, Option<String>) {
+    let id = format!("siphon-{}", v.config.name.replace('/', "-"));
+    let exactly_once = v.config.kafka.delivery == siphon_crds::capture::Delivery::ExactlyOnce;
+    (id.clone(), exactly_once.then_some(id))
+}
+
+/// Run until shutdown, restarting from the last confirmed position after
+/// transient errors (with backoff); a definite error ends the worker.
+pub async fn run_forever(
+    v: &Validated,
+    metrics: Arc<Metrics>,
+    progress: Progress,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), CaptureError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        let run = match v.config.mode {
+            CaptureMode::Logical => {
+                crate::logical::run(v, metrics.clone(), progress.clone(), shutdown.clone()).await
+            }
+            CaptureMode::Polling => {
+                crate::polling::run(v, metrics.clone(), progress.clone(), shutdown.clone()).await
+            }
+        };
+        match run {
+            Ok(Stopped::Shutdown) => return Ok(()),
+            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                metrics.set_ready(false);
+                progress.set_health(
+                    conditions::CAPTURING,
+                    false,
+                    reason::CAPTURE_INTERRUPTED,
+                    format!("{e}; retrying in {backoff:?}"),
+                );
+                metrics
+                    .restarts
+                    .get_or_create(&ReasonLabels {
+                        reason: e.metric_label().into(),
+                    })
+                    .inc();
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, "capture interrupted; restarting from the last confirmed position");
+                let mut sd = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = sd.changed() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                metrics.set_ready(false);
+                metrics.set_unhealthy();
+                progress.set_health(conditions::CAPTURING, false, e.reason(), e.to_string());
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definite_errors_are_not_retried() {
+        assert!(!CaptureError::SlotMissing { slot: "s".into() }.is_transient());
+        assert!(!CaptureError::SlotLost { slot: "s".into() }.is_transient());
+        assert!(
+            CaptureError::SlotActive {
+                slot: "s".into(),
+                pid: 1
+            }
+            .is_transient()
+        );
+        assert!(
+            !CaptureError::Polling(PollError::NoKey {
+                table: "public.t".into()
+            })
+            .is_transient()
+        );
+    }
+}
