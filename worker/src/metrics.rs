@@ -197,17 +197,28 @@ impl Metrics {
         self.healthy.store(false, Ordering::Relaxed);
     }
 
-    fn route(&self, path: &str) -> (StatusCode, String) {
+    /// Status, body and content type of a request. `/metrics` is
+    /// OpenMetrics text (what prometheus-client writes, `# EOF` included),
+    /// and says so: Prometheus 3 refuses a scrape without a content type.
+    fn route(&self, path: &str) -> (StatusCode, String, &'static str) {
+        const TEXT: &str = "text/plain; charset=utf-8";
         match path {
-            "/metrics" => (StatusCode::OK, self.render()),
-            "/healthz" if self.healthy.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
-            "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n".into()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ok\n".into()),
-            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-            _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+            "/metrics" => (StatusCode::OK, self.render(), OPENMETRICS),
+            "/healthz" if self.healthy.load(Ordering::Relaxed) => {
+                (StatusCode::OK, "ok\n".into(), TEXT)
+            }
+            "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n".into(), TEXT),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                (StatusCode::OK, "ok\n".into(), TEXT)
+            }
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), TEXT),
+            _ => (StatusCode::NOT_FOUND, "not found\n".into(), TEXT),
         }
     }
 }
+
+/// Content type of `/metrics`.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
@@ -218,9 +229,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, body) = metrics.route(req.uri().path());
+                let (status, body, content_type) = metrics.route(req.uri().path());
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
                 *resp.status_mut() = status;
+                resp.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(content_type),
+                );
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -241,7 +256,12 @@ mod tests {
         m.set_ready(true);
         assert_eq!(m.route("/readyz").0, StatusCode::OK);
         m.events.inc_by(3);
-        let text = m.render();
+        let (_, text, content_type) = m.route("/metrics");
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics ends with # EOF: {text}"
+        );
         assert!(text.contains("siphon_worker_events_total 3"), "{text}");
         assert!(text.contains("siphon_worker_lag_bytes"), "{text}");
     }

@@ -166,7 +166,8 @@ async fn notify_captures_changes_and_deletes_also_while_suspended_and_teardown_l
 
 #[tokio::test]
 async fn late_commits_are_caught_by_a_window_and_by_the_derived_horizon_once_each() {
-    let s = Scenario::new("e2e-poll-late").await;
+    // On the stack's server with wal_level = replica: polling needs no logical decoding.
+    let s = Scenario::on("PG_REPLICA_PORT", "e2e-poll-late").await;
     s.pg.batch_execute(
         "CREATE TABLE public.w (id int PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
          CREATE TABLE public.a (id int PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT clock_timestamp());",

@@ -108,6 +108,10 @@ pub enum PollError {
         "lateness: Auto needs a timestamptz cursor set by the database's clock; {table}'s cursor {column:?} is not one: use a timestamptz column with DEFAULT now() (or a trigger), or a lateness window such as 30s"
     )]
     NoHorizon { table: String, column: String },
+    #[error(
+        "a lateness window re-reads a span of time behind the position; {table}'s cursor {column:?} is a number: leave lateness unset, or use a timestamptz cursor"
+    )]
+    WindowOnNumber { table: String, column: String },
     #[error("the LISTEN connection closed; the worker reconnects")]
     ListenLost,
 }
@@ -137,6 +141,7 @@ impl PollError {
             PollError::CursorType { .. } => reason::CURSOR_TYPE_UNSUPPORTED,
             PollError::Query { .. } => reason::INVALID_QUERY,
             PollError::NoHorizon { .. } => reason::HORIZON_UNAVAILABLE,
+            PollError::WindowOnNumber { .. } => reason::INVALID_SPEC,
             PollError::Sql { source, .. } if source.code().map(|c| c.code()) == Some("42501") => {
                 reason::INSUFFICIENT_PRIVILEGE
             }
@@ -662,6 +667,13 @@ async fn plan_tables(
         };
         if v.derived.lateness == Lateness::Auto && table.cursor_kind != CursorKind::TimestampTz {
             return Err(PollError::NoHorizon {
+                table: table.name.clone(),
+                column: table.cursor_name().to_string(),
+            }
+            .into());
+        }
+        if matches!(v.derived.lateness, Lateness::Window(_)) && !table.cursor_kind.is_time() {
+            return Err(PollError::WindowOnNumber {
                 table: table.name.clone(),
                 column: table.cursor_name().to_string(),
             }
