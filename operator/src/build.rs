@@ -24,10 +24,12 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use siphon_crds::capture::{PostgresCapture, SnapshotSpec};
 use siphon_crds::worker_config::{
-    KafkaConfig, LogicalConfig, MetricsConfig, PostgresConfig, StatusTarget, WorkerConfig,
+    KafkaConfig, LogicalConfig, MetricsConfig, NotifyConfig, PostgresConfig, StatusTarget,
+    WorkerConfig,
 };
 
 use crate::names::{self, worker_object_name};
+use crate::polling::NotifyObjects;
 use crate::validate::Plan;
 
 /// Settings of the operator that shape every worker.
@@ -92,6 +94,10 @@ pub fn worker_config(capture: &PostgresCapture, plan: &Plan) -> WorkerConfig {
         },
         snapshot,
         polling: spec.polling.clone(),
+        notify: NotifyObjects::of(plan).map(|objects| NotifyConfig {
+            channel: objects.names.channel.clone(),
+            deletes_table: objects.deletes_table_name(),
+        }),
         kafka: KafkaConfig {
             bootstrap_servers: spec.kafka.bootstrap_servers.clone(),
             topic_prefix: spec.kafka.topic_prefix.clone(),
@@ -475,6 +481,33 @@ mod tests {
         assert_eq!(d.strategy.unwrap().type_.as_deref(), Some("Recreate"));
         let ann = d.template.metadata.unwrap().annotations.unwrap();
         assert_eq!(ann[names::CONFIG_HASH_ANNOTATION], o.config_hash);
+    }
+
+    #[test]
+    fn notify_names_the_channel_and_deletes_table_the_operator_made() {
+        use crate::validate::tests::POLLING;
+        let plain = fixture("default", "shop", POLLING);
+        let config = worker_config(&plain, &validate(&plain, &[]).unwrap());
+        assert_eq!(config.notify, None);
+        let spec = POLLING.replace(
+            "cursorColumn: updated_at",
+            "cursorColumn: updated_at, notify: true, objectsSchema: siphon",
+        );
+        let notifying = fixture("default", "shop", &spec);
+        let config = worker_config(&notifying, &validate(&notifying, &[]).unwrap());
+        assert_eq!(
+            config.notify,
+            Some(NotifyConfig {
+                channel: "siphon_default_shop".into(),
+                deletes_table: "siphon.siphon_default_shop_deletes".into(),
+            })
+        );
+        // A logical capture never has one.
+        let logical = fixture("default", "shop", SPEC);
+        assert_eq!(
+            worker_config(&logical, &validate(&logical, &[]).unwrap()).notify,
+            None
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::build::{self, WorkerDefaults};
 use crate::database::{self, ConnectParams, Unfit};
 use crate::metrics::Metrics;
 use crate::names;
+use crate::polling;
 use crate::status::{self, set_condition};
 use crate::validate;
 
@@ -453,7 +454,18 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
     let old = capture.status.clone().unwrap_or_default();
     let mut conds: Vec<Condition> = old.conditions.clone();
     let mut managed = old.managed.clone().unwrap_or_default();
-    let mut slot = old.slot.clone();
+    // A polling capture has no slot: no slot facts and no WalHealthy (left
+    // over from an earlier logical mode), and a logical one no CursorIndexed.
+    let polling_mode = capture.spec.mode == CaptureMode::Polling;
+    let mut slot = if polling_mode { None } else { old.slot.clone() };
+    status::remove_condition(
+        &mut conds,
+        if polling_mode {
+            conditions::WAL_HEALTHY
+        } else {
+            conditions::CURSOR_INDEXED
+        },
+    );
 
     let mut laps = Laps::default();
     laps.lap("start");
@@ -496,7 +508,11 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
         }
         Err(_) => Duration::from_secs(15),
     };
-    let mut phase = status::summarize_ready(&mut conds, generation, capture.spec.suspend);
+    let suspended = capture
+        .spec
+        .suspend
+        .then(|| status::suspended_message(polling_mode, managed.deletes_waiting));
+    let mut phase = status::summarize_ready(&mut conds, generation, suspended.as_deref());
     // A wait that may end by itself (an unreachable server, no free slot) is
     // not a failure a person must act on.
     if phase == "Failed" && matches!(&outcome, Err(Error::Unfit(u)) if u.transient) {
@@ -566,26 +582,14 @@ async fn provision_and_deploy(
     let logical = plan.mode == CaptureMode::Logical;
     let client = database::connect(&connect_params(capture, creds)).await?;
     laps.lap("connect");
-    let facts = database::preflight(&client, &plan, logical).await?;
-    laps.lap("preflight");
-    if logical {
-        let patch_api = api.clone();
-        let patch_name = name.clone();
+    let mut record = managed_recorder(api, &name);
+    let server_version_num = if logical {
+        let facts = database::preflight(&client, &plan).await?;
+        laps.lap("preflight");
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        database::provision(&client, &plan, &facts, managed, &now, |m| {
-            let api = patch_api.clone();
-            let name = patch_name.clone();
-            async move {
-                merge_status(&api, &name, json!({ "managed": m }))
-                    .await
-                    .map_err(|e| Unfit {
-                        reason: reason::PROVISIONING_FAILED,
-                        message: format!("cannot record managed objects in the status: {e}"),
-                        transient: true,
-                    })
-            }
-        })
-        .await?;
+        database::provision(&client, &plan, &facts, managed, &now, &mut record).await?;
+        // A capture that polled with notify before keeps no triggers.
+        polling::retire(&client, managed, None, &mut record).await?;
         laps.lap("provision");
         set_condition(
             conds,
@@ -600,16 +604,37 @@ async fn provision_and_deploy(
             ),
             generation,
         );
+        Some(facts.server_version_num)
     } else {
+        let facts = polling::preflight(&client, &plan).await?;
+        laps.lap("preflight");
+        let made = polling::provision(&client, &plan, &facts, managed, &mut record).await?;
+        laps.lap("provision");
         set_condition(
             conds,
             conditions::PROVISIONED,
             true,
             reason::RECONCILED,
-            format!("{} table(s) ready for polling", facts.tables.len()),
+            polling::provisioned_message(made.tables, made.notify_tables),
             generation,
         );
-    }
+        let (indexed, why, message) = polling::cursor_indexed(&facts.polled);
+        set_condition(
+            conds,
+            conditions::CURSOR_INDEXED,
+            indexed,
+            why,
+            message,
+            generation,
+        );
+        // Deletes wait in the table while no worker drains it.
+        managed.deletes_waiting = if capture.spec.suspend {
+            polling::deletes_waiting(&client, managed).await?
+        } else {
+            None
+        };
+        None
+    };
 
     // Worker objects.
     let objects = build::worker_objects(capture, &plan, &ctx.defaults)?;
@@ -676,9 +701,8 @@ async fn provision_and_deploy(
     }
 
     laps.lap("worker_state");
-    if logical {
-        *slot =
-            database::slot_status(&client, plan.slot.as_str(), facts.server_version_num).await?;
+    if let Some(server_version_num) = server_version_num {
+        *slot = database::slot_status(&client, plan.slot.as_str(), server_version_num).await?;
         laps.lap("slot_status");
         match slot.as_ref() {
             None => set_condition(
@@ -720,6 +744,29 @@ async fn provision_and_deploy(
     }
     backfill_condition(capture, conds);
     Ok(())
+}
+
+/// Persist `status.managed` (a merge patch): the callback provisioning calls
+/// before it creates an object.
+fn managed_recorder(
+    api: &Api<PostgresCapture>,
+    name: &str,
+) -> impl FnMut(ManagedObjects) -> futures::future::BoxFuture<'static, Result<(), Unfit>> {
+    let api = api.clone();
+    let name = name.to_string();
+    move |managed| {
+        let api = api.clone();
+        let name = name.clone();
+        Box::pin(async move {
+            merge_status(&api, &name, json!({ "managed": managed }))
+                .await
+                .map_err(|e| Unfit {
+                    reason: reason::PROVISIONING_FAILED,
+                    message: format!("cannot record managed objects in the status: {e}"),
+                    transient: true,
+                })
+        })
+    }
 }
 
 /// Explain why the worker is not available, from its pods.
@@ -905,6 +952,8 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         && managed.publication.is_none()
         && managed.watermark_table.is_none()
         && managed.triggers.is_empty()
+        && managed.trigger_function.is_none()
+        && managed.deletes_table.is_none()
     {
         hold_secrets(&ctx, &capture, false).await?;
         return Ok(Action::await_change());
@@ -951,7 +1000,11 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
     };
     let client = match database::connect(&connect_params(&capture, creds)).await {
         Ok(c) => c,
-        Err(u) => return Err(blocked(format!("cannot drop the slot and publication: {}; or set spec.deletionPolicy: Retain to let go", u.message)).await),
+        Err(u) => return Err(blocked(format!(
+            "cannot drop the database objects: {}; or set spec.deletionPolicy: Retain to let go",
+            u.message
+        ))
+        .await),
     };
     let capture_id = names::capture_id(&ns, &name, &capture.uid().unwrap_or_default());
     if let Err(u) = database::teardown(&client, &managed, &capture_id).await {
@@ -965,15 +1018,36 @@ async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Act
         &capture,
         false,
         "TornDown",
-        format!(
-            "dropped slot {:?}, publication {:?}, watermark table {:?}",
-            managed.slot, managed.publication, managed.watermark_table
-        ),
+        teardown_note(&managed),
         "Teardown",
     )
     .await;
     hold_secrets(&ctx, &capture, false).await?;
     Ok(Action::await_change())
+}
+
+/// What the teardown dropped, for its event (pure): the objects `managed`
+/// lists, and only those.
+fn teardown_note(managed: &ManagedObjects) -> String {
+    let mut dropped = Vec::new();
+    for (what, name) in [
+        ("slot", &managed.slot),
+        ("publication", &managed.publication),
+        ("watermark table", &managed.watermark_table),
+        ("trigger function", &managed.trigger_function),
+        ("deletes table", &managed.deletes_table),
+    ] {
+        if let Some(name) = name {
+            dropped.push(format!("{what} {name}"));
+        }
+    }
+    if !managed.triggers.is_empty() {
+        dropped.push(format!(
+            "notify triggers on {}",
+            managed.triggers.join(", ")
+        ));
+    }
+    format!("dropped {}", dropped.join(", "))
 }
 
 /// Put (or take back) this capture's finalizer on the Secrets it reads, so
@@ -1082,6 +1156,26 @@ mod tests {
             ..PostgresCaptureStatus::default()
         });
         c
+    }
+
+    #[test]
+    fn the_teardown_event_names_only_what_existed() {
+        let polling = ManagedObjects {
+            trigger_function: Some("public.siphon_default_shop_notify".into()),
+            deletes_table: Some("public.siphon_default_shop_deletes".into()),
+            triggers: vec!["public.orders".into()],
+            ..ManagedObjects::default()
+        };
+        assert_eq!(
+            teardown_note(&polling),
+            "dropped trigger function public.siphon_default_shop_notify, deletes table public.siphon_default_shop_deletes, notify triggers on public.orders"
+        );
+        let logical = ManagedObjects {
+            slot: Some("s".into()),
+            publication: Some("p".into()),
+            ..ManagedObjects::default()
+        };
+        assert_eq!(teardown_note(&logical), "dropped slot s, publication p");
     }
 
     #[test]

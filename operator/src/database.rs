@@ -136,7 +136,7 @@ pub struct Unfit {
 }
 
 impl Unfit {
-    fn definite(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn definite(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -144,7 +144,7 @@ impl Unfit {
         }
     }
 
-    fn transient(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn transient(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             transient: true,
             ..Self::definite(reason, message)
@@ -162,7 +162,8 @@ pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn qualified(schema: &str, table: &str) -> String {
+/// `"schema"."name"`.
+pub(crate) fn qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
 
@@ -258,7 +259,9 @@ fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> 
     }
 }
 
-fn sql_error(context: &str, e: tokio_postgres::Error) -> Unfit {
+/// A failed statement as an [`Unfit`]: transient when the connection broke,
+/// else a definite refusal (a missing privilege by its own reason).
+pub(crate) fn sql_error(context: &str, e: tokio_postgres::Error) -> Unfit {
     let transient = e.is_closed() || e.as_db_error().is_none();
     let detail = e
         .as_db_error()
@@ -373,8 +376,24 @@ impl Capacity {
     }
 }
 
-/// Check that the database can serve this capture.
-pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Facts, Unfit> {
+/// Refuse a server older than the oldest supported (pure).
+pub fn check_version(version: i32) -> Result<(), Unfit> {
+    if version < OLDEST_SUPPORTED {
+        return Err(Unfit::definite(
+            reason::UNSUPPORTED_SERVER_VERSION,
+            format!(
+                "PostgreSQL {}.{} is not supported: Siphon runs on PostgreSQL 13 or newer (the oldest its tests run on); upgrade the server",
+                version / 10_000,
+                version % 10_000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that the database can serve this capture by logical replication
+/// (a polling capture has its own: [`crate::polling::preflight`]).
+pub async fn preflight(client: &Client, plan: &Plan) -> Result<Facts, Unfit> {
     let q = |ctx: &'static str| move |e| sql_error(ctx, e);
     let row = client
         .query_one(
@@ -412,18 +431,9 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     let (max_slots, used_slots, max_senders, used_senders): (i32, i32, i32, i32) =
         (row.get(4), row.get(5), row.get(6), row.get(7));
 
-    if version < OLDEST_SUPPORTED {
-        return Err(Unfit::definite(
-            reason::UNSUPPORTED_SERVER_VERSION,
-            format!(
-                "PostgreSQL {}.{} is not supported: Siphon runs on PostgreSQL 13 or newer (the oldest its tests run on); upgrade the server",
-                version / 10_000,
-                version % 10_000
-            ),
-        ));
-    }
+    check_version(version)?;
 
-    let slot = if logical {
+    let slot = {
         if wal_level != "logical" {
             return Err(Unfit::definite(
                 reason::WAL_LEVEL_NOT_LOGICAL,
@@ -463,8 +473,6 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
             return Err(unfit);
         }
         slot
-    } else {
-        None
     };
 
     let tables = resolve_tables(client, &plan.tables).await?;
@@ -473,8 +481,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         let identity = check_table(client, schema, table, plan, superuser).await?;
         identities.insert((schema.clone(), table.clone()), identity);
     }
-    if logical
-        && plan.publication_mode == PublicationMode::Create
+    if plan.publication_mode == PublicationMode::Create
         && version < ROW_FILTERS_SINCE
         && let Some(t) = plan.tables.iter().find(|t| t.spec.filter.is_some())
     {
@@ -488,7 +495,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         ));
     }
 
-    if logical && plan.publication_mode == PublicationMode::Create && !can_create_in_db {
+    if plan.publication_mode == PublicationMode::Create && !can_create_in_db {
         return Err(Unfit::definite(
             reason::INSUFFICIENT_PRIVILEGE,
             format!(
@@ -518,7 +525,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
                 .collect(),
         });
     let publication_exists = publication.is_some();
-    if logical && plan.publication_mode == PublicationMode::Existing && !publication_exists {
+    if plan.publication_mode == PublicationMode::Existing && !publication_exists {
         return Err(Unfit::definite(
             reason::PUBLICATION_NOT_FOUND,
             format!(
@@ -530,7 +537,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
     }
 
     let mut watermark_exists = false;
-    if let (true, Some((ws, wt))) = (logical, &plan.watermark) {
+    if let Some((ws, wt)) = &plan.watermark {
         watermark_exists = relation_exists(client, ws, wt).await?;
         if !watermark_exists {
             let can_create: bool = client
@@ -550,7 +557,7 @@ pub async fn preflight(client: &Client, plan: &Plan, logical: bool) -> Result<Fa
         }
     }
 
-    if logical && plan.publication_mode == PublicationMode::Existing {
+    if plan.publication_mode == PublicationMode::Existing {
         check_existing_publication(
             client,
             plan,
@@ -987,7 +994,7 @@ async fn probe_filter(
 }
 
 /// Run one fixed statement (extended protocol: exactly one statement).
-async fn run(client: &Client, sql: &str, context: &str) -> Result<(), Unfit> {
+pub(crate) async fn run(client: &Client, sql: &str, context: &str) -> Result<(), Unfit> {
     client
         .execute(sql, &[])
         .await
@@ -1008,7 +1015,7 @@ async fn run_all(client: &Client, statements: &[String], context: &str) -> Resul
 
 /// How [`transaction`] ends when its body succeeds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     Commit,
     /// Always rolled back: a check that must leave nothing behind.
     RollBack,
@@ -1016,7 +1023,7 @@ enum End {
 
 /// Run `body` inside BEGIN … COMMIT (or ROLLBACK: when `end` says so, and
 /// whenever the body fails). The first error wins.
-async fn transaction<T>(
+pub(crate) async fn transaction<T>(
     client: &Client,
     context: &str,
     end: End,
@@ -1521,33 +1528,7 @@ pub async fn teardown(
         )
         .await?;
     }
-    for table in &managed.triggers {
-        if let Some((schema, name)) = table.split_once('.')
-            && relation_exists(client, schema, name).await?
-        {
-            let trigger = format!("siphon_notify_{}", name);
-            run(
-                client,
-                &format!(
-                    "DROP TRIGGER IF EXISTS {} ON {}",
-                    quote_ident(&trigger),
-                    qualified(schema, name)
-                ),
-                "dropping a NOTIFY trigger",
-            )
-            .await?;
-        }
-    }
-    if let Some(function) = &managed.trigger_function
-        && let Some((schema, name)) = function.split_once('.')
-    {
-        run(
-            client,
-            &format!("DROP FUNCTION IF EXISTS {}()", qualified(schema, name)),
-            "dropping the trigger function",
-        )
-        .await?;
-    }
+    crate::polling::teardown(client, managed).await?;
     if let Some(wm) = &managed.watermark_table
         && let Some((schema, name)) = wm.split_once('.')
     {
@@ -1557,7 +1538,11 @@ pub async fn teardown(
 }
 
 /// Whether `schema.name` exists (a table, view, …).
-async fn relation_exists(client: &Client, schema: &str, name: &str) -> Result<bool, Unfit> {
+pub(crate) async fn relation_exists(
+    client: &Client,
+    schema: &str,
+    name: &str,
+) -> Result<bool, Unfit> {
     client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",

@@ -1,7 +1,8 @@
 //! The Siphon operator: reconciles `PostgresCapture` resources.
 //!
 //! The reconcile pipeline, one module per stage:
-//! [`validate`] (pure) → [`database`] (preflight, provision, teardown) →
+//! [`validate`] (pure) → [`database`] (preflight, provision, teardown; for
+//! mode Polling, [`polling`]) →
 //! [`build`] (pure) → apply and [`status`], driven by [`controller`].
 
 pub mod build;
@@ -12,6 +13,7 @@ pub mod lease;
 pub mod metrics;
 pub mod names;
 pub mod platform;
+pub mod polling;
 pub mod slot;
 pub mod status;
 pub mod validate;

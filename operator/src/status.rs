@@ -51,6 +51,27 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Remove a condition that no longer applies (e.g. `WalHealthy` of a
+/// capture that now polls).
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// The message of `Ready=False Suspended` (pure): a logical capture's slot
+/// retains WAL; a polling capture's changes wait in its tables (and its
+/// deletes in the deletes table).
+pub fn suspended_message(polling: bool, deletes_waiting: Option<i64>) -> String {
+    match (polling, deletes_waiting) {
+        (false, _) => "spec.suspend is true: the worker is stopped and the slot retains WAL".into(),
+        (true, None) => {
+            "spec.suspend is true: the worker is stopped; changes wait in the tables".into()
+        }
+        (true, Some(n)) => format!(
+            "spec.suspend is true: the worker is stopped; changes wait in the tables, and {n} delete(s) in the deletes table"
+        ),
+    }
+}
+
 /// Whether a condition is present and True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_)
@@ -58,11 +79,13 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Ready sums up the others: provisioned, worker available and WAL healthy.
+/// Ready sums up the others: provisioned, worker available and WAL healthy
+/// (a polling capture has no `WalHealthy`; `CursorIndexed` is a warning and
+/// never holds Ready back). `suspended` carries the message while suspended.
 pub fn summarize_ready(
     conds: &mut Vec<Condition>,
     generation: Option<i64>,
-    suspended: bool,
+    suspended: Option<&str>,
 ) -> &'static str {
     use conditions::reason;
     // The worker's own conditions come before WorkerAvailable: when the
@@ -79,13 +102,13 @@ pub fn summarize_ready(
     .filter_map(|t| find(conds, t))
     .find(|c| c.status != "True")
     .map(|c| (c.reason.clone(), c.message.clone()));
-    if suspended {
+    if let Some(message) = suspended {
         set_condition(
             conds,
             conditions::READY,
             false,
             reason::SUSPENDED,
-            "spec.suspend is true: the worker is stopped and the slot retains WAL",
+            message,
             generation,
         );
         return "Suspended";
@@ -181,7 +204,7 @@ mod tests {
             "set wal_level",
             Some(1),
         );
-        let phase = summarize_ready(&mut c, Some(1), false);
+        let phase = summarize_ready(&mut c, Some(1), None);
         let ready = find(&c, conditions::READY).unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -217,7 +240,7 @@ mod tests {
             "permission denied for table t: GRANT SELECT ON t",
             None,
         );
-        assert_eq!(summarize_ready(&mut c, Some(1), false), "Failed");
+        assert_eq!(summarize_ready(&mut c, Some(1), None), "Failed");
         let ready = find(&c, conditions::READY).unwrap();
         assert_eq!(ready.reason, reason::INSUFFICIENT_PRIVILEGE);
         assert!(ready.message.contains("GRANT SELECT"));
@@ -251,7 +274,7 @@ mod tests {
             "every Kafka broker is down",
             None,
         );
-        assert_eq!(summarize_ready(&mut c, Some(1), false), "Pending");
+        assert_eq!(summarize_ready(&mut c, Some(1), None), "Pending");
         assert_eq!(
             find(&c, conditions::READY).unwrap().reason,
             reason::KAFKA_UNREACHABLE
@@ -285,7 +308,58 @@ mod tests {
             "",
             Some(1),
         );
-        assert_eq!(summarize_ready(&mut c, Some(1), false), "Streaming");
+        assert_eq!(summarize_ready(&mut c, Some(1), None), "Streaming");
         assert!(is_true(&c, conditions::READY));
+    }
+
+    #[test]
+    fn a_polling_capture_is_ready_without_wal_health_and_despite_an_unindexed_cursor() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            "1 table(s) ready for polling",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::CURSOR_INDEXED,
+            false,
+            reason::CURSOR_NOT_INDEXED,
+            "CREATE INDEX CONCURRENTLY ON …",
+            Some(1),
+        );
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            true,
+            reason::STREAMING,
+            "",
+            Some(1),
+        );
+        assert_eq!(summarize_ready(&mut c, Some(1), None), "Streaming");
+        assert!(is_true(&c, conditions::READY));
+        // A WalHealthy left from an earlier logical mode is removed.
+        set_condition(
+            &mut c,
+            conditions::WAL_HEALTHY,
+            false,
+            reason::SLOT_MISSING,
+            "",
+            Some(1),
+        );
+        remove_condition(&mut c, conditions::WAL_HEALTHY);
+        assert_eq!(summarize_ready(&mut c, Some(2), None), "Streaming");
+        let message = suspended_message(true, Some(4));
+        assert_eq!(
+            summarize_ready(&mut c, Some(2), Some(&message)),
+            "Suspended"
+        );
+        let ready = find(&c, conditions::READY).unwrap();
+        assert!(ready.message.contains("4 delete(s)"), "{}", ready.message);
+        assert!(!suspended_message(true, None).contains("WAL"));
+        assert!(suspended_message(false, None).contains("retains WAL"));
     }
 }

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use siphon_crds::capture::{
-    CaptureMode, Operation, PostgresCapture, PublicationMode, SnapshotRequest, TableSpec,
+    CaptureMode, Operation, PollingSpec, PostgresCapture, PublicationMode, SnapshotRequest,
+    TableSpec,
 };
 use siphon_crds::conditions::reason;
+use siphon_crds::polling::Lateness;
 use siphon_crds::{duration, kafka_options};
 
 use crate::names::SlotName;
@@ -61,6 +63,26 @@ pub struct Plan {
     pub snapshot_request: Option<SnapshotRequest>,
     /// `spec.logical.failover`: `None` means where the server supports it.
     pub failover: Option<bool>,
+    /// Mode `Polling`: its options, lateness read.
+    pub polling: Option<PollingPlan>,
+}
+
+/// The options of a polling capture, as later stages need them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollingPlan {
+    pub spec: PollingSpec,
+    /// `spec.polling.lateness`, read.
+    pub lateness: Lateness,
+}
+
+impl PollingPlan {
+    /// The cursor column of a table: its own, else `polling.cursorColumn`.
+    pub fn cursor_of<'a>(&'a self, table: &'a TableSpec) -> &'a str {
+        table
+            .cursor_column
+            .as_deref()
+            .unwrap_or(&self.spec.cursor_column)
+    }
 }
 
 impl Plan {
@@ -145,17 +167,40 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         });
     }
 
-    if spec.mode == CaptureMode::Polling {
+    let polling = if spec.mode == CaptureMode::Polling {
         let polling = spec
             .polling
             .as_ref()
             .ok_or_else(|| invalid("spec.polling is required when spec.mode is Polling".into()))?;
         duration::parse_at_least(&polling.interval, duration::MIN_POLL_INTERVAL)
             .map_err(|e| invalid(format!("spec.polling.interval: {e}")))?;
-        if let Some(l) = &polling.lateness {
-            duration::parse(l).map_err(|e| invalid(format!("spec.polling.lateness: {e}")))?;
+        let lateness = Lateness::parse(polling.lateness.as_deref())
+            .map_err(|e| invalid(format!("spec.polling.lateness: {e}")))?;
+        for (i, t) in tables.iter().enumerate() {
+            if t.name.is_none() {
+                return Err(invalid(format!(
+                    "spec.tables[{i}].name {:?}: polling needs explicit table names; `schema.*` is only for mode Logical",
+                    t.spec.name
+                )));
+            }
+            if polling.notify && t.spec.query.is_some() {
+                return Err(invalid(format!(
+                    "spec.tables[{i}].query: polling.notify makes triggers on tables, and a query has none: poll it without notify, or capture its tables"
+                )));
+            }
+            if t.spec.query.is_some() && t.spec.key_columns.is_empty() {
+                return Err(invalid(format!(
+                    "spec.tables[{i}].keyColumns: a table with a query needs keyColumns, the columns of the query's rows that identify a row"
+                )));
+            }
         }
-    }
+        Some(PollingPlan {
+            spec: polling.clone(),
+            lateness,
+        })
+    } else {
+        None
+    };
 
     for key in spec.kafka.options.keys() {
         if let Some(why) = kafka_options::reserved_reason(key) {
@@ -193,17 +238,25 @@ pub fn validate(capture: &PostgresCapture, others: &[PostgresCapture]) -> Result
         publish_via_partition_root: logical.publish_via_partition_root,
         snapshot_request: snapshot.request.clone(),
         failover: logical.failover,
+        polling,
     };
-    if plan.mode == CaptureMode::Logical
-        && let Some(conflict) = claim_conflict(capture, &plan, others)
-    {
+    if let Some(conflict) = claim_conflict(capture, &plan, others) {
         return Err(conflict);
     }
     Ok(plan)
 }
 
+/// Whether a capture makes notify objects (`polling.notify`), named after
+/// its slot name.
+fn makes_notify_objects(capture: &PostgresCapture) -> bool {
+    capture.spec.mode == CaptureMode::Polling
+        && capture.spec.polling.as_ref().is_some_and(|p| p.notify)
+}
+
 /// Another, older capture already uses this slot or publication in the same
-/// database: the newer one is refused and touches nothing.
+/// database (or, for two polling captures with `notify`, the same names for
+/// their trigger function, deletes table and channel): the newer one is
+/// refused and touches nothing.
 fn claim_conflict(
     me: &PostgresCapture,
     plan: &Plan,
@@ -214,8 +267,12 @@ fn claim_conflict(
         me.namespace(),
         me.name_any(),
     );
+    let notify = makes_notify_objects(me);
     for other in others {
-        if other.uid() == me.uid() || other.spec.mode != CaptureMode::Logical {
+        let both_logical =
+            plan.mode == CaptureMode::Logical && other.spec.mode == CaptureMode::Logical;
+        let both_notify = notify && makes_notify_objects(other);
+        if other.uid() == me.uid() || !(both_logical || both_notify) {
             continue;
         }
         let Ok(theirs) = validate_names_only(other) else {
@@ -237,6 +294,18 @@ fn claim_conflict(
             other.namespace().unwrap_or_default(),
             other.name_any()
         );
+        if both_notify && theirs.slot == plan.slot {
+            return Some(Invalid {
+                reason: reason::SLOT_CLAIMED,
+                message: format!(
+                    "the notify objects named after {} (trigger function, deletes table, channel) in {} are already used by PostgresCapture {who}; set spec.logical.slotName, the base of these names, to another name",
+                    plan.slot, plan.database_id
+                ),
+            });
+        }
+        if !both_logical {
+            continue;
+        }
         if theirs.slot == plan.slot {
             return Some(Invalid {
                 reason: reason::SLOT_CLAIMED,
@@ -415,6 +484,109 @@ kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
         );
         let plan = validate(&fixture("default", "x", &spec), &[]).unwrap();
         assert!(plan.publishes_updates_or_deletes());
+    }
+
+    pub(crate) const POLLING: &str = r#"
+postgres: { host: 127.0.0.1, database: shop, credentialsSecretRef: { name: pg } }
+mode: Polling
+polling: { cursorColumn: updated_at }
+tables: [{ name: public.orders }]
+kafka: { bootstrapServers: "127.0.0.1:9092", topicPrefix: shop }
+"#;
+
+    #[test]
+    fn polling_reads_lateness_auto_and_durations() {
+        let plan = validate(&fixture("default", "x", POLLING), &[]).unwrap();
+        let polling = plan.polling.as_ref().unwrap();
+        assert_eq!(polling.lateness, Lateness::None);
+        assert!(plan.watermark.is_none(), "no watermark table when polling");
+        let auto = POLLING.replace(
+            "cursorColumn: updated_at",
+            "cursorColumn: updated_at, lateness: Auto",
+        );
+        let plan = validate(&fixture("default", "x", &auto), &[]).unwrap();
+        assert_eq!(plan.polling.unwrap().lateness, Lateness::Auto);
+        let window = POLLING.replace(
+            "cursorColumn: updated_at",
+            "cursorColumn: updated_at, lateness: 30s",
+        );
+        let plan = validate(&fixture("default", "x", &window), &[]).unwrap();
+        assert_eq!(
+            plan.polling.unwrap().lateness,
+            Lateness::Window(Duration::from_secs(30))
+        );
+        let bad = POLLING.replace(
+            "cursorColumn: updated_at",
+            "cursorColumn: updated_at, lateness: soon",
+        );
+        let err = validate(&fixture("default", "x", &bad), &[]).unwrap_err();
+        assert!(
+            err.message.contains("spec.polling.lateness"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_table_names_its_own_cursor_or_takes_the_captures() {
+        let spec = POLLING.replace(
+            "tables: [{ name: public.orders }]",
+            "tables: [{ name: public.orders }, { name: public.items, cursorColumn: seq }]",
+        );
+        let plan = validate(&fixture("default", "x", &spec), &[]).unwrap();
+        let polling = plan.polling.as_ref().unwrap();
+        assert_eq!(polling.cursor_of(&plan.tables[0].spec), "updated_at");
+        assert_eq!(polling.cursor_of(&plan.tables[1].spec), "seq");
+    }
+
+    #[test]
+    fn polling_refuses_wildcards_and_notify_on_a_query() {
+        let wild = POLLING.replace("public.orders", "public.*");
+        let err = validate(&fixture("default", "x", &wild), &[]).unwrap_err();
+        assert!(
+            err.message.contains("explicit table names"),
+            "{}",
+            err.message
+        );
+        let query = POLLING
+            .replace(
+                "cursorColumn: updated_at",
+                "cursorColumn: updated_at, notify: true",
+            )
+            .replace(
+                "{ name: public.orders }",
+                "{ name: public.totals, query: \"SELECT 1\", keyColumns: [id] }",
+            );
+        let err = validate(&fixture("default", "x", &query), &[]).unwrap_err();
+        assert!(err.message.contains("without notify"), "{}", err.message);
+    }
+
+    #[test]
+    fn two_polling_captures_with_notify_may_not_share_their_object_names() {
+        let spec = POLLING
+            .replace(
+                "cursorColumn: updated_at",
+                "cursorColumn: updated_at, notify: true",
+            )
+            .replace(
+                "mode: Polling",
+                "mode: Polling\nlogical: { slotName: shared }",
+            );
+        let mut old = fixture("a", "first", &spec);
+        old.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap(),
+        ));
+        let mut young = fixture("b", "second", &spec);
+        young.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap(),
+        ));
+        let err = validate(&young, &[old.clone(), young.clone()]).unwrap_err();
+        assert_eq!(err.reason, reason::SLOT_CLAIMED);
+        assert!(err.message.contains("a/first"), "{}", err.message);
+        // Without notify a polling capture makes no objects: no claim.
+        let quiet = spec.replace(", notify: true", "");
+        let young = fixture("b", "second", &quiet);
+        assert!(validate(&young, &[old]).is_ok());
     }
 
     #[test]
