@@ -124,11 +124,23 @@ async fn notify_captures_changes_and_deletes_also_while_suspended_and_teardown_l
         ["id", "v"],
         "columns: [v] keeps the key and drops the cursor"
     );
-    let progress = polling_progress(&s, "t").await;
-    assert!(progress.deletes >= 3, "{progress:?}");
+    // The worker reports its progress every 10 s.
+    let progress = eventually(
+        Duration::from_secs(60),
+        "the deletes in the status",
+        || async { Some(polling_progress(&s, "t").await).filter(|p| p.deletes >= 3) },
+    )
+    .await;
     assert!(
         progress.horizon.is_some(),
-        "lateness Auto reports its horizon"
+        "lateness Auto reports its horizon: {progress:?}"
+    );
+    // 20 rows, 5 updated, 10 inserted, 1 inserted again.
+    assert_eq!(progress.tables[0].rows, 20 + 5 + 10 + 1, "{progress:?}");
+    assert_eq!(
+        progress.tables[0].lag.as_deref(),
+        Some("0.0s"),
+        "caught up: {progress:?}"
     );
 
     // Suspended: the triggers stay and deletes wait in the table.
@@ -195,7 +207,7 @@ async fn late_commits_are_caught_by_a_window_and_by_the_derived_horizon_once_eac
 
     // A transaction takes the older cursor values and stays open (idle in
     // transaction) while a newer row commits.
-    let late = pg_connect(&s.db).await;
+    let late = siphon_e2e::pg_connect_at(s.port, &s.db).await;
     late.batch_execute(
         "BEGIN; INSERT INTO public.w (id) VALUES (1); INSERT INTO public.a (id) VALUES (1);",
     )
@@ -393,14 +405,15 @@ async fn a_custom_query_composite_keys_cursor_ties_filters_and_columns() {
     .await
     .unwrap();
     s.topic_equals_rows("lines", lines).await;
-    // The query's rows: one total per order, recomputed when a line moves on.
-    s.pg.batch_execute("UPDATE public.lines SET amount = 100, updated_at = '2026-01-02 00:00:00+00' WHERE order_id = 1 AND line = 1")
+    // The query's rows: one total per order, read again when its cursor (the
+    // newest line's time) moves on.
+    s.pg.batch_execute("UPDATE public.lines SET amount = 100, updated_at = '2026-01-02 00:00:00+00' WHERE line IN (1, 2)")
         .await
         .unwrap();
     s.topic_equals_rows(
         "order_totals",
         "SELECT jsonb_build_object('order_id', o.id), jsonb_build_object('order_id', o.id, 'customer', o.customer, \
-           'total', sum(l.amount)::text, 'updated_at', to_char(max(l.updated_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) \
+           'total', sum(l.amount)::text, 'updated_at', to_char(max(l.updated_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) \
          FROM public.orders o JOIN public.lines l ON l.order_id = o.id GROUP BY o.id, o.customer",
     )
     .await;

@@ -17,9 +17,10 @@
 //! 2. Kafka acknowledgements (at least once): save the newest position all
 //!    of whose records Kafka holds, then remove the deletes it covers;
 //! 3. the status tick: Kafka's health, progress into the status;
-//! 4. a poll: at once while a backlog remains, on a notification, or when
-//!    the interval passes (a notified poll restarts the interval, so an idle
-//!    capture costs one poll per interval).
+//! 4. a poll: at once while a backlog remains; shortly (100 ms, 500 ms while
+//!    an open transaction holds it) while rows wait beyond the horizon; on a
+//!    notification; or when the interval passes (a notified poll restarts
+//!    the interval, so an idle capture costs one poll per interval).
 //!
 //! **Invariant (at least once).** A position is written to the offsets topic
 //! only after Kafka acknowledged every record read before it, and a drained
@@ -159,6 +160,23 @@ impl PollError {
     }
 }
 
+/// When to poll next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// A batch came back full: rows are left.
+    Now,
+    /// Rows wait beyond the horizon (`lateness: Auto`): poll again shortly,
+    /// whatever the interval, until the horizon lets them through.
+    Soon,
+    /// Read to the end: the interval (or a notification).
+    Idle,
+}
+
+/// A poll again while rows wait beyond a horizon set by the clock (the
+/// guard passes), and while an open transaction holds it.
+const HORIZON_RETRY: Duration = Duration::from_millis(100);
+const HORIZON_HELD_RETRY: Duration = Duration::from_millis(500);
+
 /// One table being polled.
 struct Table {
     plan: PollTable,
@@ -201,6 +219,8 @@ struct Poller<'a> {
     kafka_txn_open: bool,
     unsaved: VecDeque<Unsaved>,
     horizon: Option<Horizon>,
+    /// The last poll left rows waiting beyond the horizon.
+    waiting: bool,
     deletes_total: u64,
 }
 
@@ -272,8 +292,8 @@ impl Poller<'_> {
     }
 
     /// One poll: every read in one snapshot, then the poll is closed.
-    /// Returns whether rows are left (poll again at once).
-    async fn poll(&mut self) -> Result<bool, CaptureError> {
+    /// Returns when to poll next.
+    async fn poll(&mut self) -> Result<Next, CaptureError> {
         let started = Instant::now();
         self.polls += 1;
         self.sent = 0;
@@ -312,20 +332,22 @@ impl Poller<'_> {
                 .await
                 .map_err(sql_err("ending the poll's transaction"))?;
         }
-        let (backlog, drained) = read?;
+        let (next, drained) = read?;
         self.horizon = horizon;
+        self.waiting = next == Next::Soon;
         self.close(drained).await?;
         self.metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
         self.report();
-        Ok(backlog)
+        Ok(next)
     }
 
     /// The reads of one poll: deletes first, then each table.
-    async fn read(&mut self, horizon: Option<&str>) -> Result<(bool, Vec<i64>), CaptureError> {
+    async fn read(&mut self, horizon: Option<&str>) -> Result<(Next, Vec<i64>), CaptureError> {
         let mut drained = Vec::new();
         let mut backlog = false;
+        let mut waiting = false;
         if let Some(deletes_table) = self.deletes_table.clone() {
             for i in 0..self.tables.len() {
                 let Some(sql) = deletes::drain_sql(
@@ -351,7 +373,7 @@ impl Poller<'_> {
             self.metrics.polled_deletes.inc_by(drained.len() as u64);
             if backlog {
                 // A key's delete must reach Kafka before a later insert of it.
-                return Ok((true, drained));
+                return Ok((Next::Now, drained));
             }
         }
         for i in 0..self.tables.len() {
@@ -395,13 +417,31 @@ impl Poller<'_> {
                 }
             }
             if let Some(at) = last {
-                self.position.polled.insert(name, at);
+                self.position.polled.insert(name.clone(), at);
             }
             self.tables[i].delivered.poll_done();
             self.tables[i].caught_up = !full;
             backlog |= full;
+            if let (false, Some(h)) = (full, horizon) {
+                let start = match self.position.polled.get(&name) {
+                    Some(at) => Start::After(at),
+                    None => match &self.initial {
+                        Some(v) => Start::AtLeast(v),
+                        None => Start::Beginning,
+                    },
+                };
+                let probe = self.tables[i].plan.beyond_horizon_sql(start, h);
+                waiting |= !self.query(&probe, &name).await?.is_empty();
+            }
         }
-        Ok((backlog, drained))
+        let next = if backlog {
+            Next::Now
+        } else if waiting {
+            Next::Soon
+        } else {
+            Next::Idle
+        };
+        Ok((next, drained))
     }
 
     fn row_op(&self) -> Op {
@@ -550,12 +590,12 @@ impl Poller<'_> {
             .map(|t| {
                 let at = self.position.polled.get(&t.plan.name);
                 let lag = if t.caught_up {
-                    // Read to the end, or to the horizon: what waits is
-                    // what the horizon holds back.
-                    Some(match &self.horizon {
-                        Some(h) => cursor_time_of(CursorKind::TimestampTz, &h.before)
+                    // Read to the end (0), or to a horizon that holds rows
+                    // back: they wait since the horizon.
+                    Some(match (&self.horizon, self.waiting) {
+                        (Some(h), true) => cursor_time_of(CursorKind::TimestampTz, &h.before)
                             .map_or(0.0, |us| ((now_us - us).max(0)) as f64 / 1e6),
-                        None => 0.0,
+                        _ => 0.0,
                     })
                 } else {
                     at.and_then(|p| cursor_time_of(t.plan.cursor_kind, &p.cursor))
@@ -772,6 +812,7 @@ pub async fn run(
         kafka_txn_open: false,
         unsaved: VecDeque::new(),
         horizon: None,
+        waiting: false,
         deletes_total: 0,
     };
     // Deletes the stored position covers are in Kafka: remove them first.
@@ -799,7 +840,8 @@ pub async fn run(
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut poll_tick = tokio::time::interval(v.derived.poll_interval);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlog = false;
+    let mut next = Next::Idle;
+    let mut soon = tokio::time::Instant::now();
 
     loop {
         let due = tokio::select! {
@@ -833,14 +875,25 @@ pub async fn run(
                 state.report();
                 false
             }
-            // 4. A poll: backlog first, then a notification, then the interval.
-            _ = std::future::ready(()), if backlog => true,
+            // 4. A poll: backlog first, rows waiting for the horizon, then a
+            //    notification, then the interval.
+            _ = std::future::ready(()), if next == Next::Now => true,
+            _ = tokio::time::sleep_until(soon), if next == Next::Soon => true,
             _ = wake.notified(), if listener.is_some() => true,
             _ = poll_tick.tick() => true,
         };
         if due {
             match state.poll().await {
-                Ok(more) => backlog = more,
+                Ok(n) => {
+                    next = n;
+                    let held = state.horizon.as_ref().is_some_and(|h| h.held_by.is_some());
+                    soon = tokio::time::Instant::now()
+                        + if held {
+                            HORIZON_HELD_RETRY
+                        } else {
+                            HORIZON_RETRY
+                        };
+                }
                 Err(e) => {
                     metrics
                         .poll_errors

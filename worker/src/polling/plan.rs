@@ -144,6 +144,31 @@ impl PollTable {
         self.query(conditions, Some(limit))
     }
 
+    /// Whether a row after `start` waits beyond the `horizon`
+    /// (`lateness: Auto`): one index probe, no rows read.
+    pub fn beyond_horizon_sql(&self, start: Start<'_>, horizon: &str) -> String {
+        let cursor = quote_ident(self.cursor_name());
+        let mut conditions = vec![format!(
+            "{cursor} >= {}::timestamptz",
+            quote_literal(horizon)
+        )];
+        match start {
+            Start::Beginning => {}
+            Start::AtLeast(value) => {
+                conditions.push(format!("{cursor} >= {}", quote_literal(value)));
+            }
+            Start::After(at) => conditions.push(self.keyset(">", at)),
+        }
+        if let Some(filter) = &self.filter {
+            conditions.push(format!("({filter}\n)"));
+        }
+        format!(
+            "SELECT 1 FROM {} WHERE {} LIMIT 1",
+            self.source_sql(),
+            conditions.join(" AND ")
+        )
+    }
+
     /// The rows at or behind `at` within `window` of its cursor (time
     /// cursors only), in order: where a late commit shows up.
     pub fn window_sql(&self, at: &PolledPosition, window: Duration) -> String {
@@ -411,6 +436,11 @@ mod tests {
                     "WHERE \"updated_at\" >= '2024-06-01' AND \"updated_at\" IS NOT NULL \
                      AND \"updated_at\" < '2024-07-01 00:00:00+00'::timestamptz"
                 )
+        );
+        assert_eq!(
+            table.beyond_horizon_sql(Start::After(&at), "2024-01-01 00:00:05+00"),
+            "SELECT 1 FROM \"public\".\"Order Lines\" WHERE \"updated_at\" >= '2024-01-01 00:00:05+00'::timestamptz \
+             AND (\"updated_at\", \"tenant\", \"id\") > ('2024-01-01 00:00:00+00', '7', 'it''s') LIMIT 1"
         );
         let window = table.window_sql(&at, Duration::from_secs(30));
         assert!(
