@@ -647,3 +647,61 @@ fn topics_are_sanitized() {
         "shop.My_Schema.Ordres__t_"
     );
 }
+
+/// A polled row: no WAL position, no transaction (polling::Poller builds
+/// its changes so).
+fn polled(op: Op, old: Option<Row>, new: Option<Row>) -> Change {
+    Change {
+        commit_lsn: Lsn(0),
+        lsn: Lsn(0),
+        xid: 0,
+        ..change(op, relation(b'd'), old, new)
+    }
+}
+
+#[test]
+fn a_polled_row_has_no_wal_position_in_its_source() {
+    let mut enc = encoder(settings(RecordFormat::Debezium));
+    let records = encode(
+        &mut enc,
+        &polled(Op::Update, None, Some(row("7", "1.50", t("n")))),
+    );
+    assert_eq!(records.len(), 1);
+    let value = parse(&records[0].value);
+    assert_eq!(
+        value["op"], "u",
+        "Upsert semantics: the latest state of its key"
+    );
+    assert_eq!(value["before"], Value::Null);
+    let source = &value["source"];
+    assert_eq!(source["sequence"], Value::Null);
+    assert_eq!(source["lsn"], Value::Null);
+    assert_eq!(source["txId"], Value::Null);
+    assert_eq!(source["snapshot"], "false");
+    assert_eq!(source["ts_us"], COMMIT_US, "the cursor's time");
+    // A delete drained from the deletes table: the key, then a tombstone.
+    let deleted = encode(&mut enc, &polled(Op::Delete, Some(key_only("7")), None));
+    assert_eq!(deleted.len(), 2);
+    assert_eq!(parse(&deleted[0].value)["op"], "d");
+    assert_eq!(parse(&deleted[0].value)["before"]["id"], 7);
+    assert_eq!(deleted[1].value, None);
+}
+
+#[test]
+fn a_polled_row_in_the_row_format_has_null_wal_metadata() {
+    let mut s = settings(RecordFormat::Row);
+    s.output.include_metadata = true;
+    s.output.snake_case_columns = true;
+    let mut enc = encoder(s);
+    let records = encode(
+        &mut enc,
+        &polled(Op::Insert, None, Some(row("7", "1.50", t("n")))),
+    );
+    let value = parse(&records[0].value);
+    assert_eq!(value["op"], "insert");
+    assert_eq!(value["data"]["order_total"], "1.50");
+    assert_eq!(value["metadata"]["lsn"], Value::Null);
+    assert_eq!(value["metadata"]["commit_lsn"], Value::Null);
+    assert_eq!(value["metadata"]["tx_id"], Value::Null);
+    assert_eq!(value["metadata"]["table"], "orders");
+}
