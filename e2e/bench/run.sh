@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make bench`: Siphon's throughput, latency and memory, measured against
-# references in the same run (pg_recvlogical for streaming, COPY for backfill).
+# references in the same run (pg_recvlogical for streaming, COPY for backfill
+# and polling).
 #
 #   bash e2e/bench/run.sh                   # full run (about 10-15 minutes on 2 cores)
 #   BENCH_SCALE=0.1 bash e2e/bench/run.sh   # small smoke run
 #   BENCH_ONLY=single,latency bash e2e/bench/run.sh
 #       scenarios: single, large1m, batch10, latency, memory, backfill,
 #       client (Siphon's replication client against the pgwire-replication
-#       crate and pg_recvlogical: in-process, decoded, no Kafka)
+#       crate and pg_recvlogical: in-process, decoded, no Kafka),
+#       polling (mode: Polling: throughput against COPY in cursor order,
+#       NOTIFY wake-up latency, idle load in transactions per interval)
 #   BENCH_WORKER=/path/to/siphon-worker     # measure another build (A/B)
 #   BENCH_REF_PROTO=2                       # reference with pgoutput v2 + streaming
 #   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/run/perf-*.data

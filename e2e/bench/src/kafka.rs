@@ -34,11 +34,15 @@ impl Kafka {
     /// Offsets written to partition 0 of `topic` (records, plus transaction
     /// markers in exactly-once mode); 0 when the topic does not exist.
     pub fn high_watermark(&self, topic: &str) -> Result<i64> {
-        let consumer = self.consumer("read_uncommitted")?;
-        Ok(consumer
-            .fetch_watermarks(topic, 0, Duration::from_secs(10))
-            .map(|(_, high)| high)
-            .unwrap_or(0))
+        Ok(self.watermarks()?.high(topic))
+    }
+
+    /// One client for many high-watermark reads: a client per read starts
+    /// threads and a connection, CPU a timed worker would share.
+    pub fn watermarks(&self) -> Result<Watermarks> {
+        Ok(Watermarks {
+            consumer: self.consumer("read_uncommitted")?,
+        })
     }
 
     /// Delete every topic whose name starts with `prefix`.
@@ -111,6 +115,21 @@ impl Kafka {
             }
             Ok(out)
         }))
+    }
+}
+
+/// High watermarks through one consumer, see [`Kafka::watermarks`].
+pub struct Watermarks {
+    consumer: BaseConsumer,
+}
+
+impl Watermarks {
+    /// As [`Kafka::high_watermark`].
+    pub fn high(&self, topic: &str) -> i64 {
+        self.consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .unwrap_or(0)
     }
 }
 

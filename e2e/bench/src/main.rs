@@ -6,6 +6,7 @@
 
 mod client;
 mod kafka;
+mod polling;
 mod postgres;
 mod reference;
 mod scenarios;
@@ -33,11 +34,12 @@ struct Args {
     #[arg(long, env = "BENCH_SCALE", default_value_t = 1.0)]
     scale: f64,
     /// Scenarios to run, comma-separated: single,large1m,batch10,latency,memory,backfill,
-    /// client (Siphon's replication client against pgwire-replication).
+    /// client (Siphon's replication client against pgwire-replication), polling
+    /// (a polling capture: throughput against COPY, NOTIFY wake-up, idle load).
     #[arg(
         long,
         env = "BENCH_ONLY",
-        default_value = "single,large1m,batch10,latency,memory,backfill,client"
+        default_value = "single,large1m,batch10,latency,memory,backfill,client,polling"
     )]
     only: String,
     #[arg(long, default_value = "127.0.0.1")]
@@ -177,6 +179,7 @@ async fn run(args: Args) -> Result<bool> {
             "memory" => bench.large_transaction().await,
             "backfill" => bench.backfill().await,
             "client" => bench.client().await,
+            "polling" => bench.polling().await,
             other => match workloads.iter().find(|w| w.key == other) {
                 Some(w) => bench.streaming(*w).await,
                 None => {

@@ -1,7 +1,7 @@
 //! The references Siphon is measured against, run on the same data in the
 //! same run: `pg_recvlogical` (PostgreSQL's own logical decoding client, with
 //! pgoutput, writing to /dev/null) for streaming, and `psql \copy … TO
-//! /dev/null` for backfill.
+//! /dev/null` for backfill and polling.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -115,6 +115,17 @@ pub struct ReaderRun {
 /// COPY itself (psql's start and connection excluded by timing a `SELECT 1`
 /// run the same way and subtracting it).
 pub async fn copy_out(tools: &Tools, pg: &Pg, database: &str, table: &str) -> Result<Duration> {
+    copy_query_out(tools, pg, database, &format!("SELECT * FROM {table}")).await
+}
+
+/// `COPY (query) TO STDOUT` through psql into /dev/null, timed as
+/// [`copy_out`]: the reference of a read in a given order (polling).
+pub async fn copy_query_out(
+    tools: &Tools,
+    pg: &Pg,
+    database: &str,
+    query: &str,
+) -> Result<Duration> {
     let run = |sql: String| {
         let mut cmd = Command::new(&tools.psql);
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &pg.host])
@@ -134,6 +145,6 @@ pub async fn copy_out(tools: &Tools, pg: &Pg, database: &str, table: &str) -> Re
         }
     };
     let baseline = run("SELECT 1".into()).await?;
-    let copy = run(format!("\\copy (SELECT * FROM {table}) TO '/dev/null'")).await?;
+    let copy = run(format!("\\copy ({query}) TO '/dev/null'")).await?;
     Ok(copy.saturating_sub(baseline))
 }

@@ -37,6 +37,9 @@ pub mod goals {
     pub const BACKFILL_ROWS_PER_S: f64 = 300_000.0;
     pub const BACKFILL_COPY_RATIO: f64 = 0.25;
     pub const BACKFILL_STREAM_LAG_MS: f64 = 1000.0;
+    pub const POLLING_COPY_RATIO: f64 = 0.3;
+    pub const POLLING_NOTIFY_P99_MS: f64 = 100.0;
+    pub const POLLING_IDLE_XACTS_PER_INTERVAL: f64 = 1.0;
 }
 
 /// Prefix of every topic the benchmark creates.
@@ -92,15 +95,15 @@ pub fn log(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());
 }
 
-fn per_s(n: u64, d: Duration) -> f64 {
+pub(crate) fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn mib(kib: u64) -> f64 {
+pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -114,7 +117,7 @@ impl Bench {
         ((base as f64 * self.scale).round() as u64).max(min)
     }
 
-    fn topic_prefix(&self, what: &str) -> String {
+    pub(crate) fn topic_prefix(&self, what: &str) -> String {
         format!("{TOPIC_PREFIX}{}-{what}", self.run_id)
     }
 
@@ -138,6 +141,8 @@ impl Bench {
             delivery,
             snapshot: SnapshotMode::Never,
             stream_only: None,
+            polling: None,
+            notify: None,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let sampler = MemorySampler::start(worker.pid(), Duration::from_millis(50));
@@ -315,6 +320,8 @@ impl Bench {
             delivery: Delivery::AtLeastOnce,
             snapshot: SnapshotMode::Never,
             stream_only: None,
+            polling: None,
+            notify: None,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let result = async {
@@ -525,6 +532,8 @@ impl Bench {
             delivery: Delivery::AtLeastOnce,
             snapshot: SnapshotMode::Initial,
             stream_only: Some(TICKS),
+            polling: None,
+            notify: None,
         };
         let mut worker = self.worker.spawn(&run, &self.pids)?;
         let profile = Profiler::attach(&self.worker.dir, "backfill", worker.pid(), &self.pids)?;
@@ -662,7 +671,7 @@ impl Bench {
 /// Single-row transactions into `table` at `rate` per second for `duration`
 /// (or until `stop`), over `conns` connections; returns how many were
 /// committed and how long it took.
-async fn paced_writer(
+pub(crate) async fn paced_writer(
     pg: &Pg,
     database: &str,
     table: &str,

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use siphon_crds::capture::{
-    Delivery, SnapshotMode, SnapshotSpec, SslMode, TableSpec, TopicCreation,
+    CaptureMode, Delivery, PollingSpec, SnapshotMode, SnapshotSpec, SslMode, TableSpec,
+    TopicCreation,
 };
 use siphon_crds::worker_config::{
-    KafkaConfig, LogicalConfig, MetricsConfig, PostgresConfig, WorkerConfig,
+    KafkaConfig, LogicalConfig, MetricsConfig, NotifyConfig, PostgresConfig, WorkerConfig,
 };
 use tokio::process::{Child, Command};
 
@@ -72,6 +73,11 @@ pub struct WorkerRun<'a> {
     pub snapshot: SnapshotMode,
     /// A second table captured without backfill (changes only).
     pub stream_only: Option<&'a str>,
+    /// `mode: Polling` with these settings (the slot is then unused).
+    pub polling: Option<PollingSpec>,
+    /// The notify objects of a polling run with `notify: true`, made by the
+    /// benchmark as the operator would.
+    pub notify: Option<NotifyConfig>,
 }
 
 /// What the worker needs to know about the stack and where to put files.
@@ -88,8 +94,16 @@ pub struct WorkerEnv {
 impl WorkerEnv {
     /// The worker configuration of a run.
     pub fn config(&self, run: &WorkerRun<'_>) -> WorkerConfig {
+        let polling = run.polling.is_some();
         WorkerConfig {
             name: run.name.clone(),
+            mode: if polling {
+                CaptureMode::Polling
+            } else {
+                CaptureMode::Logical
+            },
+            polling: run.polling.clone(),
+            notify: run.notify.clone(),
             postgres: PostgresConfig {
                 host: self.pg.host.clone(),
                 port: self.pg.port,
@@ -111,11 +125,15 @@ impl WorkerEnv {
                     query: None,
                 })
                 .collect(),
-            logical: LogicalConfig {
-                slot_name: run.slot.to_string(),
-                publication_name: PUBLICATION.into(),
-                create_slot: true,
-                ..LogicalConfig::default()
+            logical: if polling {
+                LogicalConfig::default()
+            } else {
+                LogicalConfig {
+                    slot_name: run.slot.to_string(),
+                    publication_name: PUBLICATION.into(),
+                    create_slot: true,
+                    ..LogicalConfig::default()
+                }
             },
             snapshot: SnapshotSpec {
                 mode: run.snapshot,
