@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use siphon_crds::PostgresCapture;
 
@@ -339,6 +339,27 @@ impl Scenario {
             },
         )
         .await;
+    }
+
+    /// Kill capture `name`'s worker pod `times` times, 2 s apart, without a
+    /// grace period (as `kill -9` would): the Deployment makes a new one.
+    pub async fn kill_worker_pod(&self, name: &str, times: usize) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&format!("siphon.dev/capture={name}"));
+        for _ in 0..times {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let list = pods.list(&lp).await.expect("list worker pods");
+            let pod = list.items[0].metadata.name.clone().expect("pod name");
+            pods.delete(
+                &pod,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("delete worker pod");
+        }
     }
 
     /// Wait until the Ready condition carries `reason`; returns its message.

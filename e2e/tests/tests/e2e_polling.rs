@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::topic::{read_topic, read_topic_now};
@@ -299,22 +299,7 @@ async fn a_killed_polling_worker_resumes_without_gap_or_duplicate_exactly_once()
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
-    let lp = ListParams::default().labels("siphon.dev/capture=e");
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let list = pods.list(&lp).await.unwrap();
-        let name = list.items[0].metadata.name.clone().unwrap();
-        pods.delete(
-            &name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    }
+    s.kill_worker_pod("e", 2).await;
     writer.await.unwrap();
     s.wait_condition("e", "Ready", "True", READY_TIMEOUT).await;
     let topic = s.topic("public", "e");

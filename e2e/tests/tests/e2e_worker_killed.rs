@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, ListParams};
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::topic::read_topic;
 
@@ -35,20 +35,7 @@ async fn a_killed_worker_is_replaced_and_loses_nothing() {
     });
     let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
     let lp = ListParams::default().labels("siphon.dev/capture=t");
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let list = pods.list(&lp).await.unwrap();
-        let name = list.items[0].metadata.name.clone().unwrap();
-        pods.delete(
-            &name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    }
+    s.kill_worker_pod("t", 2).await;
     writer.await.unwrap();
     s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
 
