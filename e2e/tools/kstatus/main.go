@@ -28,6 +28,7 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
@@ -112,35 +113,45 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // read decodes every object on r: JSON or YAML documents, Lists unpacked.
+// Numbers stay integers (kstatus compares generations as int64), as
+// unstructured's own JSON decoding keeps them.
 func read(r io.Reader) ([]*unstructured.Unstructured, error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
 	var out []*unstructured.Unstructured
 	for doc := 1; ; doc++ {
-		var obj map[string]any
-		if err := dec.Decode(&obj); err != nil {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
 			if errors.Is(err, io.EOF) {
 				return out, nil
 			}
 			return nil, fmt.Errorf("document %d is neither JSON nor YAML: %w", doc, err)
 		}
-		if obj == nil { // an empty YAML document
+		if len(raw) == 0 || string(raw) == "null" { // an empty YAML document
 			continue
 		}
-		u := &unstructured.Unstructured{Object: obj}
-		if u.IsList() {
-			list, err := u.ToList()
-			if err != nil {
-				return nil, fmt.Errorf("document %d: a List whose items are not objects: %w", doc, err)
-			}
-			for i := range list.Items {
-				out = append(out, &list.Items[i])
-			}
-			continue
+		var probe struct {
+			Kind string `json:"kind"`
 		}
-		if u.GetKind() == "" {
+		if err := json.Unmarshal(raw, &probe); err != nil {
+			return nil, fmt.Errorf("document %d is not an object: %w", doc, err)
+		}
+		if probe.Kind == "" {
 			return nil, fmt.Errorf("document %d has no kind: is it a Kubernetes object?", doc)
 		}
-		out = append(out, u)
+		obj, err := runtime.Decode(unstructured.UnstructuredJSONScheme, raw)
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", doc, err)
+		}
+		switch o := obj.(type) {
+		case *unstructured.UnstructuredList:
+			for i := range o.Items {
+				out = append(out, &o.Items[i])
+			}
+		case *unstructured.Unstructured:
+			out = append(out, o)
+		default:
+			return nil, fmt.Errorf("document %d decoded as %T", doc, obj)
+		}
 	}
 }
 
