@@ -25,6 +25,15 @@ pub const KAFKA_AVAILABLE: &str = "KafkaAvailable";
 /// Polling: every cursor column leads an index (else each poll scans the
 /// table); `False` is a warning, it does not hold `Ready` back.
 pub const CURSOR_INDEXED: &str = "CursorIndexed";
+/// kstatus' abnormal-true condition for a definite failure: present (True)
+/// only while `Ready` is False for a reason a person must act on, with
+/// Ready's reason and message. Flux and `kstatus` read it as `Failed`.
+pub const STALLED: &str = "Stalled";
+/// kstatus' abnormal-true condition for work under way: present (True) only
+/// while `Ready` is False for a reason that ends by itself (provisioning,
+/// the worker starting, a server that is not reachable yet), with Ready's
+/// reason and message. Flux and `kstatus` read it as `InProgress`.
+pub const RECONCILING: &str = "Reconciling";
 /// The conditions the worker writes under its own field manager; the
 /// operator reads them (Ready sums them up) and never writes them.
 pub const WORKER_OWNED: [&str; 2] = [CAPTURING, KAFKA_AVAILABLE];
@@ -98,4 +107,115 @@ pub mod reason {
     pub const CURSOR_NOT_INDEXED: &str = "CursorNotIndexed";
     /// Polling: every cursor column leads an index.
     pub const INDEXED: &str = "Indexed";
+
+    /// Every reason above. A reason added to this module goes here too (a
+    /// test says so), and gets a `### Reason` section in
+    /// docs/troubleshooting.md (another test says so).
+    pub const ALL: &[&str] = &[
+        RECONCILED,
+        STREAMING,
+        SUSPENDED,
+        INVALID_SPEC,
+        SECRET_NOT_FOUND,
+        DATABASE_UNREACHABLE,
+        AUTHENTICATION_FAILED,
+        WAL_LEVEL_NOT_LOGICAL,
+        MISSING_REPLICATION_PRIVILEGE,
+        INSUFFICIENT_PRIVILEGE,
+        TABLE_NOT_FOUND,
+        NO_PRIMARY_KEY,
+        NO_FREE_SLOTS,
+        NO_FREE_WAL_SENDERS,
+        UNSUPPORTED_SERVER_VERSION,
+        PUBLICATION_NOT_FOUND,
+        SLOT_CLAIMED,
+        SLOT_LOST,
+        SLOT_MISSING,
+        PROVISIONING,
+        PROVISIONING_FAILED,
+        WORKER_STARTING,
+        WORKER_FAILING,
+        BACKFILL_RUNNING,
+        BACKFILL_DONE,
+        BACKFILL_DISABLED,
+        TEARDOWN_FAILED,
+        INVALID_FILTER,
+        FILTER_OUTSIDE_REPLICA_IDENTITY,
+        ROW_FILTER_UNSUPPORTED,
+        PUBLICATION_MISSING_TABLE,
+        PUBLICATION_BREAKS_WRITES,
+        KAFKA_UNREACHABLE,
+        KAFKA_REACHABLE,
+        CAPTURE_INTERRUPTED,
+        KAFKA_REFUSED,
+        CAPTURE_FAILED,
+        CURSOR_COLUMN_MISSING,
+        CURSOR_TYPE_UNSUPPORTED,
+        INVALID_QUERY,
+        HORIZON_UNAVAILABLE,
+        CURSOR_NOT_INDEXED,
+        INDEXED,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason;
+
+    /// The reasons this file spells, read from its own source: every
+    /// `pub const NAME: &str = "Value";` of the `reason` module.
+    fn reasons_in_source() -> Vec<&'static str> {
+        let source = include_str!("conditions.rs");
+        let start = source
+            .find("pub mod reason {")
+            .expect("conditions.rs has a reason module");
+        let end = source[start..]
+            .find("#[cfg(test)]")
+            .map_or(source.len(), |i| start + i);
+        source[start..end]
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("pub const "))
+            .filter_map(|rest| rest.split_once(": &str = \""))
+            .map(|(_, value)| value.trim_end_matches("\";"))
+            .collect()
+    }
+
+    #[test]
+    fn all_lists_every_reason_once() {
+        let declared = reasons_in_source();
+        assert!(declared.len() > 10, "reasons not found: {declared:?}");
+        let missing: Vec<_> = declared
+            .iter()
+            .filter(|r| !reason::ALL.contains(r))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "reasons missing from conditions::reason::ALL: {missing:?}"
+        );
+        let mut sorted = reason::ALL.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), reason::ALL.len(), "a reason is twice in ALL");
+    }
+
+    /// docs/troubleshooting.md explains every reason under its own heading
+    /// (`### Reason`): which condition, what it means, the fix.
+    #[test]
+    fn every_reason_has_a_troubleshooting_section() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/troubleshooting.md");
+        let guide = std::fs::read_to_string(path).unwrap_or_default();
+        let headings: Vec<&str> = guide
+            .lines()
+            .filter_map(|l| l.strip_prefix("### "))
+            .map(str::trim)
+            .collect();
+        let missing: Vec<_> = reason::ALL
+            .iter()
+            .filter(|r| !headings.contains(r))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/troubleshooting.md has no `### <Reason>` section (condition, meaning, fix) for: {missing:?}"
+        );
+    }
 }

@@ -160,6 +160,11 @@ install_crd() {
     log "CRD postgrescaptures.siphon.dev established"
 }
 
+# The stack's operator leaves alone the captures labelled siphon.dev/operator:
+# those belong to an operator installed by the chart (the chart test installs
+# one, under its own RBAC, beside this one).
+STACK_CAPTURE_SELECTOR='!siphon.dev/operator'
+
 start_operator() {
     if pid_alive "$STACK_DIR/pids/operator.pid"; then
         log "operator already running (pid $(<"$STACK_DIR/pids/operator.pid"))"
@@ -169,6 +174,7 @@ start_operator() {
         env RUST_LOG="${OPERATOR_LOG:-info,siphon_operator=debug}" \
         KUBECONFIG="$STACK_DIR/controlplane/kubeconfig" \
         SIPHON_WORKER_IMAGE="${SIPHON_WORKER_IMAGE:-siphon:dev}" \
+        SIPHON_CAPTURE_SELECTOR="${SIPHON_CAPTURE_SELECTOR-$STACK_CAPTURE_SELECTOR}" \
         "${SIPHON_OPERATOR_BIN:-$(target_dir)/siphon-operator}" --metrics-addr "127.0.0.1:$STACK_OPERATOR_METRICS_PORT"
     log "started operator (pid $(<"$STACK_DIR/pids/operator.pid"), log $STACK_DIR/logs/operator.log)"
 }

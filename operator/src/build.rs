@@ -14,8 +14,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy}
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount,
-    Volume, VolumeMount,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -47,6 +47,9 @@ pub struct WorkerObjects {
     pub service_account: ServiceAccount,
     pub role: Role,
     pub role_binding: RoleBinding,
+    /// The worker's `metrics` port behind a stable name, for a
+    /// ServiceMonitor (the chart's PodMonitor selects the pods directly).
+    pub service: Service,
     pub deployment: Deployment,
     pub config_hash: String,
 }
@@ -144,10 +147,25 @@ fn labels(plan: &Plan) -> BTreeMap<String, String> {
         (names::CAPTURE_LABEL.to_string(), plan.name.clone()),
         (names::COMPONENT_LABEL.to_string(), "worker".to_string()),
         (
+            names::NAME_LABEL.to_string(),
+            names::WORKER_NAME.to_string(),
+        ),
+        (names::INSTANCE_LABEL.to_string(), plan.name.clone()),
+        (names::PART_OF_LABEL.to_string(), "siphon".to_string()),
+        (
             names::MANAGED_BY_LABEL.to_string(),
             names::MANAGED_BY.to_string(),
         ),
     ])
+}
+
+/// The container runtime's default seccomp profile: what PodSecurity
+/// `restricted` asks of every pod and container.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
 }
 
 fn owner(capture: &PostgresCapture) -> Option<OwnerReference> {
@@ -234,6 +252,24 @@ pub fn worker_objects(
             namespace: Some(plan.namespace.clone()),
             ..Subject::default()
         }]),
+    };
+
+    let service = Service {
+        metadata: meta(capture, plan),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(
+                names::CAPTURE_LABEL.to_string(),
+                plan.name.clone(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: names::WORKER_METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     };
 
     let creds = &spec.postgres.credentials_secret_ref;
@@ -393,6 +429,7 @@ pub fn worker_objects(
                 drop: Some(vec!["ALL".into()]),
                 ..Capabilities::default()
             }),
+            seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -435,6 +472,7 @@ pub fn worker_objects(
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
+                        seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
                     ..PodSpec::default()
@@ -450,6 +488,7 @@ pub fn worker_objects(
         service_account,
         role,
         role_binding,
+        service,
         deployment,
         config_hash,
     })
@@ -540,6 +579,22 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+        // PodSecurity `restricted`: seccomp on the pod and the container.
+        let runtime_default = Some("RuntimeDefault");
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            runtime_default
+        );
+        let psc = pod.security_context.clone().unwrap();
+        assert_eq!(
+            psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            runtime_default
+        );
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
         assert_eq!(
             o.service_account.automount_service_account_token,
             Some(false)

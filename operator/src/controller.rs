@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -36,9 +36,10 @@ use siphon_crds::status::ManagedObjects;
 
 use crate::build::{self, WorkerDefaults};
 use crate::database::{self, ConnectParams, Unfit};
-use crate::metrics::Metrics;
+use crate::metrics::{CaptureLabels, Metrics};
 use crate::names;
 use crate::polling;
+use crate::scope::Scope;
 use crate::status::{self, set_condition};
 use crate::validate;
 
@@ -75,10 +76,10 @@ impl Error {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// Every capture of the cluster as the controller's watch last saw it:
-    /// validation checks slot claims against it without listing them all
-    /// from the API server on each reconcile.
-    pub captures: reflector::Store<PostgresCapture>,
+    /// Every capture the operator watches, as its watches last saw them (one
+    /// store per watch): validation checks slot claims against them without
+    /// listing them from the API server on each reconcile.
+    pub captures: Vec<reflector::Store<PostgresCapture>>,
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub defaults: WorkerDefaults,
@@ -114,25 +115,71 @@ impl Context {
     }
 }
 
-/// Run the controller until shutdown, reconciling at most `concurrency`
-/// captures at once (never one capture twice at once).
-pub async fn run(
-    ctx: Arc<Context>,
+/// What one controller watches: the captures and worker Deployments of one
+/// namespace, or of the whole cluster, and the store its watch fills.
+pub struct Watch {
+    captures: Api<PostgresCapture>,
+    selector: String,
+    workers: Api<Deployment>,
     writer: reflector::store::Writer<PostgresCapture>,
+}
+
+/// The watches of a scope and their stores (the stores go into the
+/// [`Context`] so validation sees every capture the operator watches).
+pub fn watches(
+    scope: &Scope,
+    selector: &str,
+    client: &Client,
+) -> (Vec<Watch>, Vec<reflector::Store<PostgresCapture>>) {
+    scope
+        .apis::<PostgresCapture>(client)
+        .into_iter()
+        .zip(scope.apis::<Deployment>(client))
+        .map(|(captures, workers)| {
+            let (store, writer) = reflector::store();
+            (
+                Watch {
+                    captures,
+                    selector: selector.to_string(),
+                    workers,
+                    writer,
+                },
+                store,
+            )
+        })
+        .unzip()
+}
+
+/// Run the controllers until shutdown, one per watch (one for the whole
+/// cluster, or one per watched namespace), each reconciling at most
+/// `concurrency` captures at once (never one capture twice at once).
+pub async fn run(ctx: Arc<Context>, watches: Vec<Watch>, concurrency: u16) {
+    futures::future::join_all(
+        watches
+            .into_iter()
+            .zip(ctx.captures.clone())
+            .map(|(w, store)| run_one(ctx.clone(), w, store, concurrency)),
+    )
+    .await;
+}
+
+async fn run_one(
+    ctx: Arc<Context>,
+    watch: Watch,
+    store: reflector::Store<PostgresCapture>,
     concurrency: u16,
 ) {
-    let client = ctx.client.clone();
     // The controller holds its reconciles until this store has seen the
     // initial list, so slot-claim validation never reads it half-filled.
-    let store = ctx.captures.clone();
-    let captures = watcher(
-        Api::<PostgresCapture>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(worth_a_reconcile, Default::default());
+    let mut config = watcher::Config::default().any_semantic();
+    if !watch.selector.is_empty() {
+        config = config.labels(&watch.selector);
+    }
+    let captures = watcher(watch.captures, config)
+        .default_backoff()
+        .reflect(watch.writer)
+        .applied_objects()
+        .predicate_filter(worth_a_reconcile, Default::default());
     // Only the worker Deployments (by label: a cluster's other Deployments are
     // neither watched nor held in memory), and only when their availability
     // changes: the Deployment controller writes a rollout's status in several
@@ -140,7 +187,7 @@ pub async fn run(
     // Deployment deleted behind the operator's back is recreated by the
     // periodic requeue.
     let workers = watcher(
-        Api::<Deployment>::all(client.clone()),
+        watch.workers,
         watcher::Config::default().labels(&format!(
             "{}={}",
             names::MANAGED_BY_LABEL,
@@ -157,7 +204,9 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
-                Ok((obj, _)) => tracing::debug!(capture = %obj.name, "reconciled"),
+                Ok((obj, _)) => {
+                    tracing::debug!(capture = %obj.name, namespace = ?obj.namespace, "reconciled")
+                }
                 Err(error) => tracing::debug!(%error, "reconcile failed"),
             }
         })
@@ -211,6 +260,8 @@ pub fn worker_availability(deployment: &Deployment) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Every line a reconcile logs names its capture and namespace.
+#[tracing::instrument(skip_all, fields(capture = %capture.name_any(), namespace = %capture.namespace().unwrap_or_default()))]
 async fn reconcile(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let ns = capture.namespace().unwrap_or_default();
@@ -249,10 +300,10 @@ fn error_policy(capture: Arc<PostgresCapture>, error: &Error, _ctx: Arc<Context>
     match error {
         // An expected wait of the teardown, not a failure.
         Error::WorkerStillRunning(_) => {
-            tracing::debug!(capture = %capture.name_any(), %error, retry_in = ?delay, "teardown waits")
+            tracing::debug!(capture = %capture.name_any(), namespace = %capture.namespace().unwrap_or_default(), %error, retry_in = ?delay, "teardown waits")
         }
         _ => {
-            tracing::warn!(capture = %capture.name_any(), %error, retry_in = ?delay, "reconcile failed")
+            tracing::warn!(capture = %capture.name_any(), namespace = %capture.namespace().unwrap_or_default(), %error, retry_in = ?delay, "reconcile failed")
         }
     }
     Action::requeue(delay)
@@ -518,8 +569,22 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
     if phase == "Failed" && matches!(&outcome, Err(Error::Unfit(u)) if u.transient) {
         phase = "Pending";
     }
+    status::set_progress_conditions(&mut conds, phase, generation);
 
     laps.lap("conditions");
+    let wal = (!polling_mode).then(|| {
+        let lost = status::find(&conds, conditions::WAL_HEALTHY)
+            .is_some_and(|c| c.reason == reason::SLOT_LOST || c.reason == reason::SLOT_MISSING);
+        (lost, slot.as_ref().and_then(|s| s.retained_wal_bytes))
+    });
+    ctx.metrics.observe_capture(
+        &CaptureLabels {
+            namespace: ns.clone(),
+            capture: name.clone(),
+        },
+        status::is_true(&conds, conditions::READY),
+        wal,
+    );
     let status = json!({
         "observedGeneration": generation,
         "phase": phase,
@@ -568,10 +633,10 @@ async fn provision_and_deploy(
 
     let all: Vec<PostgresCapture> = ctx
         .captures
-        .state()
         .iter()
+        .flat_map(|store| store.state())
         .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .map(|c| PostgresCapture::clone(c))
+        .map(|c| PostgresCapture::clone(&c))
         .collect();
     let plan = validate::validate(capture, &all).map_err(|inv| Unfit {
         reason: inv.reason,
@@ -641,24 +706,33 @@ async fn provision_and_deploy(
     let pp = PatchParams::apply(names::OPERATOR_MANAGER).force();
     let object_name = names::worker_object_name(&name);
     // What the pod needs goes first and at once; the Deployment after it, so
-    // its first pod does not meet a missing ServiceAccount or ConfigMap.
-    let (config_maps, accounts, roles, bindings) = (
+    // its first pod does not meet a missing ServiceAccount or ConfigMap. The
+    // RoleBinding follows its Role: the API server lets the operator bind a
+    // Role only when it holds what the Role grants, which it checks against
+    // the Role itself, so a binding sent beside its Role is refused under
+    // the chart's RBAC (no `bind` or `escalate` verb is needed this way).
+    let (config_maps, accounts, services, roles, bindings) = (
         Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
         Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns),
+        Api::<Service>::namespaced(ctx.client.clone(), &ns),
         Api::<Role>::namespaced(ctx.client.clone(), &ns),
         Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
     );
-    let (config_map, account, role, binding) = (
+    let (config_map, account, service, role, binding) = (
         Patch::Apply(&objects.config_map),
         Patch::Apply(&objects.service_account),
+        Patch::Apply(&objects.service),
         Patch::Apply(&objects.role),
         Patch::Apply(&objects.role_binding),
     );
     futures::try_join!(
         config_maps.patch(&object_name, &pp, &config_map),
         accounts.patch(&object_name, &pp, &account),
-        roles.patch(&object_name, &pp, &role),
-        bindings.patch(&object_name, &pp, &binding),
+        services.patch(&object_name, &pp, &service),
+        async {
+            roles.patch(&object_name, &pp, &role).await?;
+            bindings.patch(&object_name, &pp, &binding).await
+        },
     )?;
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .patch(&object_name, &pp, &Patch::Apply(&objects.deployment))
@@ -882,12 +956,16 @@ async fn announce_transitions(
     old: &[Condition],
     new: &[Condition],
 ) {
-    let events = new.iter().filter_map(|c| {
-        let before = status::find(old, &c.type_);
-        let changed = before
-            .map(|b| b.status != c.status || b.reason != c.reason)
-            .unwrap_or(true);
-        if !changed {
+    let changed: Vec<&Condition> = new
+        .iter()
+        .filter(|c| {
+            status::find(old, &c.type_)
+                .map(|b| b.status != c.status || b.reason != c.reason)
+                .unwrap_or(true)
+        })
+        .collect();
+    let events = changed.iter().filter_map(|c| {
+        if !status::announced(c, &changed) {
             return None;
         }
         let warning = c.status == "False"
@@ -909,6 +987,11 @@ async fn announce_transitions(
 async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = capture.namespace().unwrap_or_default();
     let name = capture.name_any();
+    // A capture being deleted is no longer one to alert on.
+    ctx.metrics.forget_capture(&CaptureLabels {
+        namespace: ns.clone(),
+        capture: name.clone(),
+    });
     let api: Api<PostgresCapture> = Api::namespaced(ctx.client.clone(), &ns);
     let object_name = names::worker_object_name(&name);
 

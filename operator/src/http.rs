@@ -26,7 +26,19 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
             let service = service_fn(move |req: Request<Incoming>| {
                 let metrics = metrics.clone();
                 let ready = ready.clone();
-                async move { Ok::<_, Infallible>(route(req.uri().path(), &metrics, &ready)) }
+                let accept = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                async move {
+                    Ok::<_, Infallible>(route(
+                        req.uri().path(),
+                        accept.as_deref(),
+                        &metrics,
+                        &ready,
+                    ))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -35,13 +47,17 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
     }
 }
 
-fn route(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<Bytes>> {
+fn route(
+    path: &str,
+    accept: Option<&str>,
+    metrics: &Metrics,
+    ready: &AtomicBool,
+) -> Response<Full<Bytes>> {
     let (status, body, ctype) = match path {
-        "/metrics" => (
-            StatusCode::OK,
-            metrics.render(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        "/metrics" => {
+            let (body, ctype) = siphon_exposition::respond(metrics.render(), accept);
+            (StatusCode::OK, body, ctype)
+        }
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
         "/readyz" if ready.load(Ordering::Relaxed) => {
             (StatusCode::OK, "ok\n".to_string(), "text/plain")

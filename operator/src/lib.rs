@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod platform;
 pub mod polling;
+pub mod scope;
 pub mod slot;
 pub mod status;
 pub mod validate;

@@ -11,6 +11,7 @@ use kube::runtime::events::Reporter;
 use siphon_operator::build::WorkerDefaults;
 use siphon_operator::controller::{self, Context};
 use siphon_operator::lease::{self, LeaseConfig};
+use siphon_operator::scope::{self, Scope};
 use siphon_operator::{http, metrics::Metrics};
 
 /// Reconciles PostgresCapture resources: provisions the database, runs one
@@ -49,6 +50,15 @@ struct Args {
     /// puts on shared databases flat however many captures exist.
     #[arg(long, env = "SIPHON_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
+    /// Namespaces to watch, comma separated; empty: the whole cluster. A
+    /// namespace-scoped operator needs only Roles in these namespaces.
+    #[arg(long, env = "SIPHON_WATCH_NAMESPACES", default_value = "")]
+    watch_namespaces: String,
+    /// Reconcile only the captures this label selector matches (e.g.
+    /// `siphon.dev/shard=a`, or `!siphon.dev/operator` for the unlabelled
+    /// ones): several installs can share a cluster, each owning its captures.
+    #[arg(long, env = "SIPHON_CAPTURE_SELECTOR", default_value = "")]
+    capture_selector: String,
 }
 
 #[tokio::main]
@@ -65,12 +75,20 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
+    let scope = Scope::parse(&args.watch_namespaces).map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(&args.metrics_addr).await?;
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(http::serve(listener, metrics.clone(), ready.clone()));
+
+    // Ready once the API server serves the CRD where the operator looks:
+    // a replica waiting for the Lease is ready too (it takes over when the
+    // leader goes), so a rollout of several replicas completes.
+    scope::check_served(&client, &scope).await?;
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(scope = %scope.describe(), selector = %args.capture_selector, "watching");
 
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
@@ -88,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         lease = Some(cfg);
     }
 
-    let (captures, captures_writer) = kube::runtime::reflector::store();
+    let (watches, captures) = controller::watches(&scope, &args.capture_selector, &client);
     let ctx = Arc::new(Context {
         client: client.clone(),
         captures,
@@ -102,9 +120,8 @@ async fn main() -> anyhow::Result<()> {
             image_pull_policy: args.worker_image_pull_policy,
         },
     });
-    ready.store(true, Ordering::Relaxed);
     tracing::info!("controller starting");
-    controller::run(ctx, captures_writer, args.max_concurrent_reconciles).await;
+    controller::run(ctx, watches, args.max_concurrent_reconciles).await;
     tracing::info!("controller stopped");
     if let Some(cfg) = lease {
         lease::release(client, &cfg).await;

@@ -18,6 +18,14 @@ pub const CAPTURE_LABEL: &str = "siphon.dev/capture";
 /// Standard component label.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// Standard managed-by label.
+/// `app.kubernetes.io/name` of worker pods (PodMonitors select on it).
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// The value of [`NAME_LABEL`] on every worker object.
+pub const WORKER_NAME: &str = "siphon-worker";
+/// `app.kubernetes.io/instance`: the capture a worker object serves.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/part-of`: the product.
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`] on every object the operator creates; the
 /// operator watches its worker Deployments by it.

@@ -160,6 +160,41 @@ pub fn summarize_ready(
     }
 }
 
+/// The kstatus conditions from the phase (pure): `Stalled` while the phase
+/// is `Failed`, `Reconciling` while it is `Pending`, each with Ready's
+/// reason and message and absent otherwise (abnormal-true conditions are
+/// present only while they hold). `kstatus`, and Flux through it, read a
+/// capture as Failed, InProgress or (neither present) Current; a suspended
+/// capture is Current: it is where its spec asks it to be.
+pub fn set_progress_conditions(conds: &mut Vec<Condition>, phase: &str, generation: Option<i64>) {
+    let ready = find(conds, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
+    for (type_, holds) in [
+        (conditions::STALLED, phase == "Failed"),
+        (conditions::RECONCILING, phase == "Pending"),
+    ] {
+        match (&ready, holds) {
+            (Some((reason, message)), true) => {
+                set_condition(conds, type_, true, reason, message.clone(), generation)
+            }
+            _ => remove_condition(conds, type_),
+        }
+    }
+}
+
+/// Whether a changed condition gets its own Event (pure). `Stalled` and
+/// `Reconciling` repeat Ready; Ready repeats the condition that blocks it,
+/// so a Ready change is announced only when no other change of the same
+/// reconcile carries its status and reason (one Event per transition).
+pub fn announced(c: &Condition, changed: &[&Condition]) -> bool {
+    if c.type_ == conditions::STALLED || c.type_ == conditions::RECONCILING {
+        return false;
+    }
+    c.type_ != conditions::READY
+        || !changed
+            .iter()
+            .any(|o| o.type_ != c.type_ && o.status == c.status && o.reason == c.reason)
+}
+
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -179,6 +214,105 @@ fn truncate(mut s: String, max: usize) -> String {
 mod tests {
     use super::*;
     use siphon_crds::conditions::reason;
+
+    #[test]
+    fn stalled_and_reconciling_follow_the_phase_with_readys_reason() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            false,
+            reason::TABLE_NOT_FOUND,
+            "create public.t",
+            Some(2),
+        );
+        let phase = summarize_ready(&mut c, Some(2), None);
+        set_progress_conditions(&mut c, phase, Some(2));
+        let stalled = find(&c, conditions::STALLED).expect("a definite failure is Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason::TABLE_NOT_FOUND)
+        );
+        assert_eq!(stalled.message, "create public.t");
+        assert!(find(&c, conditions::RECONCILING).is_none());
+
+        // The table appears; the worker is starting: Reconciling, not Stalled.
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            true,
+            reason::RECONCILED,
+            "ok",
+            Some(2),
+        );
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            false,
+            reason::WORKER_STARTING,
+            "starting",
+            Some(2),
+        );
+        let phase = summarize_ready(&mut c, Some(2), None);
+        set_progress_conditions(&mut c, phase, Some(2));
+        assert!(find(&c, conditions::STALLED).is_none());
+        let reconciling = find(&c, conditions::RECONCILING).expect("work under way is Reconciling");
+        assert_eq!(reconciling.reason, reason::WORKER_STARTING);
+
+        // Streaming: neither is present.
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            true,
+            reason::RECONCILED,
+            "up",
+            Some(2),
+        );
+        let phase = summarize_ready(&mut c, Some(2), None);
+        set_progress_conditions(&mut c, phase, Some(2));
+        assert!(find(&c, conditions::STALLED).is_none());
+        assert!(find(&c, conditions::RECONCILING).is_none());
+
+        // Suspended is where the spec asks the capture to be: neither.
+        let phase = summarize_ready(&mut c, Some(3), Some("spec.suspend is true"));
+        set_progress_conditions(&mut c, phase, Some(3));
+        assert!(find(&c, conditions::STALLED).is_none());
+        assert!(find(&c, conditions::RECONCILING).is_none());
+    }
+
+    #[test]
+    fn one_event_per_transition() {
+        let mut c = Vec::new();
+        set_condition(
+            &mut c,
+            conditions::PROVISIONED,
+            false,
+            reason::PROVISIONING,
+            "p",
+            Some(1),
+        );
+        let phase = summarize_ready(&mut c, Some(1), None);
+        set_progress_conditions(&mut c, phase, Some(1));
+        let changed: Vec<&Condition> = c.iter().collect();
+        let told: Vec<&str> = changed
+            .iter()
+            .filter(|x| announced(x, &changed))
+            .map(|x| x.type_.as_str())
+            .collect();
+        assert_eq!(told, vec![conditions::PROVISIONED]);
+        // Ready turning True is its own news.
+        let mut up = Vec::new();
+        set_condition(
+            &mut up,
+            conditions::READY,
+            true,
+            reason::STREAMING,
+            "s",
+            Some(1),
+        );
+        let changed: Vec<&Condition> = up.iter().collect();
+        assert!(announced(changed[0], &changed));
+    }
 
     #[test]
     fn transition_time_moves_only_on_status_change() {

@@ -40,6 +40,11 @@ pub struct Metrics {
     pub transactions: Counter,
     /// Rows read by backfill.
     pub backfill_rows: Counter,
+    /// Rows of each table backfilled so far (kept across restarts, from the
+    /// stored position).
+    pub backfill_table_rows: Family<TableLabels, Gauge>,
+    /// 1 once a table's backfill is done.
+    pub backfill_table_complete: Family<TableLabels, Gauge>,
     /// Kafka errors, by reason.
     pub kafka_errors: Family<ReasonLabels, Counter>,
     /// Restarts of the capture loop after a transient error, by reason.
@@ -79,6 +84,8 @@ impl Default for Metrics {
             bytes: Counter::default(),
             transactions: Counter::default(),
             backfill_rows: Counter::default(),
+            backfill_table_rows: Family::default(),
+            backfill_table_complete: Family::default(),
             kafka_errors: Family::default(),
             restarts: Family::default(),
             lag_bytes: Gauge::default(),
@@ -112,6 +119,16 @@ impl Default for Metrics {
             "backfill_rows",
             "Rows read by backfill",
             m.backfill_rows.clone(),
+        );
+        registry.register(
+            "backfill_table_rows",
+            "Rows of a table backfilled so far, restarts included",
+            m.backfill_table_rows.clone(),
+        );
+        registry.register(
+            "backfill_table_complete",
+            "1 once the table's backfill is done",
+            m.backfill_table_complete.clone(),
         );
         registry.register(
             "kafka_errors",
@@ -200,10 +217,13 @@ impl Metrics {
     /// Status, body and content type of a request. `/metrics` is
     /// OpenMetrics text (what prometheus-client writes, `# EOF` included),
     /// and says so: Prometheus 3 refuses a scrape without a content type.
-    fn route(&self, path: &str) -> (StatusCode, String, &'static str) {
+    fn route(&self, path: &str, accept: Option<&str>) -> (StatusCode, String, &'static str) {
         const TEXT: &str = "text/plain; charset=utf-8";
         match path {
-            "/metrics" => (StatusCode::OK, self.render(), OPENMETRICS),
+            "/metrics" => {
+                let (body, ctype) = siphon_exposition::respond(self.render(), accept);
+                (StatusCode::OK, body, ctype)
+            }
             "/healthz" if self.healthy.load(Ordering::Relaxed) => {
                 (StatusCode::OK, "ok\n".into(), TEXT)
             }
@@ -217,9 +237,6 @@ impl Metrics {
     }
 }
 
-/// Content type of `/metrics`.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Serve `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
@@ -229,7 +246,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let (status, body, content_type) = metrics.route(req.uri().path());
+                let accept = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (status, body, content_type) = metrics.route(req.uri().path(), accept);
                 let mut resp = Response::new(Full::new(Bytes::from(body)));
                 *resp.status_mut() = status;
                 resp.headers_mut().insert(
@@ -252,17 +273,26 @@ mod tests {
     #[test]
     fn readiness_and_names() {
         let m = Metrics::default();
-        assert_eq!(m.route("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(m.route("/readyz", None).0, StatusCode::SERVICE_UNAVAILABLE);
         m.set_ready(true);
-        assert_eq!(m.route("/readyz").0, StatusCode::OK);
+        assert_eq!(m.route("/readyz", None).0, StatusCode::OK);
         m.events.inc_by(3);
-        let (_, text, content_type) = m.route("/metrics");
-        assert_eq!(content_type, OPENMETRICS);
+        let (_, text, content_type) = m.route(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
+        );
+        assert_eq!(content_type, siphon_exposition::OPENMETRICS);
         assert!(
             text.ends_with("# EOF\n"),
             "OpenMetrics ends with # EOF: {text}"
         );
         assert!(text.contains("siphon_worker_events_total 3"), "{text}");
+        let (_, text, content_type) = m.route("/metrics", None);
+        assert_eq!(content_type, siphon_exposition::TEXT_004);
+        assert!(
+            text.contains("# TYPE siphon_worker_events_total counter"),
+            "{text}"
+        );
         assert!(text.contains("siphon_worker_lag_bytes"), "{text}");
     }
 }

@@ -599,6 +599,17 @@ impl Backfill {
         entry.state = if summary.more { RUNNING } else { DONE }.into();
         let (state, rows) = (entry.state.clone(), entry.rows);
         let name = summary.table.clone();
+        let label = crate::metrics::TableLabels {
+            table: name.clone(),
+        };
+        metrics
+            .backfill_table_rows
+            .get_or_create(&label)
+            .set(rows as i64);
+        metrics
+            .backfill_table_complete
+            .get_or_create(&label)
+            .set(i64::from(!summary.more));
         self.progress.update(|p| {
             if let Some(t) = p.tables.iter_mut().find(|t| t.name == name) {
                 t.state = state;
