@@ -9,6 +9,9 @@
 #                (sigs.k8s.io/cli-utils, CLI_UTILS_VERSION)
 #   kubeschemas  e2e/tools/kubeschemas, ours: kubeconform's JSON schemas from an API
 #                server's /openapi/v2 and from CRD manifests
+#   podsecurity  e2e/tools/podsecurity, ours: the pods of manifests on stdin against a Pod
+#                Security Standard, with PodSecurity admission's own checks
+#                (k8s.io/pod-security-admission)
 #
 # Versions are pinned in e2e/versions.env; e2e/tools/go.mod (tool directives)
 # must require exactly those, or the build stops and says what to change.
@@ -31,7 +34,7 @@ TOOLS_VERSIONS_FILE="$TOOLS_REPO_ROOT/e2e/versions.env"
 # k8s.io modules both need are downloaded once.
 TOOLS_GO_CACHE_DIR="${TOOLS_GO_CACHE_DIR:-$TOOLS_REPO_ROOT/.cache/go}"
 TOOLS_BIN_DIR="${TOOLS_BIN_DIR:-$TOOLS_REPO_ROOT/.cache/tools/bin}"
-TOOLS_NAMES=(helm kubeconform promtool kstatus kubeschemas)
+TOOLS_NAMES=(helm kubeconform promtool kstatus kubeschemas podsecurity)
 
 tools__log() { printf 'tools: %s\n' "$*" >&2; }
 tools__die() {
@@ -116,7 +119,7 @@ tools__ldflags() {
         flags+=" -X github.com/prometheus/common/version.Version=$prom"
         flags+=" -X github.com/prometheus/common/version.Branch=module-$PROMETHEUS_MODULE_VERSION"
         ;;
-    kstatus | kubeschemas) ;;
+    kstatus | kubeschemas | podsecurity) ;;
     *) tools__die "unknown tool $1" ;;
     esac
     printf '%s\n' "$flags"
@@ -130,6 +133,7 @@ tools__package() {
     promtool) printf '%s\n' github.com/prometheus/prometheus/cmd/promtool ;;
     kstatus) printf '%s\n' ./kstatus ;;
     kubeschemas) printf '%s\n' ./kubeschemas ;;
+    podsecurity) printf '%s\n' ./podsecurity ;;
     *) tools__die "unknown tool $1" ;;
     esac
 }
@@ -171,7 +175,7 @@ tools_build() {
         flock 9
         tools__current "$hash" && exit 0
         tools__log "building helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION," \
-            "promtool (prometheus module $PROMETHEUS_MODULE_VERSION), kstatus and kubeschemas with $(tools__env "$GO" env GOVERSION)"
+            "promtool (prometheus module $PROMETHEUS_MODULE_VERSION) and our kstatus, kubeschemas, podsecurity with $(tools__env "$GO" env GOVERSION)"
         tools__log "(cold: ~0.5 GB of modules, then several minutes of compiling on 2 cores; promtool is the largest)"
         local start=$SECONDS name tmp
         tmp="$(mktemp -d "$TOOLS_BIN_DIR/.build.XXXXXX")"
