@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 STACK := e2e/stack/stack.sh
 
-.PHONY: help build crd lint unit stack-up stack-down stack-status integration e2e test demo bench clean
+.PHONY: help build crd lint unit stack-up stack-down stack-status integration e2e test demo bench chart-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ demo: stack-up ## the quickstart on the local stack: a table, a capture, records
 
 bench: ## throughput and memory against references measured in the same run
 	bash e2e/bench/run.sh
+
+chart-check: ## lint the chart, validate its manifests (needs the stack), test alerts and the Argo CD health check
+	bash e2e/tools/chart-check.sh
 
 clean: stack-down ## stop the stack and remove its state (keeps build caches)
 	rm -rf .stack
