@@ -71,12 +71,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 
-	objects, err := read(stdin)
+	objects, docs, err := read(stdin)
 	if err != nil {
 		fmt.Fprintf(stderr, "kstatus: %v\n", err)
 		return 2
 	}
-	if len(objects) == 0 {
+	// An empty List (`kubectl get KIND -o json` where there is none) is
+	// nothing to report, not an error.
+	if docs == 0 {
 		fmt.Fprintln(stderr, "kstatus: no object on stdin (pipe `kubectl get KIND NAME -o json` in)")
 		return 2
 	}
@@ -115,16 +117,15 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 // read decodes every object on r: JSON or YAML documents, Lists unpacked.
 // Numbers stay integers (kstatus compares generations as int64), as
 // unstructured's own JSON decoding keeps them.
-func read(r io.Reader) ([]*unstructured.Unstructured, error) {
+func read(r io.Reader) (out []*unstructured.Unstructured, docs int, err error) {
 	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
-	var out []*unstructured.Unstructured
 	for doc := 1; ; doc++ {
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			if errors.Is(err, io.EOF) {
-				return out, nil
+				return out, docs, nil
 			}
-			return nil, fmt.Errorf("document %d is neither JSON nor YAML: %w", doc, err)
+			return nil, docs, fmt.Errorf("document %d is neither JSON nor YAML: %w", doc, err)
 		}
 		if len(raw) == 0 || string(raw) == "null" { // an empty YAML document
 			continue
@@ -133,14 +134,15 @@ func read(r io.Reader) ([]*unstructured.Unstructured, error) {
 			Kind string `json:"kind"`
 		}
 		if err := json.Unmarshal(raw, &probe); err != nil {
-			return nil, fmt.Errorf("document %d is not an object: %w", doc, err)
+			return nil, docs, fmt.Errorf("document %d is not an object: %w", doc, err)
 		}
 		if probe.Kind == "" {
-			return nil, fmt.Errorf("document %d has no kind: is it a Kubernetes object?", doc)
+			return nil, docs, fmt.Errorf("document %d has no kind: is it a Kubernetes object?", doc)
 		}
+		docs++
 		obj, err := runtime.Decode(unstructured.UnstructuredJSONScheme, raw)
 		if err != nil {
-			return nil, fmt.Errorf("document %d: %w", doc, err)
+			return nil, docs, fmt.Errorf("document %d: %w", doc, err)
 		}
 		switch o := obj.(type) {
 		case *unstructured.UnstructuredList:
@@ -150,7 +152,7 @@ func read(r io.Reader) ([]*unstructured.Unstructured, error) {
 		case *unstructured.Unstructured:
 			out = append(out, o)
 		default:
-			return nil, fmt.Errorf("document %d decoded as %T", doc, obj)
+			return nil, docs, fmt.Errorf("document %d decoded as %T", doc, obj)
 		}
 	}
 }
