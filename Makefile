@@ -35,7 +35,7 @@ stack-status: ## one line per process of the stack
 integration: ## integration and end-to-end tests against the running stack
 	source .stack/env && $(CARGO) test --workspace --no-fail-fast --test '*' -- --test-threads=2
 
-test: lint unit stack-up integration ## everything CI runs
+test: lint unit stack-up chart-check integration ## everything CI runs
 
 demo: stack-up ## the quickstart on the local stack: a table, a capture, records in Kafka
 	bash e2e/demo.sh

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVar, EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -38,6 +39,9 @@ pub struct WorkerDefaults {
     /// Image used when the spec names none (the operator's own image).
     pub image: String,
     pub image_pull_policy: String,
+    /// Secrets of the image's registry, by name, in the capture's namespace
+    /// (the chart's `imagePullSecrets`), given to every worker pod.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// The objects of one capture's worker.
@@ -460,6 +464,13 @@ pub fn worker_objects(
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(object_name),
+                    image_pull_secrets: (!defaults.image_pull_secrets.is_empty()).then(|| {
+                        defaults
+                            .image_pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect()
+                    }),
                     automount_service_account_token: Some(true),
                     containers: vec![container],
                     volumes: Some(volumes),
@@ -503,6 +514,7 @@ mod tests {
         WorkerDefaults {
             image: "siphon:dev".into(),
             image_pull_policy: "IfNotPresent".into(),
+            image_pull_secrets: vec!["regcred".into()],
         }
     }
 
@@ -591,6 +603,10 @@ mod tests {
             runtime_default
         );
         assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod.image_pull_secrets.as_ref().map(|s| s[0].name.as_str()),
+            Some("regcred")
+        );
         assert_eq!(
             sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
             Some(vec!["ALL".to_string()])

@@ -583,6 +583,7 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
             capture: name.clone(),
         },
         status::is_true(&conds, conditions::READY),
+        capture.spec.suspend,
         wal,
     );
     let status = json!({

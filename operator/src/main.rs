@@ -36,6 +36,10 @@ struct Args {
         default_value = "IfNotPresent"
     )]
     worker_image_pull_policy: String,
+    /// Image pull Secrets of the worker pods, comma separated (the same
+    /// names in each capture's namespace).
+    #[arg(long, env = "SIPHON_WORKER_IMAGE_PULL_SECRETS", default_value = "")]
+    worker_image_pull_secrets: String,
     /// Hold a Lease before reconciling, so that several replicas are safe.
     #[arg(long, env = "SIPHON_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -118,6 +122,13 @@ async fn main() -> anyhow::Result<()> {
         defaults: WorkerDefaults {
             image: args.worker_image,
             image_pull_policy: args.worker_image_pull_policy,
+            image_pull_secrets: args
+                .worker_image_pull_secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
         },
     });
     tracing::info!("controller starting");

@@ -33,6 +33,7 @@ pub struct Metrics {
     duration: Histogram,
     pub leader: Gauge,
     ready: Family<CaptureLabels, Gauge>,
+    suspended: Family<CaptureLabels, Gauge>,
     retained_wal: Family<CaptureLabels, Gauge>,
     wal_lost: Family<CaptureLabels, Gauge>,
 }
@@ -45,12 +46,18 @@ impl Default for Metrics {
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         let ready = Family::<CaptureLabels, Gauge>::default();
+        let suspended = Family::<CaptureLabels, Gauge>::default();
         let retained_wal = Family::<CaptureLabels, Gauge>::default();
         let wal_lost = Family::<CaptureLabels, Gauge>::default();
         registry.register(
             "capture_ready",
             "1 while the capture's Ready condition is True",
             ready.clone(),
+        );
+        registry.register(
+            "capture_suspended",
+            "1 while the capture's spec.suspend is true (its worker is stopped on purpose)",
+            suspended.clone(),
         );
         registry.register(
             "capture_retained_wal_bytes",
@@ -85,6 +92,7 @@ impl Default for Metrics {
             duration,
             leader,
             ready,
+            suspended,
             retained_wal,
             wal_lost,
         }
@@ -111,9 +119,13 @@ impl Metrics {
         &self,
         capture: &CaptureLabels,
         ready: bool,
+        suspended: bool,
         wal: Option<(bool, Option<i64>)>,
     ) {
         self.ready.get_or_create(capture).set(i64::from(ready));
+        self.suspended
+            .get_or_create(capture)
+            .set(i64::from(suspended));
         match wal {
             None => {
                 self.retained_wal.remove(capture);
@@ -136,6 +148,7 @@ impl Metrics {
     /// A deleted capture has no series.
     pub fn forget_capture(&self, capture: &CaptureLabels) {
         self.ready.remove(capture);
+        self.suspended.remove(capture);
         self.retained_wal.remove(capture);
         self.wal_lost.remove(capture);
     }
@@ -176,7 +189,7 @@ mod tests {
             namespace: "shop".into(),
             capture: "orders".into(),
         };
-        m.observe_capture(&c, true, Some((false, Some(4096))));
+        m.observe_capture(&c, true, false, Some((false, Some(4096))));
         let text = m.render();
         let series = "{namespace=\"shop\",capture=\"orders\"}";
         assert!(
@@ -194,7 +207,11 @@ mod tests {
             "{text}"
         );
         // The slot is gone: lost, no retained figure.
-        m.observe_capture(&c, false, Some((true, None)));
+        m.observe_capture(&c, false, true, Some((true, None)));
+        assert!(
+            m.render()
+                .contains(&format!("siphon_operator_capture_suspended{series} 1"))
+        );
         let text = m.render();
         assert!(
             text.contains(&format!("siphon_operator_capture_wal_lost{series} 1")),
@@ -205,7 +222,7 @@ mod tests {
             "{text}"
         );
         // A polling capture has no slot series.
-        m.observe_capture(&c, true, None);
+        m.observe_capture(&c, true, false, None);
         assert!(!m.render().contains("siphon_operator_capture_wal_lost{"));
         m.forget_capture(&c);
         assert!(!m.render().contains("orders"));

@@ -164,8 +164,11 @@ pub fn summarize_ready(
 /// is `Failed`, `Reconciling` while it is `Pending`, each with Ready's
 /// reason and message and absent otherwise (abnormal-true conditions are
 /// present only while they hold). `kstatus`, and Flux through it, read a
-/// capture as Failed, InProgress or (neither present) Current; a suspended
-/// capture is Current: it is where its spec asks it to be.
+/// capture as Failed (Stalled), InProgress (Reconciling, or Ready False) or
+/// Current (Ready True). A suspended capture has neither: kstatus reads its
+/// `Ready=False Suspended` as InProgress, Argo CD's health check as
+/// Suspended (charts/siphon/README.md says how to leave it out of a Flux
+/// health wait).
 pub fn set_progress_conditions(conds: &mut Vec<Condition>, phase: &str, generation: Option<i64>) {
     let ready = find(conds, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
     for (type_, holds) in [

@@ -1,0 +1,396 @@
+//! The chart as a platform engineer installs it: `helm install` of
+//! charts/siphon into a namespace that enforces PodSecurity `restricted`,
+//! namespace-scoped (`watchNamespaces`), two operator replicas, the
+//! operator running as a pod under the chart's ServiceAccount and RBAC
+//! (not the stack's cluster-admin kubeconfig). A capture in a restricted
+//! namespace goes Ready, delivers, reads as Current to kstatus (Flux) and
+//! Healthy to Argo CD's Lua; a capture of a missing table reads Failed and
+//! Degraded; a suspended one Suspended (InProgress to kstatus); deleting them leaves the
+//! database as it was, and the operator's log holds no Forbidden.
+//!
+//! The stack's own operator leaves these captures alone: they carry the
+//! label `siphon.dev/operator`, which its selector excludes and the chart's
+//! `captureSelector` selects.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use siphon_e2e::scenario::Scenario;
+use siphon_e2e::{eventually, stack_var, unique};
+
+const READY: Duration = Duration::from_secs(180);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = root().join(".cache/tools/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make chart-check` (make test does)",
+        path.display()
+    );
+    path
+}
+
+fn run(cmd: &mut Command, input: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The helm release and its namespace; `Drop` uninstalls both, so a failed
+/// test leaves no operator running against the stack.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Release {
+    fn helm(&self) -> Command {
+        let mut c = Command::new(tool("helm"));
+        c.env("KUBECONFIG", stack_var("KUBECONFIG"))
+            .arg("--namespace")
+            .arg(&self.namespace);
+        c
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self
+            .helm()
+            .args(["uninstall", &self.name, "--wait", "--timeout", "60s"])
+            .output();
+        let _ = Command::new("kubectl")
+            .env("KUBECONFIG", stack_var("KUBECONFIG"))
+            .args(["delete", "namespace", &self.namespace, "--wait=false"])
+            .output();
+    }
+}
+
+async fn restricted_namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels = json!({
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    });
+    let body = json!({ "metadata": { "name": name, "labels": labels } });
+    if namespaces
+        .get_opt(name)
+        .await
+        .expect("get namespace")
+        .is_none()
+    {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).expect("namespace"),
+            )
+            .await
+            .expect("create namespace");
+    } else {
+        namespaces
+            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .expect("label namespace");
+    }
+}
+
+/// The namespace enforces: a pod without seccomp and with privilege
+/// escalation is refused (so the chart's pods passing means something).
+async fn assert_enforced(client: &kube::Client, ns: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = json!({
+        "metadata": { "name": "not-restricted" },
+        "spec": { "containers": [{ "name": "c", "image": "siphon:dev" }] }
+    });
+    let err = pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &serde_json::from_value(pod).expect("pod"),
+        )
+        .await
+        .expect_err("a pod that is not restricted is refused");
+    assert!(
+        err.to_string().contains("PodSecurity"),
+        "refused by PodSecurity admission: {err}"
+    );
+}
+
+/// The capture as kstatus (Flux) and Argo CD's Lua (as Argo runs it) read it.
+fn health_of(object: &serde_json::Value) -> (String, String) {
+    let text = object.to_string();
+    let kstatus = run(&mut Command::new(tool("kstatus")), Some(&text));
+    let script = root().join("charts/siphon/argocd-health.lua");
+    let argo = run(
+        Command::new(tool("argocd-health")).arg(&script),
+        Some(&text),
+    );
+    (
+        kstatus
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        argo.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+async fn pods_of(client: &kube::Client, ns: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list pods")
+        .items
+}
+
+async fn capture_json(sc: &Scenario, name: &str) -> serde_json::Value {
+    serde_json::to_value(sc.captures().get(name).await.expect("get capture")).expect("json")
+}
+
+async fn wait_health(sc: &Scenario, name: &str, kstatus: &str, argo: &str) {
+    eventually(
+        Duration::from_secs(90),
+        &format!("{name} to read {kstatus} (kstatus) and {argo} (Argo CD)"),
+        || async {
+            let got = health_of(&capture_json(sc, name).await);
+            (got.0 == kstatus && got.1 == argo).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn apply_labelled(sc: &Scenario, name: &str, operator: &str, spec_yaml: &str) {
+    let spec: serde_json::Value = serde_yaml::from_str(spec_yaml).expect("spec yaml");
+    let body = json!({
+        "apiVersion": "siphon.dev/v1alpha1",
+        "kind": "PostgresCapture",
+        "metadata": { "name": name, "namespace": sc.ns, "labels": { "siphon.dev/operator": operator } },
+        "spec": spec,
+    });
+    sc.captures()
+        .patch(
+            name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("apply capture");
+}
+
+#[tokio::test]
+async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
+    let sc = Scenario::new("chart-app").await;
+    let client = sc.client.clone();
+    restricted_namespace(&client, &sc.ns).await;
+    let release = Release {
+        name: unique("siphon"),
+        namespace: unique("siphon-sys"),
+    };
+    restricted_namespace(&client, &release.namespace).await;
+    assert_enforced(&client, &release.namespace).await;
+    assert_enforced(&client, &sc.ns).await;
+
+    // Two replicas: `--wait` returns only when both are ready, the one
+    // waiting for the Lease too.
+    run(
+        release.helm().args([
+            "install",
+            &release.name,
+            &root().join("charts/siphon").display().to_string(),
+            "--set",
+            "image.repository=siphon",
+            "--set",
+            "image.tag=dev",
+            "--set",
+            "replicaCount=2",
+            "--set",
+            &format!("watchNamespaces={{{}}}", sc.ns),
+            "--set",
+            &format!("captureSelector=siphon.dev/operator={}", release.name),
+            "--wait",
+            "--timeout",
+            "180s",
+        ]),
+        None,
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.namespace);
+    let operator = deployments
+        .list(&Default::default())
+        .await
+        .expect("list deployments")
+        .items
+        .into_iter()
+        .next()
+        .expect("the chart's operator Deployment");
+    assert_eq!(
+        operator.status.as_ref().and_then(|s| s.ready_replicas),
+        Some(2),
+        "both replicas ready"
+    );
+
+    let census = sc.census().await;
+    sc.pg
+        .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await
+        .expect("create public.t");
+    let spec = sc.spec("[{ name: public.t }]", "snapshot: { mode: Never }");
+    apply_labelled(&sc, "t", &release.name, &spec).await;
+    sc.wait_condition("t", "Ready", "True", READY).await;
+    sc.pg
+        .batch_execute("INSERT INTO public.t SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    sc.wait_ids("t", &[1, 2, 3, 4, 5]).await;
+    wait_health(&sc, "t", "Current", "Healthy").await;
+    // The worker pod of a restricted namespace passed admission: it runs,
+    // with the labels a PodMonitor selects on.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &sc.ns);
+    let workers = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=siphon-worker"))
+        .await
+        .expect("list worker pods")
+        .items;
+    assert_eq!(
+        workers.len(),
+        1,
+        "one worker pod, labelled app.kubernetes.io/name"
+    );
+
+    // Both endpoints pass `promtool check metrics` (the text format a plain
+    // GET gets) and answer Prometheus 3's Accept with OpenMetrics, saying so.
+    let worker_ip = workers[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("worker pod IP");
+    let operator_ips: Vec<String> = pods_of(&client, &release.namespace)
+        .await
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    assert_eq!(operator_ips.len(), 2, "two operator pods");
+    let mut endpoints = vec![format!("http://{worker_ip}:9187/metrics")];
+    endpoints.extend(
+        operator_ips
+            .iter()
+            .map(|ip| format!("http://{ip}:8080/metrics")),
+    );
+    let mut leaders = Vec::new();
+    for url in &endpoints {
+        let text = run(Command::new("curl").args(["-sf", url]), None);
+        run(
+            Command::new(tool("promtool")).args(["check", "metrics"]),
+            Some(&text),
+        );
+        let headers = run(
+            Command::new("curl").args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-H",
+                "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                url,
+            ]),
+            None,
+        );
+        assert!(
+            headers
+                .to_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{url} answers Prometheus with OpenMetrics: {headers}"
+        );
+        if text.lines().any(|l| l == "siphon_operator_leader 1") {
+            leaders.push(text);
+        }
+    }
+    assert_eq!(leaders.len(), 1, "one of the two replicas leads");
+    let series = format!(
+        "siphon_operator_capture_ready{{namespace=\"{}\",capture=\"t\"}} 1",
+        sc.ns
+    );
+    assert!(leaders[0].contains(&series), "the leader exports {series}");
+
+    // A definite failure reads Failed (kstatus) and Degraded (Argo CD).
+    let missing = sc.spec("[{ name: public.missing }]", "");
+    apply_labelled(&sc, "missing", &release.name, &missing).await;
+    sc.wait_condition("missing", "Stalled", "True", READY).await;
+    wait_health(&sc, "missing", "Failed", "Degraded").await;
+
+    // Suspended: Argo CD says so; kstatus, which knows no suspension, reads
+    // its Ready=False as InProgress (never Failed).
+    sc.patch_spec("t", json!({ "suspend": true })).await;
+    sc.wait_ready_reason("t", "Suspended", READY).await;
+    wait_health(&sc, "t", "InProgress", "Suspended").await;
+
+    sc.delete("missing").await;
+    sc.delete("t").await;
+    sc.wait_gone("missing", READY).await;
+    sc.wait_gone("t", READY).await;
+    sc.pg
+        .batch_execute("DROP TABLE public.t")
+        .await
+        .expect("drop public.t");
+    assert_eq!(sc.census().await, census, "the database is as it was");
+
+    // Nothing the operator did was refused by its RBAC.
+    let logs = root().join(".stack/logs/pods");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&logs).expect("pod logs").flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{}_", release.namespace)) {
+            seen += 1;
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            assert!(
+                !text.to_lowercase().contains("forbidden"),
+                "the operator was refused something: {}",
+                entry.path().display()
+            );
+        }
+    }
+    assert!(
+        seen >= 2,
+        "the logs of both operator pods are in {}",
+        logs.display()
+    );
+
+    drop(release);
+    sc.cleanup().await;
+}
