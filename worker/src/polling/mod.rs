@@ -194,62 +194,21 @@ struct Unsaved {
     deletes: Vec<i64>,
 }
 
-/// State of the loop between polls.
-struct Poller<'a> {
-    v: &'a Validated,
+/// Where a poll's changes go: encoded into records and handed to Kafka
+/// (apart from the poller's other state, so rows can be emitted while the
+/// query that reads them still streams).
+struct Out<'a> {
     metrics: &'a Metrics,
-    progress: &'a Progress,
-    sql: tokio_postgres::Client,
     sink: KafkaSink<u64>,
     encoder: RecordEncoder,
     records: Vec<Record>,
-    tables: Vec<Table>,
-    position: Position,
     exactly_once: bool,
-    lateness: Lateness,
-    semantics: PollingSemantics,
-    batch: u32,
-    initial: Option<String>,
-    deletes_table: Option<String>,
-    /// Deletes read into Kafka and not yet removed from the deletes table.
-    drained: BTreeSet<i64>,
-    polls: u64,
+    kafka_txn_open: bool,
     /// Records handed to Kafka by the poll in progress.
     sent: u64,
-    kafka_txn_open: bool,
-    unsaved: VecDeque<Unsaved>,
-    horizon: Option<Horizon>,
-    /// The last poll left rows waiting beyond the horizon.
-    waiting: bool,
-    deletes_total: u64,
 }
 
-impl Poller<'_> {
-    async fn query(&self, sql: &str, table: &str) -> Result<Vec<Row>, CaptureError> {
-        let err = |source| PollError::Sql {
-            what: "polling",
-            table: Some(table.to_string()),
-            source,
-        };
-        let stream = self.sql.simple_query_raw(sql).await.map_err(err)?;
-        futures::pin_mut!(stream);
-        let mut rows = Vec::new();
-        while let Some(message) = stream.next().await {
-            let SimpleQueryMessage::Row(row) = message.map_err(err)? else {
-                continue;
-            };
-            let mut values = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                values.push(match row.try_get(i).map_err(err)? {
-                    Some(text) => Datum::Text(Bytes::copy_from_slice(text.as_bytes())),
-                    None => Datum::Null,
-                });
-            }
-            rows.push(values);
-        }
-        Ok(rows)
-    }
-
+impl Out<'_> {
     async fn emit(&mut self, change: &Change) -> Result<(), CaptureError> {
         self.records.clear();
         self.encoder.encode(change, &mut self.records);
@@ -273,22 +232,80 @@ impl Poller<'_> {
         }
         Ok(())
     }
+}
 
-    fn row_change(&self, table: usize, op: Op, row: Row) -> Change {
-        let t = &self.tables[table].plan;
-        let commit_ts_us = cursor_time_us(t.cursor_kind, row.get(t.cursor))
-            .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
-        Change {
-            op,
-            relation: Arc::clone(&t.relation),
-            old: None,
-            new: Some(row),
-            commit_lsn: Lsn(0),
-            lsn: Lsn(0),
-            xid: 0,
-            commit_ts_us,
-            snapshot: None,
+/// A row of a simple query as datums (text, or null).
+fn datums(row: &tokio_postgres::SimpleQueryRow) -> Result<Row, tokio_postgres::Error> {
+    let mut values = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        values.push(match row.try_get(i)? {
+            Some(text) => Datum::Text(Bytes::copy_from_slice(text.as_bytes())),
+            None => Datum::Null,
+        });
+    }
+    Ok(values)
+}
+
+/// A polled row as a change (pure): no WAL position, the cursor's time as
+/// the commit time when the cursor is a time.
+fn row_change(t: &PollTable, op: Op, row: Row) -> Change {
+    let commit_ts_us = cursor_time_us(t.cursor_kind, row.get(t.cursor))
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+    Change {
+        op,
+        relation: Arc::clone(&t.relation),
+        old: None,
+        new: Some(row),
+        commit_lsn: Lsn(0),
+        lsn: Lsn(0),
+        xid: 0,
+        commit_ts_us,
+        snapshot: None,
+    }
+}
+
+/// State of the loop between polls.
+struct Poller<'a> {
+    v: &'a Validated,
+    metrics: &'a Metrics,
+    progress: &'a Progress,
+    sql: tokio_postgres::Client,
+    out: Out<'a>,
+    tables: Vec<Table>,
+    position: Position,
+    exactly_once: bool,
+    lateness: Lateness,
+    semantics: PollingSemantics,
+    batch: u32,
+    initial: Option<String>,
+    deletes_table: Option<String>,
+    /// Deletes read into Kafka and not yet removed from the deletes table.
+    drained: BTreeSet<i64>,
+    polls: u64,
+    unsaved: VecDeque<Unsaved>,
+    horizon: Option<Horizon>,
+    /// The last poll left rows waiting beyond the horizon.
+    waiting: bool,
+    deletes_total: u64,
+}
+
+impl Poller<'_> {
+    async fn query(&self, sql: &str, table: &str) -> Result<Vec<Row>, CaptureError> {
+        let err = |source| PollError::Sql {
+            what: "polling",
+            table: Some(table.to_string()),
+            source,
+        };
+        let stream = self.sql.simple_query_raw(sql).await.map_err(err)?;
+        futures::pin_mut!(stream);
+        let mut rows = Vec::new();
+        while let Some(message) = stream.next().await {
+            let SimpleQueryMessage::Row(row) = message.map_err(err)? else {
+                continue;
+            };
+            rows.push(datums(&row).map_err(err)?);
         }
+        Ok(rows)
     }
 
     /// One poll: every read in one snapshot, then the poll is closed.
@@ -296,7 +313,7 @@ impl Poller<'_> {
     async fn poll(&mut self) -> Result<Next, CaptureError> {
         let started = Instant::now();
         self.polls += 1;
-        self.sent = 0;
+        self.out.sent = 0;
         let horizon = match self.lateness {
             Lateness::Auto => Some(horizon::read(&self.sql).await?),
             _ => None,
@@ -365,7 +382,7 @@ impl Poller<'_> {
                 backlog |= rows.len() as u32 >= self.batch;
                 for row in rows {
                     let (seq, change) = self.delete_change(i, row);
-                    self.emit(&change).await?;
+                    self.out.emit(&change).await?;
                     drained.push(seq);
                 }
             }
@@ -387,8 +404,8 @@ impl Poller<'_> {
                         continue;
                     };
                     if self.tables[i].delivered.window_row(at, self.exactly_once) == Verdict::Late {
-                        let change = self.row_change(i, self.row_op(), row);
-                        self.emit(&change).await?;
+                        let change = row_change(&self.tables[i].plan, self.row_op(), row);
+                        self.out.emit(&change).await?;
                         self.count_row(i);
                     }
                 }
@@ -403,19 +420,41 @@ impl Poller<'_> {
                 };
                 self.tables[i].plan.forward_sql(start, horizon, self.batch)
             };
-            let rows = self.query(&sql, &name).await?;
-            let full = rows.len() as u32 >= self.batch;
-            let mut last = None;
-            for row in rows {
-                let at = self.tables[i].plan.position_of(&row);
-                let change = self.row_change(i, self.row_op(), row);
-                self.emit(&change).await?;
-                self.count_row(i);
-                if let Some(at) = at {
-                    self.tables[i].delivered.forward_row(at.clone());
-                    last = Some(at);
+            // Rows are encoded and handed to Kafka as they arrive: the
+            // server sends the rest of the batch meanwhile, and memory holds
+            // one row, not the batch.
+            let op = self.row_op();
+            let window = matches!(self.lateness, Lateness::Window(_));
+            let err = |source| PollError::Sql {
+                what: "polling",
+                table: Some(name.clone()),
+                source,
+            };
+            let stream = self.sql.simple_query_raw(&sql).await.map_err(err)?;
+            futures::pin_mut!(stream);
+            let table = &mut self.tables[i];
+            let mut read: u32 = 0;
+            let mut newest: Option<Change> = None;
+            while let Some(message) = stream.next().await {
+                let SimpleQueryMessage::Row(row) = message.map_err(err)? else {
+                    continue;
+                };
+                let row = datums(&row).map_err(err)?;
+                if window && let Some(at) = table.plan.position_of(&row) {
+                    table.delivered.forward_row(at);
                 }
+                let change = row_change(&table.plan, op, row);
+                self.out.emit(&change).await?;
+                read += 1;
+                newest = Some(change);
             }
+            table.rows += u64::from(read);
+            self.metrics
+                .polled_rows
+                .get_or_create(&table.label)
+                .inc_by(u64::from(read));
+            let full = read >= self.batch;
+            let last = newest.and_then(|c| table.plan.position_of(c.new.as_deref()?));
             if let Some(at) = last {
                 self.position.polled.insert(name.clone(), at);
             }
@@ -491,24 +530,25 @@ impl Poller<'_> {
     async fn close(&mut self, drained: Vec<i64>) -> Result<(), CaptureError> {
         self.drained.extend(drained.iter().copied());
         if self.exactly_once {
-            if !self.kafka_txn_open {
+            if !self.out.kafka_txn_open {
                 return Ok(());
             }
             self.position.drained_deletes = self.drained.iter().copied().collect();
             self.write_position().await?;
-            self.sink
+            self.out
+                .sink
                 .commit_transaction(Duration::from_secs(60))
                 .await?;
-            self.kafka_txn_open = false;
-            self.sink.close_mark(self.polls);
+            self.out.kafka_txn_open = false;
+            self.out.sink.close_mark(self.polls);
             let all: Vec<i64> = self.drained.iter().copied().collect();
             self.remove_deletes(&all).await?;
             return Ok(());
         }
-        if self.sent == 0 {
+        if self.out.sent == 0 {
             return Ok(());
         }
-        self.sink.close_mark(self.polls);
+        self.out.sink.close_mark(self.polls);
         self.unsaved.push_back(Unsaved {
             poll: self.polls,
             position: self.position.clone(),
@@ -520,7 +560,7 @@ impl Poller<'_> {
     /// At least once: save the newest position whose records Kafka holds
     /// in full, then remove the deletes it covers.
     async fn save_acknowledged(&mut self) -> Result<(), CaptureError> {
-        let Some(done) = self.sink.confirmable() else {
+        let Some(done) = self.out.sink.confirmable() else {
             return Ok(());
         };
         let mut newest = None;
@@ -547,7 +587,8 @@ impl Poller<'_> {
 
     async fn send_position(&mut self, payload: &[u8]) -> Result<(), CaptureError> {
         let topic = self.v.config.kafka.offsets_topic.clone();
-        self.sink
+        self.out
+            .sink
             .send(
                 &topic,
                 Some(self.v.config.name.as_bytes()),
@@ -613,7 +654,7 @@ impl Poller<'_> {
             })
             .collect();
         self.metrics.lag_seconds.set(worst);
-        self.metrics.in_flight.set(self.sink.in_flight() as i64);
+        self.metrics.in_flight.set(self.out.sink.in_flight() as i64);
         let events = self.metrics.events.get();
         let horizon = self.horizon.clone();
         let deletes = self.deletes_total;
@@ -630,33 +671,20 @@ impl Poller<'_> {
     }
 }
 
-/// Microseconds since the epoch of a time cursor's text (UTC session).
+/// Microseconds since the epoch of a time cursor's text (any session
+/// TimeZone: the offset is in the text); `None` for numbers and infinities.
 fn cursor_time_of(kind: CursorKind, text: &str) -> Option<i64> {
-    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    use crate::values::temporal::{self, Instant};
+    let finite = |i: Option<Instant>| match i {
+        Some(Instant::Finite(v)) => Some(v),
+        _ => None,
+    };
     match kind {
         CursorKind::Number => None,
-        CursorKind::TimestampTz => {
-            // `2026-12-01 10:00:00.5+00`: chrono wants the offset as +00:00.
-            let b = text.as_bytes();
-            let short_offset = b.len() > 3
-                && matches!(b[b.len() - 3], b'+' | b'-')
-                && b[b.len() - 2..].iter().all(u8::is_ascii_digit);
-            let full = if short_offset {
-                format!("{text}:00")
-            } else {
-                text.to_string()
-            };
-            DateTime::parse_from_str(&full, "%Y-%m-%d %H:%M:%S%.f%:z")
-                .ok()
-                .map(|t| t.timestamp_micros())
-        }
-        CursorKind::Timestamp => NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .ok()
-            .map(|t| t.and_utc().timestamp_micros()),
-        CursorKind::Date => NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc().timestamp_micros()),
+        CursorKind::TimestampTz => finite(temporal::parse_timestamptz(text.as_bytes())),
+        CursorKind::Timestamp => finite(temporal::parse_timestamp(text.as_bytes())),
+        CursorKind::Date => finite(temporal::parse_date(text.as_bytes()))
+            .and_then(|days| days.checked_mul(86_400_000_000)),
     }
 }
 
@@ -784,9 +812,15 @@ pub async fn run(
         metrics: &metrics,
         progress: &progress,
         sql,
-        sink,
-        encoder,
-        records: Vec::with_capacity(4),
+        out: Out {
+            metrics: &metrics,
+            sink,
+            encoder,
+            records: Vec::with_capacity(4),
+            exactly_once,
+            kafka_txn_open: false,
+            sent: 0,
+        },
         tables: plans
             .into_iter()
             .map(|plan| Table {
@@ -808,8 +842,6 @@ pub async fn run(
         deletes_table: notify.map(|n| n.deletes_table.clone()),
         drained: BTreeSet::new(),
         polls: 0,
-        sent: 0,
-        kafka_txn_open: false,
         unsaved: VecDeque::new(),
         horizon: None,
         waiting: false,
@@ -849,26 +881,26 @@ pub async fn run(
             // 1. Shutdown: what is sent is delivered and saved.
             _ = shutdown.changed() => {
                 tracing::info!("draining before shutdown");
-                if state.kafka_txn_open {
-                    state.sink.abort_transaction(Duration::from_secs(30)).await?;
+                if state.out.kafka_txn_open {
+                    state.out.sink.abort_transaction(Duration::from_secs(30)).await?;
                 }
-                state.sink.flush(Duration::from_secs(25)).await?;
+                state.out.sink.flush(Duration::from_secs(25)).await?;
                 if !exactly_once {
                     state.save_acknowledged().await?;
-                    state.sink.flush(Duration::from_secs(5)).await?;
+                    state.out.sink.flush(Duration::from_secs(5)).await?;
                 }
                 return Ok(Stopped::Shutdown);
             }
             // 2. Acknowledgements: save the position they complete.
             _ = confirm_tick.tick(), if !exactly_once && !state.unsaved.is_empty() => {
-                state.sink.check()?;
+                state.out.sink.check()?;
                 state.save_acknowledged().await?;
                 false
             }
             // 3. Health and progress.
             _ = status_tick.tick() => {
-                state.sink.check()?;
-                kafka_health(&state.sink, &metrics, &progress).await;
+                state.out.sink.check()?;
+                kafka_health(&state.out.sink, &metrics, &progress).await;
                 if listener.as_ref().is_some_and(|l| l.is_closed()) {
                     return Err(PollError::ListenLost.into());
                 }
