@@ -15,6 +15,7 @@ build: ## build both binaries (debug)
 crd: ## regenerate crds/postgrescapture.yaml from the Rust types
 	$(CARGO) run -q -p siphon-crds --bin crdgen > crds/postgrescapture.yaml
 	cp crds/postgrescapture.yaml charts/siphon/crds/postgrescapture.yaml
+	$(CARGO) run -q -p siphon-crds --bin crdgen -- --reference > docs/crd-reference.md
 
 lint: ## rustfmt and clippy, warnings denied
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,7 @@ pub mod conditions;
 pub mod duration;
 pub mod kafka_options;
 pub mod polling;
+pub mod reference;
 pub mod status;
 pub mod worker_config;
 
