@@ -394,3 +394,89 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
     drop(release);
     sc.cleanup().await;
 }
+
+/// The Events of a capture, as `kubectl events --for pgcap/NAME` lists them.
+async fn events_of(sc: &Scenario, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(sc.client.clone(), &sc.ns);
+    events
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// One Event per transition: a new capture's worker start is told once (not
+/// once for WorkerAvailable and again for Ready), and a backfill tells its
+/// start and its end.
+#[tokio::test]
+async fn events_tell_each_transition_once_and_the_backfill_start_and_end() {
+    let sc = Scenario::new("events").await;
+    sc.pg
+        .batch_execute(
+            "CREATE TABLE public.t (id int PRIMARY KEY); INSERT INTO public.t SELECT generate_series(1, 20)",
+        )
+        .await
+        .expect("create public.t");
+    sc.apply("t", &sc.spec("[{ name: public.t }]", "")).await;
+    sc.wait_condition("t", "BackfillComplete", "True", READY)
+        .await;
+    sc.wait_condition("t", "Ready", "True", READY).await;
+    let reasons = |events: &[k8s_openapi::api::events::v1::Event], reason: &str| {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count()
+    };
+    let events = eventually(
+        Duration::from_secs(30),
+        "the backfill's end as an Event",
+        || async {
+            let events = events_of(&sc, "t").await;
+            (reasons(&events, "BackfillDone") >= 1).then_some(events)
+        },
+    )
+    .await;
+    let told: Vec<String> = events
+        .iter()
+        .map(|e| format!("{:?} {:?}", e.reason, e.note))
+        .collect();
+    // Before its pod is ready a new capture is WorkerAvailable=False and
+    // Ready=False, both WorkerStarting: one Event says it.
+    assert_eq!(
+        reasons(&events, "WorkerStarting"),
+        1,
+        "the worker's start, once: {told:#?}"
+    );
+    assert!(
+        reasons(&events, "Provisioning") <= 1,
+        "provisioning, at most once: {told:#?}"
+    );
+    assert_eq!(
+        reasons(&events, "BackfillRunning"),
+        1,
+        "backfill start: {told:#?}"
+    );
+    assert_eq!(
+        reasons(&events, "BackfillDone"),
+        1,
+        "backfill end: {told:#?}"
+    );
+    assert!(
+        events.iter().all(|e| !e
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("Stalled=")
+            && !e
+                .note
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("Reconciling=")),
+        "Stalled and Reconciling repeat Ready and have no Events of their own: {told:#?}"
+    );
+    sc.cleanup().await;
+}
