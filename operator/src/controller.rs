@@ -83,6 +83,12 @@ pub struct Context {
     pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub defaults: WorkerDefaults,
+    /// The conditions each capture (by uid) last had its Events for. The
+    /// watch's copy of a capture can be older than this operator's last
+    /// status write (a reconcile that follows at once, say after the
+    /// finalizer is added), and comparing against it would tell the same
+    /// transitions twice.
+    pub announced: std::sync::Mutex<std::collections::HashMap<String, Vec<Condition>>>,
 }
 
 impl Context {
@@ -595,10 +601,20 @@ async fn apply(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Actio
         "slot": slot,
     });
     // Events and the status write are independent requests: sent at once.
+    let uid = capture.uid().unwrap_or_default();
+    let before = ctx
+        .announced
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&uid).cloned())
+        .unwrap_or_else(|| old.conditions.clone());
     let ((), patched) = futures::join!(
-        announce_transitions(&ctx, &capture, &old.conditions, &conds),
+        announce_transitions(&ctx, &capture, &before, &conds),
         patch_status(&api, &name, status),
     );
+    if let Ok(mut m) = ctx.announced.lock() {
+        m.insert(uid, conds.clone());
+    }
     patched?;
     laps.lap("status_and_events");
     match &outcome {
@@ -988,11 +1004,15 @@ async fn announce_transitions(
 async fn cleanup(capture: Arc<PostgresCapture>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = capture.namespace().unwrap_or_default();
     let name = capture.name_any();
-    // A capture being deleted is no longer one to alert on.
+    // A capture being deleted is no longer one to alert on, nor one whose
+    // transitions are remembered.
     ctx.metrics.forget_capture(&CaptureLabels {
         namespace: ns.clone(),
         capture: name.clone(),
     });
+    if let Ok(mut m) = ctx.announced.lock() {
+        m.remove(&capture.uid().unwrap_or_default());
+    }
     let api: Api<PostgresCapture> = Api::namespaced(ctx.client.clone(), &ns);
     let object_name = names::worker_object_name(&name);
 

@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
         metrics,
+        announced: Default::default(),
         defaults: WorkerDefaults {
             image: args.worker_image,
             image_pull_policy: args.worker_image_pull_policy,

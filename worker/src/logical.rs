@@ -188,17 +188,8 @@ impl Loop<'_> {
             return Ok(());
         }
         self.begin_kafka_txn_if_needed().await?;
-        for r in self.records.drain(..) {
-            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-            if r.value.is_some() {
-                self.metrics.events.inc();
-            }
-            self.metrics.bytes.inc_by(bytes as u64);
-            self.sink
-                .send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
-                .await?;
-            self.kafka_txn_records += 1;
-        }
+        self.kafka_txn_records +=
+            crate::capture::send_records(&self.sink, self.metrics, &mut self.records).await?;
         Ok(())
     }
 

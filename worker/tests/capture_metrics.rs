@@ -43,10 +43,17 @@ async fn metrics_count_events_and_readyz_says_streaming() {
     )
     .await;
     assert_eq!(events, 10.0, "one event per row");
-    let (_, body) = worker.get("/metrics").await.expect("metrics");
+    let (_, body) = worker.get_openmetrics("/metrics").await.expect("metrics");
     assert!(
         body.contains("# TYPE siphon_worker_events counter"),
         "{body}"
+    );
+    // Anyone else gets the text format, whose counter family carries the
+    // `_total` of its samples (what promtool checks).
+    let (_, text) = worker.get("/metrics").await.expect("metrics");
+    assert!(
+        text.contains("# TYPE siphon_worker_events_total counter"),
+        "{text}"
     );
     let confirmed = common::eventually(Duration::from_secs(30), "the confirmed LSN", || async {
         worker

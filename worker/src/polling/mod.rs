@@ -219,17 +219,8 @@ impl Out<'_> {
             self.sink.begin_transaction()?;
             self.kafka_txn_open = true;
         }
-        for r in self.records.drain(..) {
-            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-            if r.value.is_some() {
-                self.metrics.events.inc();
-            }
-            self.metrics.bytes.inc_by(bytes as u64);
-            self.sink
-                .send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
-                .await?;
-            self.sent += 1;
-        }
+        self.sent +=
+            crate::capture::send_records(&self.sink, self.metrics, &mut self.records).await?;
         Ok(())
     }
 }

@@ -648,6 +648,16 @@ impl Worker {
         http_get(self.metrics_port, path).await
     }
 
+    /// `path` as Prometheus asks for it (OpenMetrics preferred).
+    pub async fn get_openmetrics(&self, path: &str) -> Option<(u16, String)> {
+        http_get_accepting(
+            self.metrics_port,
+            path,
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        )
+        .await
+    }
+
     /// Waits until `/readyz` answers 200; panics if the worker exits first.
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -705,12 +715,24 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// A plain HTTP/1.1 GET on 127.0.0.1:`port`.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_accepting(port, path, None).await
+}
+
+/// A GET with an `Accept` header (as Prometheus sends one).
+pub async fn http_get_accepting(
+    port: u16,
+    path: &str,
+    accept: Option<&str>,
+) -> Option<(u16, String)> {
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
     let io = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         stream
             .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .await?;
         let mut buf = Vec::new();
