@@ -402,6 +402,27 @@ pub async fn run_forever(
     }
 }
 
+/// Hand encoded records to Kafka, counting them in the metrics; returns how
+/// many were sent. What both sources do with each change's records.
+pub async fn send_records<P: Clone + Send + Sync + 'static>(
+    sink: &crate::sink::KafkaSink<P>,
+    metrics: &crate::metrics::Metrics,
+    records: &mut Vec<crate::record::Record>,
+) -> Result<u64, CaptureError> {
+    let mut sent = 0;
+    for r in records.drain(..) {
+        let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+        if r.value.is_some() {
+            metrics.events.inc();
+        }
+        metrics.bytes.inc_by(bytes as u64);
+        sink.send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
+            .await?;
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,25 +445,4 @@ mod tests {
             .is_transient()
         );
     }
-}
-
-/// Hand encoded records to Kafka, counting them in the metrics; returns how
-/// many were sent. What both sources do with each change's records.
-pub async fn send_records<P: Clone + Send + Sync + 'static>(
-    sink: &crate::sink::KafkaSink<P>,
-    metrics: &crate::metrics::Metrics,
-    records: &mut Vec<crate::record::Record>,
-) -> Result<u64, CaptureError> {
-    let mut sent = 0;
-    for r in records.drain(..) {
-        let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-        if r.value.is_some() {
-            metrics.events.inc();
-        }
-        metrics.bytes.inc_by(bytes as u64);
-        sink.send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
-            .await?;
-        sent += 1;
-    }
-    Ok(sent)
 }
