@@ -92,11 +92,21 @@ impl Scenario {
 
     /// Create (or replace the spec of) a capture.
     pub async fn apply(&self, name: &str, spec_yaml: &str) -> PostgresCapture {
+        self.apply_labelled(name, json!({}), spec_yaml).await
+    }
+
+    /// Create (or replace) a capture carrying `labels` (a JSON object).
+    pub async fn apply_labelled(
+        &self,
+        name: &str,
+        labels: serde_json::Value,
+        spec_yaml: &str,
+    ) -> PostgresCapture {
         let spec: serde_json::Value = serde_yaml::from_str(spec_yaml).expect("spec yaml");
         let body = json!({
             "apiVersion": "siphon.dev/v1alpha1",
             "kind": "PostgresCapture",
-            "metadata": { "name": name, "namespace": self.ns },
+            "metadata": { "name": name, "namespace": self.ns, "labels": labels },
             "spec": spec,
         });
         self.captures()

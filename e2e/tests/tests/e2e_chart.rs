@@ -196,21 +196,8 @@ async fn wait_health(sc: &Scenario, name: &str, kstatus: &str, argo: &str) {
 }
 
 async fn apply_labelled(sc: &Scenario, name: &str, operator: &str, spec_yaml: &str) {
-    let spec: serde_json::Value = serde_yaml::from_str(spec_yaml).expect("spec yaml");
-    let body = json!({
-        "apiVersion": "siphon.dev/v1alpha1",
-        "kind": "PostgresCapture",
-        "metadata": { "name": name, "namespace": sc.ns, "labels": { "siphon.dev/operator": operator } },
-        "spec": spec,
-    });
-    sc.captures()
-        .patch(
-            name,
-            &PatchParams::apply("e2e-test").force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .expect("apply capture");
+    sc.apply_labelled(name, json!({ "siphon.dev/operator": operator }), spec_yaml)
+        .await;
 }
 
 #[tokio::test]
