@@ -33,10 +33,24 @@ stack-down: ## stop everything stack-up started
 stack-status: ## one line per process of the stack
 	bash $(STACK) status
 
-integration: ## integration and end-to-end tests against the running stack
-	source .stack/env && $(CARGO) test --workspace --no-fail-fast --test '*' -- --test-threads=2
+# Each test binary shares the stack two tests at a time, except the ones that
+# restart what the others use (PostgreSQL, Kafka, the operator): those run
+# after, in binaries of their own. Every binary runs even when one fails.
+integration: ## the worker's tests against the running stack's PostgreSQL and Kafka
+	@source .stack/env && status=0; \
+	$(CARGO) test -p siphon-worker --test integration -- --test-threads=2 || status=1; \
+	$(CARGO) test -p siphon-worker --test outages -- --test-threads=1 || status=1; \
+	exit $$status
 
-test: lint unit stack-up chart-check integration ## everything CI runs
+e2e: ## end-to-end tests: captures applied to the running stack's operator
+	@source .stack/env && status=0; \
+	$(CARGO) test -p siphon-e2e --test e2e -- --test-threads=2 || status=1; \
+	$(CARGO) test -p siphon-e2e --test e2e_restarts -- --test-threads=2 || status=1; \
+	exit $$status
+
+test: lint unit stack-up chart-check ## everything CI runs
+	@status=0; $(MAKE) --no-print-directory integration || status=1; \
+	$(MAKE) --no-print-directory e2e || status=1; exit $$status
 
 demo: stack-up ## the quickstart on the local stack: a table, a capture, records in Kafka
 	bash e2e/demo.sh

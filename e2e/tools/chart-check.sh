@@ -139,7 +139,7 @@ grep -Eq "^require github\.com/yuin/gopher-lua ${GOPHER_LUA_VERSION//./\\.}\$" e
     fail "e2e/argocd-health/go.mod does not require github.com/yuin/gopher-lua $GOPHER_LUA_VERSION (e2e/versions.env)"
 (cd e2e/argocd-health && bash ../tools/tools.sh go test -count=1 ./...) || fail "go test e2e/argocd-health"
 # The same evaluation as a command, for the end-to-end test that feeds it
-# live captures (e2e/tests/tests/e2e_chart.rs).
+# live captures (e2e/tests/tests/e2e/e2e_chart.rs).
 (cd e2e/argocd-health && bash ../tools/tools.sh go build -o "$BIN/argocd-health" ./cmd/argocd-health) ||
     fail "go build e2e/argocd-health/cmd/argocd-health"
 

@@ -928,10 +928,19 @@ fn backfill_condition(capture: &PostgresCapture, conds: &mut Vec<Condition>) {
         .and_then(|s| s.progress.as_ref())
         .map(|p| p.tables.clone())
         .unwrap_or_default();
-    let pending: Vec<_> = tables
+    // A table named in the spec that the worker has not reported yet (just
+    // added to a running capture) is pending too: its backfill has not begun.
+    let unreported = capture
+        .spec
+        .tables
+        .iter()
+        .filter(|t| !t.name.ends_with(".*") && !tables.iter().any(|p| p.name == t.name))
+        .count();
+    let pending = tables
         .iter()
         .filter(|t| t.state != "Done" && t.state != "Skipped")
-        .collect();
+        .count()
+        + unreported;
     if tables.is_empty() {
         set_condition(
             conds,
@@ -941,7 +950,7 @@ fn backfill_condition(capture: &PostgresCapture, conds: &mut Vec<Condition>) {
             "waiting for the worker to report backfill progress",
             generation,
         );
-    } else if pending.is_empty() {
+    } else if pending == 0 {
         set_condition(
             conds,
             conditions::BACKFILL_COMPLETE,
@@ -958,9 +967,8 @@ fn backfill_condition(capture: &PostgresCapture, conds: &mut Vec<Condition>) {
             false,
             reason::BACKFILL_RUNNING,
             format!(
-                "{} of {} table(s) left, {copied} rows copied",
-                pending.len(),
-                tables.len()
+                "{pending} of {} table(s) left, {copied} rows copied",
+                tables.len() + unreported
             ),
             generation,
         );
@@ -1260,6 +1268,47 @@ mod tests {
             ..PostgresCaptureStatus::default()
         });
         c
+    }
+
+    #[test]
+    fn a_table_added_to_the_spec_reopens_the_backfill_until_the_worker_reports_it_done() {
+        let base = fixture("default", "shop", SPEC);
+        let done = with_progress(base.clone(), "Done", 10);
+        let mut conds = Vec::new();
+        backfill_condition(&done, &mut conds);
+        let c = crate::status::find(&conds, conditions::BACKFILL_COMPLETE).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reason::BACKFILL_DONE)
+        );
+
+        let mut added = done.clone();
+        added
+            .spec
+            .tables
+            .push(serde_json::from_value(json!({ "name": "public.items" })).unwrap());
+        let mut conds = Vec::new();
+        backfill_condition(&added, &mut conds);
+        let c = crate::status::find(&conds, conditions::BACKFILL_COMPLETE).unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                "False",
+                reason::BACKFILL_RUNNING,
+                "1 of 2 table(s) left, 10 rows copied"
+            )
+        );
+
+        // A schema wildcard is resolved by the worker; it holds nothing open.
+        let mut wildcard = done;
+        wildcard
+            .spec
+            .tables
+            .push(serde_json::from_value(json!({ "name": "public.*" })).unwrap());
+        let mut conds = Vec::new();
+        backfill_condition(&wildcard, &mut conds);
+        let c = crate::status::find(&conds, conditions::BACKFILL_COMPLETE).unwrap();
+        assert_eq!(c.status, "True");
     }
 
     #[test]

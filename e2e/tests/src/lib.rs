@@ -10,7 +10,7 @@ use std::time::Duration;
 /// An environment variable of `.stack/env`, or a failure naming the fix.
 pub fn stack_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `make stack-up` and `source .stack/env` (or use `make integration`)")
+        panic!("{name} is not set: run `make stack-up` and `source .stack/env` (or use `make integration` or `make e2e`)")
     })
 }
 

@@ -19,6 +19,8 @@ pub struct Scenario {
     pub pg: tokio_postgres::Client,
     /// The port of this scenario's server on 127.0.0.1.
     pub port: u16,
+    /// Set by [`Scenario::cleanup`]; otherwise `Drop` tears down.
+    cleaned: bool,
 }
 
 impl Scenario {
@@ -64,6 +66,7 @@ impl Scenario {
             db,
             pg,
             port,
+            cleaned: false,
         }
     }
 
@@ -404,33 +407,108 @@ impl Scenario {
         }
     }
 
-    /// Delete the namespace (captures are deleted first so finalizers run).
-    pub async fn cleanup(self) {
-        if let Ok(list) = self.captures().list(&Default::default()).await {
-            for c in list.items {
-                let name = c.metadata.name.unwrap_or_default();
-                let _ = self
-                    .captures()
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(60),
-                    self.wait_gone(&name, Duration::from_secs(60)),
-                )
-                .await;
+    /// Delete the captures (their finalizers drop what they made), the
+    /// namespace, any slot left in the database, and the database.
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        teardown(self.client.clone(), &self.ns, self.port, &self.db).await;
+    }
+}
+
+/// A scenario that was not cleaned up (its test panicked) is torn down here,
+/// on a thread and runtime of its own: the test's runtime is unwinding. A
+/// leaked capture would keep its worker and slot, and a slot holds WAL.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (client, ns, port, db) = (
+            self.client.clone(),
+            self.ns.clone(),
+            self.port,
+            self.db.clone(),
+        );
+        let done = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                eprintln!("cleanup of {ns}: no runtime; the namespace and database {db} stay");
+                return;
+            };
+            // The client's connections belong to the unwinding runtime; a new one
+            // is built from the same kubeconfig.
+            let client = rt.block_on(kube::Client::try_default()).unwrap_or(client);
+            rt.block_on(teardown(client, &ns, port, &db));
+        })
+        .join();
+        if done.is_err() {
+            eprintln!("cleanup of {} panicked", self.ns);
+        }
+    }
+}
+
+/// What [`Scenario::cleanup`] and its `Drop` do; never panics (it may run
+/// while a test unwinds), so every step is tried whatever the last one did.
+async fn teardown(client: kube::Client, ns: &str, port: u16, db: &str) {
+    let captures: Api<PostgresCapture> = Api::namespaced(client.clone(), ns);
+    if let Ok(list) = captures.list(&Default::default()).await {
+        for c in list.items {
+            let name = c.metadata.name.unwrap_or_default();
+            let _ = captures.delete(&name, &DeleteParams::default()).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while tokio::time::Instant::now() < deadline
+                && matches!(captures.get_opt(&name).await, Ok(Some(_)))
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces.delete(&self.ns, &DeleteParams::default()).await;
-        // Slots left by a failed test would hold WAL: drop inactive ones of this database.
-        let _ = self
-            .pg
-            .batch_execute(&format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{}' AND NOT active",
-                self.db
-            ))
-            .await;
     }
+    let namespaces: Api<Namespace> = Api::all(client);
+    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    // Slots left by a failed test would hold WAL; the database would hold disk.
+    let Ok((pg, conn)) = crate::pg_config_at(port, "postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+    else {
+        eprintln!("cleanup of {ns}: PostgreSQL on port {port} unreachable; database {db} stays");
+        return;
+    };
+    tokio::spawn(conn);
+    // A worker whose capture outlived the wait may still stream from its slot
+    // until the namespace's deletion stops it: end its session, then drop.
+    for _ in 0..10 {
+        let _ = pg
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE database = $1 AND active",
+                &[&db],
+            )
+            .await;
+        let _ = pg
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE database = $1 AND NOT active",
+                &[&db],
+            )
+            .await;
+        match pg
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                &[&db],
+            )
+            .await
+        {
+            Ok(row) if row.get::<_, i64>(0) > 0 => {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            _ => break,
+        }
+    }
+    let _ = pg
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await;
 }
 
 /// Default timeout of a capture becoming Ready on the local stack.

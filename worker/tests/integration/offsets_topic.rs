@@ -3,7 +3,7 @@
 //! of its capture, never one of an aborted or still open Kafka transaction,
 //! never another capture's.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! the slot's `confirmed_flush_lsn` and `restart_lsn` moving, so the slot
 //! does not hold back WAL.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -75,21 +75,19 @@ async fn an_added_table_is_published_and_backfilled() {
         }
     }
     assert_eq!(rows.len(), 301, "300 backfilled rows and one new insert");
-    let tables = s
-        .captures()
-        .get("cap")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .progress
-        .unwrap()
-        .tables;
-    let b = tables
-        .iter()
-        .find(|t| t.name == "public.b")
-        .expect("progress of public.b");
-    assert_eq!(b.state, "Done");
+    // The worker reports progress on its own cadence, after the rows it
+    // describes are in Kafka; wait for the report rather than race it.
+    let captures = s.captures();
+    let b = siphon_e2e::eventually(Duration::from_secs(60), "public.b reported Done", || {
+        let captures = captures.clone();
+        async move {
+            let tables = captures.get("cap").await.ok()?.status?.progress?.tables;
+            tables
+                .into_iter()
+                .find(|t| t.name == "public.b" && t.state == "Done")
+        }
+    })
+    .await;
     assert!(b.rows_copied >= 300, "{b:?}");
     s.cleanup().await;
 }

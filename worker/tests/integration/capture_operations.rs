@@ -1,7 +1,7 @@
 //! Each row operation reaches Kafka as a Debezium record on
 //! `<prefix>.<schema>.<table>`; `logical.operations` filters them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

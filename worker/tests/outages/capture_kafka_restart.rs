@@ -2,7 +2,7 @@
 //! (or, past its delivery timeout, the worker restarts from its last
 //! confirmed position) and nothing committed is lost.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

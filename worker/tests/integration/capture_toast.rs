@@ -3,7 +3,7 @@
 //! placeholder; with REPLICA IDENTITY FULL it carries the real value, and the
 //! key stays the primary key.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

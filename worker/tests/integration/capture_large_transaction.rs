@@ -3,7 +3,7 @@
 //! `maxTransactionMemory`: every row arrives, in order, and the worker's
 //! memory stays bounded; an aborted large transaction delivers nothing.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The worker's HTTP endpoint: `/readyz` once it streams, `/healthz`, and
 //! Prometheus counters on `/metrics` that move with the changes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

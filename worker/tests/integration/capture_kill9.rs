@@ -4,7 +4,7 @@
 //! allowed). Exactly once: a `read_committed` consumer sees every committed
 //! row exactly once. Set `SIPHON_TEST_SEED` to replay a run.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! missing slot (the worker may not create it) ends the worker; a slot that
 //! another process streams from is reported as in use until it is free.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! PostgreSQL restarts while the worker streams: the worker reconnects by
 //! itself (a transient error) and nothing committed is lost.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
