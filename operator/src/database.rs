@@ -33,8 +33,9 @@ use std::collections::BTreeMap;
 use siphon_crds::capture::{Operation, PublicationMode, SslMode};
 use siphon_crds::conditions::reason;
 use siphon_crds::status::{ManagedObjects, SlotStatus};
-use siphon_worker::replication::connection::{SslMode as WorkerSslMode, tls_config};
-use tokio_postgres::{Client, NoTls};
+use siphon_postgres::SqlParams;
+use siphon_postgres::connect::ConnectError;
+use tokio_postgres::Client;
 
 use crate::platform::{self, Platform};
 use crate::slot::{self, SlotFacts, SlotStep};
@@ -152,74 +153,37 @@ impl Unfit {
     }
 }
 
-/// Quote an identifier for SQL: `a"b` → `"a""b"`.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Quote a string literal for SQL.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// `"schema"."name"`.
-pub(crate) fn qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
+pub use siphon_postgres::{qualified, quote_ident, quote_literal};
 
 /// Connect, telling unreachable from refused credentials. TLS follows libpq's
 /// `sslmode` (the same rustls configuration as the worker's connections).
 pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&params.host)
-        .port(params.port)
-        .dbname(&params.database)
-        .user(&params.user)
-        .password(&params.password)
-        .application_name("siphon-operator")
-        .connect_timeout(Duration::from_secs(10));
-    let result = if params.ssl_mode == SslMode::Disable {
-        cfg.connect(NoTls).await.map(|(client, connection)| {
-            drive(connection);
-            client
-        })
-    } else {
-        cfg.ssl_mode(if params.ssl_mode == SslMode::Prefer {
-            tokio_postgres::config::SslMode::Prefer
-        } else {
-            tokio_postgres::config::SslMode::Require
-        });
-        let mode = match params.ssl_mode {
-            SslMode::Disable => WorkerSslMode::Disable,
-            SslMode::Prefer => WorkerSslMode::Prefer,
-            SslMode::Require => WorkerSslMode::Require,
-            SslMode::VerifyCa => WorkerSslMode::VerifyCa,
-            SslMode::VerifyFull => WorkerSslMode::VerifyFull,
-        };
-        let tls = tls_config(mode, params.ca_file.as_deref()).map_err(|e| {
-            Unfit::definite(
-                reason::INVALID_SPEC,
-                format!("TLS settings of spec.postgres: {e}"),
-            )
-        })?;
-        cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-            (*tls).clone(),
-        ))
-        .await
-        .map(|(client, connection)| {
-            drive(connection);
-            client
-        })
+    let sql = SqlParams {
+        host: params.host.clone(),
+        port: params.port,
+        database: params.database.clone(),
+        user: params.user.clone(),
+        password: Some(params.password.clone()),
+        ssl_mode: params.ssl_mode.into(),
+        ssl_root_cert: params.ca_file.clone(),
+        application_name: "siphon-operator",
+        connect_timeout: Duration::from_secs(10),
     };
-    result.map_err(|e| classify_connect_error(&e, params))
+    match siphon_postgres::connect(&sql).await {
+        Ok((client, connection)) => {
+            drive(connection);
+            Ok(client)
+        }
+        Err(ConnectError::Tls(e)) => Err(Unfit::definite(
+            reason::INVALID_SPEC,
+            format!("TLS settings of spec.postgres: {e}"),
+        )),
+        Err(ConnectError::Postgres(e)) => Err(classify_connect_error(&e, params)),
+    }
 }
 
 /// Run a connection's I/O until it closes.
-fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+fn drive(connection: siphon_postgres::Connection) {
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "database connection closed");
@@ -259,18 +223,20 @@ fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> 
     }
 }
 
-/// A failed statement as an [`Unfit`]: transient when the connection broke,
-/// else a definite refusal (a missing privilege by its own reason).
+/// A failed statement as an [`Unfit`]: transient by the one SQLSTATE rule
+/// of [`siphon_postgres::sqlstate`] (a broken connection, a deadlock, too
+/// many connections, a shutdown), else a definite refusal; a missing
+/// privilege has its own reason, a connection that broke is unreachable.
 pub(crate) fn sql_error(context: &str, e: tokio_postgres::Error) -> Unfit {
-    let transient = e.is_closed() || e.as_db_error().is_none();
+    let transient = siphon_postgres::sqlstate::is_transient_error(&e);
     let detail = e
         .as_db_error()
         .map(|d| d.message().to_string())
         .unwrap_or_else(|| e.to_string());
     let reason = match e.code().map(|c| c.code()) {
         Some("42501") => reason::INSUFFICIENT_PRIVILEGE,
-        _ if transient => reason::DATABASE_UNREACHABLE,
-        _ => reason::PROVISIONING_FAILED,
+        None => reason::DATABASE_UNREACHABLE,
+        Some(_) => reason::PROVISIONING_FAILED,
     };
     Unfit {
         reason,
@@ -452,16 +418,12 @@ pub async fn preflight(client: &Client, plan: &Plan) -> Result<Facts, Unfit> {
                 ),
             ));
         }
-        let slot = client
-            .query_opt(
-                "SELECT active, coalesce(wal_status = 'lost', false) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&plan.slot.as_str()],
-            )
+        let slot = siphon_postgres::slot::state(client, plan.slot.as_str())
             .await
             .map_err(q("reading pg_replication_slots"))?
-            .map(|row| SlotFacts {
-                active: row.get(0),
-                lost: row.get(1),
+            .map(|state| SlotFacts {
+                active: state.active_pid.is_some(),
+                lost: state.lost,
             });
         let capacity = Capacity {
             max_slots,
@@ -1393,27 +1355,10 @@ where
                 managed.slot = Some(plan.slot.as_str().to_string());
                 record(managed.clone()).await?;
             }
-            let created = if failover {
-                client
-                    .query(
-                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
-                        &[&plan.slot.as_str()],
-                    )
-                    .await
-            } else {
-                client
-                    .query(
-                        "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                        &[&plan.slot.as_str()],
-                    )
-                    .await
-            };
-            match created {
-                Ok(_) => {}
-                // Created concurrently (a retried reconcile): fine.
-                Err(e) if e.code().map(|c| c.code()) == Some("42710") => {}
-                Err(e) => return Err(sql_error("creating the replication slot", e)),
-            }
+            // Created concurrently (a retried reconcile) is fine.
+            siphon_postgres::slot::create(client, plan.slot.as_str(), failover)
+                .await
+                .map_err(|e| sql_error("creating the replication slot", e))?;
             if matches!(slot_step, SlotStep::Recover { .. }) {
                 tracing::info!(slot = %plan.slot, "replication slot created again on a re-snapshot request");
             }
@@ -1431,31 +1376,9 @@ where
 
 /// End the slot's backend and drop the slot; a slot already gone is fine.
 async fn drop_slot(client: &Client, slot: &str) -> Result<(), Unfit> {
-    client
-        .query(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-            &[&slot],
-        )
+    siphon_postgres::slot::drop(client, slot)
         .await
-        .map_err(|e| sql_error("ending the slot's backend", e))?;
-    // The backend releases the slot asynchronously; retry briefly.
-    let mut attempt = 0;
-    loop {
-        let res = client
-            .query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await;
-        match res {
-            Ok(_) => return Ok(()),
-            Err(e) if e.code().map(|c| c.code()) == Some("55006") && attempt < 50 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(sql_error("dropping the replication slot", e)),
-        }
-    }
+        .map_err(|e| sql_error("dropping the replication slot", e))
 }
 
 /// Facts about the slot for the status.

@@ -2,8 +2,6 @@
 //! publication names, the finalizer, field managers, labels and the names of
 //! the worker's Kubernetes objects.
 
-use sha2::{Digest, Sha256};
-
 /// Finalizer that guards database teardown.
 pub const FINALIZER: &str = "siphon.dev/cleanup";
 /// Finalizer the operator puts on the Secrets a capture reads, released once
@@ -44,64 +42,8 @@ pub const ENV_PG_PASSWORD: &str = "SIPHON_PG_PASSWORD";
 pub const ENV_KAFKA_USER: &str = "SIPHON_KAFKA_USERNAME";
 pub const ENV_KAFKA_PASSWORD: &str = "SIPHON_KAFKA_PASSWORD";
 
-/// Largest identifier PostgreSQL keeps (NAMEDATALEN - 1).
-pub const PG_IDENT_MAX: usize = 63;
-
-/// A replication slot name: lowercase letters, digits, underscores, ≤ 63 bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SlotName(String);
-
-impl SlotName {
-    /// Accept a name written by a person, or say why not.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        if name.is_empty() || name.len() > PG_IDENT_MAX {
-            return Err(format!("slot name {name:?} must be 1 to 63 bytes"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(format!(
-                "slot name {name:?} may hold only lowercase letters, digits and underscores"
-            ));
-        }
-        Ok(Self(name.to_string()))
-    }
-
-    /// `siphon_<namespace>_<name>`, sanitized; names too long keep a hash
-    /// suffix so that two long names never collide.
-    pub fn derive(namespace: &str, name: &str) -> Self {
-        let raw = format!("siphon_{namespace}_{name}");
-        let mut s: String = raw
-            .chars()
-            .map(|c| {
-                let c = c.to_ascii_lowercase();
-                if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if s.len() > PG_IDENT_MAX {
-            let hash = hex::encode(&Sha256::digest(raw.as_bytes())[..4]);
-            s.truncate(PG_IDENT_MAX - hash.len() - 1);
-            s.push('_');
-            s.push_str(&hash);
-        }
-        Self(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for SlotName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use siphon_postgres::SlotName;
+pub use siphon_postgres::ident::PG_IDENT_MAX;
 
 /// Name of the worker's Deployment, ConfigMap, ServiceAccount, Role and RoleBinding.
 pub fn worker_object_name(capture: &str) -> String {
@@ -127,37 +69,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn derived_slot_names_are_valid_postgres_identifiers() {
-        assert_eq!(
-            SlotName::derive("default", "shop-orders").as_str(),
-            "siphon_default_shop_orders"
-        );
-        let long = SlotName::derive(
-            "a-very-long-namespace-name-indeed",
-            "and-an-even-longer-capture-name-here",
-        );
-        assert!(long.as_str().len() <= 63);
-        assert!(SlotName::parse(long.as_str()).is_ok());
-        let other = SlotName::derive(
-            "a-very-long-namespace-name-indeed",
-            "and-an-even-longer-capture-name-herf",
-        );
-        assert_ne!(long, other, "hash suffix keeps long names apart");
-    }
-
-    #[test]
     fn a_recreated_capture_gets_a_new_id() {
         let a = capture_id("default", "shop", "0b6f3c1e-1111-4a5b-9c1d-000000000001");
         let b = capture_id("default", "shop", "7c2d9e4f-2222-4a5b-9c1d-000000000001");
         assert_eq!(a, "default/shop/0b6f3c1e");
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn parse_refuses_what_postgres_would() {
-        assert!(SlotName::parse("ok_slot_1").is_ok());
-        assert!(SlotName::parse("Bad").is_err());
-        assert!(SlotName::parse("with-dash").is_err());
-        assert!(SlotName::parse(&"x".repeat(64)).is_err());
     }
 }

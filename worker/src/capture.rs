@@ -18,8 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use siphon_crds::capture::{CaptureMode, SslMode as SpecSslMode, TopicCreation};
+use siphon_crds::capture::{CaptureMode, TopicCreation};
 use siphon_crds::conditions::{self, reason};
+use siphon_postgres::SqlParams;
+use siphon_postgres::connect::ConnectError;
 use tokio::sync::{Notify, watch};
 
 use crate::backfill::BackfillError;
@@ -28,7 +30,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 use crate::offsets::{self, Position};
 use crate::polling::PollError;
 use crate::progress::Progress;
-use crate::replication::{AssemblyError, ConnectParams, DecodeError, ReplicationError, SslMode};
+use crate::replication::{AssemblyError, ConnectParams, DecodeError, ReplicationError};
 use crate::sink::{KafkaSink, SinkError, topics};
 
 /// Why the capture stopped.
@@ -79,9 +81,7 @@ impl CaptureError {
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Sink(e) => e.is_transient(),
             CaptureError::Sql { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none()
-                    || source.code().is_some_and(|c| transient_sqlstate(c.code()))
+                siphon_postgres::sqlstate::is_transient_error(source)
             }
             CaptureError::Offsets(offsets::OffsetsError::Kafka { .. }) => true,
             CaptureError::Backfill(e) => e.is_transient(),
@@ -129,30 +129,10 @@ impl CaptureError {
     }
 }
 
-/// SQLSTATEs worth a retry: connection exceptions (08), insufficient
-/// resources (53), operator intervention such as a shutdown or a server still
-/// starting (57P01-57P03), serialization failures and deadlocks.
-pub fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01")
-}
-
 /// How a run ended without error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
     Shutdown,
-}
-
-fn ssl_mode(mode: SpecSslMode) -> SslMode {
-    match mode {
-        SpecSslMode::Disable => SslMode::Disable,
-        SpecSslMode::Prefer => SslMode::Prefer,
-        SpecSslMode::Require => SslMode::Require,
-        SpecSslMode::VerifyCa => SslMode::VerifyCa,
-        SpecSslMode::VerifyFull => SslMode::VerifyFull,
-    }
 }
 
 /// Replication connection parameters of a configuration.
@@ -165,7 +145,7 @@ pub fn connect_params(v: &Validated) -> ConnectParams {
     );
     p.port = pg.port;
     p.password = v.secrets.pg_password.clone();
-    p.ssl_mode = ssl_mode(pg.ssl_mode);
+    p.ssl_mode = pg.ssl_mode.into();
     p.ssl_root_cert = pg.ssl_root_cert.as_ref().map(PathBuf::from);
     p
 }
@@ -181,45 +161,33 @@ pub async fn sql_connect_with(
     v: &Validated,
     wake: Option<Arc<Notify>>,
 ) -> Result<tokio_postgres::Client, CaptureError> {
-    let pg = &v.config.postgres;
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&pg.host)
-        .port(pg.port)
-        .dbname(&pg.database)
-        .user(&v.secrets.pg_user)
-        .application_name("siphon-worker")
-        // The same text forms as the replication connection's values.
-        .options("-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=3 -c lc_monetary=C -c bytea_output=hex -c standard_conforming_strings=on")
-        .connect_timeout(Duration::from_secs(10));
-    if let Some(pw) = &v.secrets.pg_password {
-        cfg.password(pw);
-    }
-    let sql_err = |source| CaptureError::Sql {
-        what: "connecting",
-        source,
-    };
-    let (client, conn) = if pg.ssl_mode == SpecSslMode::Disable {
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(sql_err)?;
-        (client, drive(conn, wake))
-    } else {
-        // libpq semantics as on the replication connection: `prefer` falls
-        // back to plain text, the others insist on TLS, and the verify modes
-        // check the chain (and the host name) inside the rustls config.
-        let tls_mode = if pg.ssl_mode == SpecSslMode::Prefer {
-            tokio_postgres::config::SslMode::Prefer
-        } else {
-            tokio_postgres::config::SslMode::Require
-        };
-        cfg.ssl_mode(tls_mode);
-        let root = pg.ssl_root_cert.as_ref().map(std::path::PathBuf::from);
-        let tls =
-            crate::replication::connection::tls_config(ssl_mode(pg.ssl_mode), root.as_deref())?;
-        let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-        let (client, conn) = cfg.connect(connector).await.map_err(sql_err)?;
-        (client, drive(conn, wake))
-    };
-    drop(conn);
+    let (client, conn) = siphon_postgres::connect(&sql_params(v))
+        .await
+        .map_err(|e| match e {
+            ConnectError::Tls(e) => CaptureError::Replication(e.into()),
+            ConnectError::Postgres(source) => CaptureError::Sql {
+                what: "connecting",
+                source,
+            },
+        })?;
+    drop(drive(conn, wake));
     Ok(client)
+}
+
+/// The SQL session parameters of a configuration.
+pub fn sql_params(v: &Validated) -> SqlParams {
+    let pg = &v.config.postgres;
+    SqlParams {
+        host: pg.host.clone(),
+        port: pg.port,
+        database: pg.database.clone(),
+        user: v.secrets.pg_user.clone(),
+        password: v.secrets.pg_password.clone(),
+        ssl_mode: pg.ssl_mode.into(),
+        ssl_root_cert: pg.ssl_root_cert.as_ref().map(PathBuf::from),
+        application_name: "siphon-worker",
+        connect_timeout: Duration::from_secs(10),
+    }
 }
 
 /// Run a connection's I/O on a task of its own, turning notifications into

@@ -71,45 +71,33 @@ const EOS_MAX_RECORDS: u64 = 50_000;
 /// Creates it only when the configuration says so (standalone use).
 pub async fn check_slot(sql: &tokio_postgres::Client, v: &Validated) -> Result<(), CaptureError> {
     let slot = &v.config.logical.slot_name;
-    let rows = sql
-        .query(
-            "SELECT wal_status, active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
+    let state = siphon_postgres::slot::state(sql, slot)
         .await
         .map_err(|source| CaptureError::Sql {
             what: "reading pg_replication_slots",
             source,
         })?;
-    match rows.first() {
+    match state {
         None if v.config.logical.create_slot => {
-            sql.query(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[slot],
-            )
-            .await
-            .map_err(|source| CaptureError::Sql {
-                what: "creating the slot",
-                source,
-            })?;
+            siphon_postgres::slot::create(sql, slot, false)
+                .await
+                .map_err(|source| CaptureError::Sql {
+                    what: "creating the slot",
+                    source,
+                })?;
             tracing::info!(%slot, "created replication slot");
             Ok(())
         }
         None => Err(CaptureError::SlotMissing { slot: slot.clone() }),
-        Some(row) => {
-            let wal_status: Option<String> = row.get(0);
-            let pid: Option<i32> = row.get(1);
-            if wal_status.as_deref() == Some("lost") {
-                return Err(CaptureError::SlotLost { slot: slot.clone() });
-            }
-            if let Some(pid) = pid {
-                return Err(CaptureError::SlotActive {
-                    slot: slot.clone(),
-                    pid,
-                });
-            }
-            Ok(())
-        }
+        Some(state) if state.lost => Err(CaptureError::SlotLost { slot: slot.clone() }),
+        Some(siphon_postgres::slot::SlotState {
+            active_pid: Some(pid),
+            ..
+        }) => Err(CaptureError::SlotActive {
+            slot: slot.clone(),
+            pid,
+        }),
+        Some(_) => Ok(()),
     }
 }
 

@@ -67,10 +67,10 @@ use crate::config::Validated;
 use crate::metrics::Metrics;
 use crate::offsets::Position;
 use crate::progress::Progress;
-use crate::replication::connection::quote_ident;
 use plan::{TablePlan, WatermarkTable};
 use reader::{ChunkRequest, ChunkRows, Reader, ReaderEvent};
 use resume::{Candidate, DONE, PENDING, RUNNING};
+use siphon_postgres::quote_ident;
 use window::{ChunkWindow, Seen};
 
 /// Commits remembered for [`window::missed_commit`]: far more than can fall
@@ -133,12 +133,7 @@ impl BackfillError {
     pub fn is_transient(&self) -> bool {
         match self {
             BackfillError::Sql { source, .. } | BackfillError::WatermarkWrite { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none_or(|db| {
-                        // connection, rollback (serialization, deadlock),
-                        // resources, operator intervention
-                        matches!(db.code().code().get(..2), Some("08" | "40" | "53" | "57"))
-                    })
+                siphon_postgres::sqlstate::is_transient_error(source)
             }
             BackfillError::ReaderGone | BackfillError::ColumnsChanged { .. } => true,
             _ => false,

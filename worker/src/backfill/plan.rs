@@ -13,7 +13,7 @@ use siphon_crds::worker_config::WorkerConfig;
 
 use super::BackfillError;
 use crate::change::{Column, Relation};
-use crate::replication::connection::{quote_ident, quote_literal};
+use siphon_postgres::{quote_ident, quote_literal};
 
 /// Settings of the backfill's SQL session: the same text forms as the
 /// replication connection's values, and literals without backslash escapes.

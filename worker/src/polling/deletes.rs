@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 
 use super::plan::{PollTable, Source};
-use crate::replication::connection::{quote_ident, quote_literal};
+use siphon_postgres::{quote_ident, quote_literal};
 
 /// `schema.table` of the deletes table, quoted.
 pub fn quoted_table(qualified: &str) -> String {

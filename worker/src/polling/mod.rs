@@ -121,13 +121,7 @@ impl PollError {
     /// Whether a restart from the stored position may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            PollError::Sql { source, .. } => {
-                source.is_closed()
-                    || source.as_db_error().is_none()
-                    || source
-                        .code()
-                        .is_some_and(|c| crate::capture::transient_sqlstate(c.code()))
-            }
+            PollError::Sql { source, .. } => siphon_postgres::sqlstate::is_transient_error(source),
             PollError::ListenLost => true,
             _ => false,
         }
@@ -785,7 +779,7 @@ pub async fn run(
             client
                 .batch_execute(&format!(
                     "LISTEN {}",
-                    crate::replication::connection::quote_ident(&n.channel)
+                    siphon_postgres::quote_ident(&n.channel)
                 ))
                 .await
                 .map_err(|source| PollError::Sql {

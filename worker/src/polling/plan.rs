@@ -23,7 +23,7 @@ use super::PollError;
 use crate::backfill::plan::TableFacts;
 use crate::change::{Column, Relation};
 use crate::offsets::PolledPosition;
-use crate::replication::connection::{quote_ident, quote_literal};
+use siphon_postgres::{quote_ident, quote_literal};
 
 /// Where a table's rows come from.
 #[derive(Clone, Debug, PartialEq, Eq)]

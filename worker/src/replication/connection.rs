@@ -17,15 +17,13 @@
 //!   the read buffer), so it can be a `tokio::select!` arm; the send methods
 //!   are not and must run to completion.
 //! - The password never reaches a log or an error message.
-//! - Column values arrive in their text form with fixed session settings
-//!   (`DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`,
-//!   `extra_float_digits=3`, `client_encoding=UTF8`), sent in the startup
-//!   message, so the record encoder can rely on one format.
+//! - Column values arrive in their text form under the session settings of
+//!   [`siphon_postgres::session`], sent in the startup message, so the record
+//!   encoder can rely on one format.
 
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,13 +31,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::frontend;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+pub use siphon_postgres::tls::{SslMode, Verification};
+use siphon_postgres::tls::{TlsError, server_name, tls_config};
+use siphon_postgres::{quote_ident, quote_literal};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -55,90 +49,17 @@ const MAX_MESSAGE: usize = 1 << 30;
 /// How long `close` waits for the server to end the stream.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// libpq's `sslmode`, without `allow`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SslMode {
-    /// Plain TCP.
-    Disable,
-    /// TLS when the server offers it (no verification), else plain.
-    #[default]
-    Prefer,
-    /// TLS, no certificate verification (handshake signatures still checked).
-    Require,
-    /// TLS, the certificate chain verified against the CA; not the host name.
-    VerifyCa,
-    /// TLS, chain and host name verified.
-    VerifyFull,
-}
-
-impl std::str::FromStr for SslMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "invalid sslmode {other:?}: expected disable, prefer, require, verify-ca or verify-full"
-                ));
-            }
-        })
-    }
-}
-
-impl std::fmt::Display for SslMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        })
-    }
-}
-
-/// How the server certificate is checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verification {
-    /// Any certificate (handshake signatures still checked).
-    None,
-    /// The chain against the CA, any host name.
-    Chain,
-    /// The chain and the host name.
-    ChainAndHostname,
-}
-
-impl SslMode {
-    /// Whether the connection starts with an SSLRequest.
-    pub fn sends_ssl_request(self) -> bool {
-        self != SslMode::Disable
-    }
-
-    /// What to do with the server's one-byte answer to SSLRequest:
-    /// `Ok(true)` for TLS, `Ok(false)` to go on in plain text.
-    pub fn on_ssl_response(self, response: u8) -> Result<bool, ReplicationError> {
-        match (response, self) {
-            (b'S', _) => Ok(true),
-            (b'N', SslMode::Prefer | SslMode::Disable) => Ok(false),
-            (b'N', mode) => Err(ReplicationError::TlsRefused { ssl_mode: mode }),
-            // 'E': a server too old for SSLRequest answers with an error.
-            (other, _) => Err(ReplicationError::Protocol(format!(
-                "unexpected answer {other:#04x} to SSLRequest"
-            ))),
-        }
-    }
-
-    /// The certificate checks of this mode.
-    pub fn verification(self) -> Verification {
-        match self {
-            SslMode::Disable | SslMode::Prefer | SslMode::Require => Verification::None,
-            SslMode::VerifyCa => Verification::Chain,
-            SslMode::VerifyFull => Verification::ChainAndHostname,
-        }
+/// What to do with the server's one-byte answer to SSLRequest:
+/// `Ok(true)` for TLS, `Ok(false)` to go on in plain text.
+pub fn on_ssl_response(ssl_mode: SslMode, response: u8) -> Result<bool, ReplicationError> {
+    match (response, ssl_mode) {
+        (b'S', _) => Ok(true),
+        (b'N', SslMode::Prefer | SslMode::Disable) => Ok(false),
+        (b'N', mode) => Err(ReplicationError::TlsRefused { ssl_mode: mode }),
+        // 'E': a server too old for SSLRequest answers with an error.
+        (other, _) => Err(ReplicationError::Protocol(format!(
+            "unexpected answer {other:#04x} to SSLRequest"
+        ))),
     }
 }
 
@@ -360,6 +281,12 @@ pub enum ReplicationError {
     Protocol(String),
 }
 
+impl From<TlsError> for ReplicationError {
+    fn from(e: TlsError) -> Self {
+        ReplicationError::TlsConfig { detail: e.0 }
+    }
+}
+
 impl ReplicationError {
     /// A failure that a reconnect (with backoff) may cure.
     pub fn is_transient(&self) -> bool {
@@ -370,7 +297,9 @@ impl ReplicationError {
             | ReplicationError::Timeout { .. }
             | ReplicationError::StreamEnded
             | ReplicationError::ServerUnavailable { .. } => true,
-            ReplicationError::Server { server } => transient_sqlstate(&server.code),
+            ReplicationError::Server { server } => {
+                siphon_postgres::sqlstate::is_transient(&server.code)
+            }
             _ => false,
         }
     }
@@ -468,15 +397,6 @@ impl ReplicationError {
     }
 }
 
-/// SQLSTATEs worth a retry: connection exceptions, insufficient resources,
-/// operator intervention, serialization failures and deadlocks, I/O errors.
-fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || code.starts_with("57P")
-        || matches!(code, "40001" | "40P01" | "58030")
-}
-
 fn io_error(source: io::Error) -> ReplicationError {
     match source.kind() {
         io::ErrorKind::UnexpectedEof => ReplicationError::Closed,
@@ -548,16 +468,6 @@ impl ReplicationOptions {
             options.join(", ")
         )
     }
-}
-
-/// A double-quoted SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// A single-quoted SQL string literal (standard_conforming_strings).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// The answer to `IDENTIFY_SYSTEM`.
@@ -667,7 +577,7 @@ impl ReplicationConnection {
             // Exactly one byte: anything after it must come through TLS.
             let mut answer = [0u8; 1];
             tcp.read_exact(&mut answer).await.map_err(io_error)?;
-            tls = params.ssl_mode.on_ssl_response(answer[0])?;
+            tls = on_ssl_response(params.ssl_mode, answer[0])?;
         }
         let stream = if tls {
             let config = tls_config(params.ssl_mode, params.ssl_root_cert.as_deref())?;
@@ -715,19 +625,13 @@ impl ReplicationConnection {
     }
 
     async fn startup(&mut self, params: &ConnectParams) -> Result<(), ReplicationError> {
-        let parameters = [
+        let mut parameters = vec![
             ("user", params.user.as_str()),
             ("database", params.database.as_str()),
             ("replication", "database"),
             ("application_name", APPLICATION_NAME),
-            ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
-            ("IntervalStyle", "postgres"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
-            ("lc_monetary", "C"),
-            ("bytea_output", "hex"),
         ];
+        parameters.extend(siphon_postgres::session::SETTINGS);
         frontend::startup_message(parameters, &mut self.write).map_err(protocol_io)?;
         self.flush().await?;
 
@@ -1197,201 +1101,6 @@ fn data_row(body: &[u8]) -> Result<Vec<Option<String>>, ReplicationError> {
     Ok(row)
 }
 
-/// The TLS client configuration of an `sslmode`.
-pub fn tls_config(
-    ssl_mode: SslMode,
-    root_cert: Option<&std::path::Path>,
-) -> Result<Arc<ClientConfig>, ReplicationError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ReplicationError::TlsConfig {
-            detail: e.to_string(),
-        })?;
-    let mut config = match ssl_mode.verification() {
-        Verification::None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-            .with_no_client_auth(),
-        verification => {
-            let path = root_cert.ok_or_else(|| ReplicationError::TlsConfig {
-                detail: format!(
-                    "sslMode {ssl_mode} needs the CA certificate; set the root certificate file"
-                ),
-            })?;
-            let roots = Arc::new(load_roots(path)?);
-            if verification == Verification::ChainAndHostname {
-                builder.with_root_certificates(roots).with_no_client_auth()
-            } else {
-                let inner =
-                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                        .build()
-                        .map_err(|e| ReplicationError::TlsConfig {
-                            detail: e.to_string(),
-                        })?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
-                    .with_no_client_auth()
-            }
-        }
-    };
-    // PostgreSQL 17 checks the ALPN protocol when a client sends one.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(Arc::new(config))
-}
-
-fn load_roots(path: &std::path::Path) -> Result<RootCertStore, ReplicationError> {
-    let config_error = |detail: String| ReplicationError::TlsConfig { detail };
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-        config_error(format!(
-            "cannot read CA certificate file {}: {e}",
-            path.display()
-        ))
-    })?;
-    for cert in certs {
-        let cert = cert.map_err(|e| {
-            config_error(format!(
-                "invalid CA certificate file {}: {e}",
-                path.display()
-            ))
-        })?;
-        roots.add(cert).map_err(|e| {
-            config_error(format!("invalid CA certificate in {}: {e}", path.display()))
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(config_error(format!(
-            "no certificate in CA file {}",
-            path.display()
-        )));
-    }
-    Ok(roots)
-}
-
-/// The TLS server name: the host for `verify-full`; any valid name will do
-/// for the other modes (used for SNI only).
-fn server_name(host: &str, ssl_mode: SslMode) -> Result<ServerName<'static>, ReplicationError> {
-    match ServerName::try_from(host.to_owned()) {
-        Ok(name) => Ok(name),
-        Err(_) if ssl_mode != SslMode::VerifyFull => {
-            Ok(ServerName::from(std::net::Ipv4Addr::LOCALHOST))
-        }
-        Err(e) => Err(ReplicationError::TlsConfig {
-            detail: format!("host {host:?} is not a valid TLS server name: {e}"),
-        }),
-    }
-}
-
-/// `require`/`prefer`: any certificate, but the handshake signatures are
-/// still verified (the peer holds the key of the certificate it shows).
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to the CA; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        // webpki checks the chain before the name: a name error means the
-        // chain is good.
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// Plain TCP or TLS over TCP.
 enum Stream {
     Plain(TcpStream),
@@ -1443,16 +1152,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ssl_modes_parse_and_print() {
-        for text in ["disable", "prefer", "require", "verify-ca", "verify-full"] {
-            let mode: SslMode = text.parse().expect("parses");
-            assert_eq!(mode.to_string(), text);
-        }
-        assert!("allow".parse::<SslMode>().is_err());
-        assert_eq!(SslMode::default(), SslMode::Prefer);
-    }
-
-    #[test]
     fn ssl_request_decisions_follow_libpq() {
         assert!(!SslMode::Disable.sends_ssl_request());
         for mode in [
@@ -1463,13 +1162,13 @@ mod tests {
         ] {
             assert!(mode.sends_ssl_request());
             assert!(
-                mode.on_ssl_response(b'S').expect("tls"),
+                on_ssl_response(mode, b'S').expect("tls"),
                 "{mode} uses TLS when offered"
             );
         }
-        assert!(!SslMode::Prefer.on_ssl_response(b'N').expect("falls back"));
+        assert!(!on_ssl_response(SslMode::Prefer, b'N').expect("falls back"));
         for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
-            let err = mode.on_ssl_response(b'N').expect_err("refused");
+            let err = on_ssl_response(mode, b'N').expect_err("refused");
             assert!(matches!(err, ReplicationError::TlsRefused { .. }));
             assert!(!err.is_transient());
             assert!(
@@ -1478,43 +1177,9 @@ mod tests {
             );
         }
         assert!(matches!(
-            SslMode::Prefer.on_ssl_response(b'E'),
+            on_ssl_response(SslMode::Prefer, b'E'),
             Err(ReplicationError::Protocol(_))
         ));
-    }
-
-    #[test]
-    fn verification_per_mode() {
-        assert_eq!(SslMode::Prefer.verification(), Verification::None);
-        assert_eq!(SslMode::Require.verification(), Verification::None);
-        assert_eq!(SslMode::VerifyCa.verification(), Verification::Chain);
-        assert_eq!(
-            SslMode::VerifyFull.verification(),
-            Verification::ChainAndHostname
-        );
-    }
-
-    #[test]
-    fn verify_modes_need_a_ca_file() {
-        assert!(tls_config(SslMode::Require, None).is_ok());
-        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
-            let err = tls_config(mode, None).expect_err("needs a CA");
-            assert!(err.to_string().contains("CA certificate"), "{err}");
-        }
-        let err = tls_config(
-            SslMode::VerifyFull,
-            Some(std::path::Path::new("/nonexistent/ca.pem")),
-        )
-        .expect_err("missing file");
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-    }
-
-    #[test]
-    fn server_name_is_strict_only_for_verify_full() {
-        assert!(server_name("db.example.com", SslMode::VerifyFull).is_ok());
-        assert!(server_name("127.0.0.1", SslMode::VerifyFull).is_ok());
-        assert!(server_name("bad name", SslMode::VerifyFull).is_err());
-        assert!(server_name("bad name", SslMode::Require).is_ok());
     }
 
     #[test]

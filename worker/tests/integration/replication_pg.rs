@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use siphon_postgres::quote_ident;
 use siphon_worker::change::{Change, Datum, Lsn, Op};
-use siphon_worker::replication::connection::quote_ident;
 use siphon_worker::replication::{
     Assembler, AssemblerConfig, ConnectParams, Decoder, Message, ReplicationConnection,
     ReplicationError, ReplicationMessage, ReplicationOptions, SslMode, TxEvent, choose_protocol,
