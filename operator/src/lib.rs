@@ -1,9 +1,12 @@
 //! The Siphon operator: reconciles `PostgresCapture` resources.
 //!
-//! The reconcile pipeline, one module per stage:
-//! [`validate`] (pure) → [`database`] (preflight, provision, teardown; for
-//! mode Polling, [`polling`]) →
-//! [`build`] (pure) → apply and [`status`], driven by [`controller`].
+//! The reconcile pipeline, one module per stage (see [`reconcile`]):
+//! [`reconcile::secrets`] → [`validate`] (pure) → [`reconcile::provision`]
+//! (preflight and provision: [`database`] for logical replication,
+//! [`polling`] for polling) → [`build`] (pure) → [`reconcile::apply`] →
+//! [`reconcile::publish`] (status from the pure [`reconcile::conditions`]
+//! and [`status`]); [`reconcile::teardown`] on deletion; driven by
+//! [`controller`].
 
 pub mod build;
 pub mod controller;
@@ -14,6 +17,7 @@ pub mod metrics;
 pub mod names;
 pub mod platform;
 pub mod polling;
+pub mod reconcile;
 pub mod scope;
 pub mod slot;
 pub mod status;
