@@ -74,10 +74,25 @@ pub enum CaptureError {
     Panicked { task: &'static str },
 }
 
+/// What the worker does about an error: the one decision, for every error
+/// of either source (see [`CaptureError::policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Restart from the last confirmed position, after a backoff: waiting
+    /// may cure it (a connection lost, a broker restarting, a lock held).
+    Retry,
+    /// Stop, with this reason in `Capturing=False` and the error's text
+    /// (which names the fix): the same input would fail the same way.
+    Stop(&'static str),
+}
+
 impl CaptureError {
-    /// Whether a restart from the last confirmed position may succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
+    /// Retry or stop, and why. A decode error is deterministic (the same
+    /// bytes fail the same way after a restart), so it stops; an assembly
+    /// error is a protocol state a reconnect resets, so it retries.
+    pub fn policy(&self) -> Policy {
+        use siphon_crds::conditions::reason;
+        let retry = match self {
             CaptureError::Replication(e) => e.is_transient(),
             CaptureError::Sink(e) => e.is_transient(),
             CaptureError::Sql { source, .. } => {
@@ -87,16 +102,14 @@ impl CaptureError {
             CaptureError::Backfill(e) => e.is_transient(),
             CaptureError::Polling(e) => e.is_transient(),
             CaptureError::SlotActive { .. } => true,
-            CaptureError::Decode(_) | CaptureError::Assembly(_) => true,
+            CaptureError::Assembly(_) => true,
+            CaptureError::Decode(_) => false,
             _ => false,
+        };
+        if retry {
+            return Policy::Retry;
         }
-    }
-
-    /// The reason of the worker's `Capturing=False` condition for an error
-    /// that stops it for good.
-    pub fn reason(&self) -> &'static str {
-        use siphon_crds::conditions::reason;
-        match self {
+        Policy::Stop(match self {
             CaptureError::SlotMissing { .. } => reason::SLOT_MISSING,
             CaptureError::Polling(e) => e.reason(),
             CaptureError::SlotLost { .. } => reason::SLOT_LOST,
@@ -107,7 +120,12 @@ impl CaptureError {
             }
             CaptureError::Sink(SinkError::Fatal { .. }) => reason::KAFKA_REFUSED,
             _ => reason::CAPTURE_FAILED,
-        }
+        })
+    }
+
+    /// Whether a restart from the last confirmed position may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.policy() == Policy::Retry
     }
 
     /// Low-cardinality label for metrics.
@@ -333,9 +351,12 @@ pub async fn run_forever(
                 crate::polling::run(v, metrics.clone(), progress.clone(), shutdown.clone()).await
             }
         };
-        match run {
+        let e = match run {
             Ok(Stopped::Shutdown) => return Ok(()),
-            Err(e) if e.is_transient() && !*shutdown.borrow() => {
+            Err(e) => e,
+        };
+        match e.policy() {
+            Policy::Retry if !*shutdown.borrow() => {
                 metrics.set_ready(false);
                 progress.set_health(
                     conditions::CAPTURING,
@@ -360,10 +381,15 @@ pub async fn run_forever(
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
-            Err(e) => {
+            policy => {
+                let why = match policy {
+                    Policy::Stop(why) => why,
+                    // Interrupted by the shutdown itself.
+                    Policy::Retry => reason::CAPTURE_INTERRUPTED,
+                };
                 metrics.set_ready(false);
                 metrics.set_unhealthy();
-                progress.set_health(conditions::CAPTURING, false, e.reason(), e.to_string());
+                progress.set_health(conditions::CAPTURING, false, why, e.to_string());
                 return Err(e);
             }
         }
@@ -411,6 +437,32 @@ mod tests {
                 table: "public.t".into()
             })
             .is_transient()
+        );
+    }
+
+    #[test]
+    fn one_policy_decides_retry_or_stop_with_the_reason() {
+        use crate::replication::pgoutput::DecodeError;
+        use siphon_crds::conditions::reason;
+        // Deterministic: the same bytes after a restart fail the same way.
+        assert_eq!(
+            CaptureError::Decode(DecodeError::UnknownMessage { tag: b'?' }).policy(),
+            Policy::Stop(reason::CAPTURE_FAILED)
+        );
+        assert_eq!(
+            CaptureError::Assembly(AssemblyError::UnknownRelation { oid: 1 }).policy(),
+            Policy::Retry
+        );
+        assert_eq!(
+            CaptureError::SlotLost { slot: "s".into() }.policy(),
+            Policy::Stop(reason::SLOT_LOST)
+        );
+        assert_eq!(
+            CaptureError::Polling(PollError::NoKey {
+                table: "public.t".into()
+            })
+            .policy(),
+            Policy::Stop(reason::NO_PRIMARY_KEY)
         );
     }
 }
