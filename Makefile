@@ -45,7 +45,7 @@ integration: ## the worker's tests against the running stack's PostgreSQL and Ka
 e2e: ## end-to-end tests: captures applied to the running stack's operator
 	@source .stack/env && status=0; \
 	$(CARGO) test -p siphon-e2e --test e2e -- --test-threads=2 || status=1; \
-	$(CARGO) test -p siphon-e2e --test e2e_restarts -- --test-threads=2 || status=1; \
+	$(CARGO) test -p siphon-e2e --test e2e_restarts -- --test-threads=1 || status=1; \
 	exit $$status
 
 test: lint unit stack-up chart-check ## everything CI runs

@@ -175,6 +175,7 @@ start_operator() {
         KUBECONFIG="$STACK_DIR/controlplane/kubeconfig" \
         SIPHON_WORKER_IMAGE="${SIPHON_WORKER_IMAGE:-siphon:dev}" \
         SIPHON_CAPTURE_SELECTOR="${SIPHON_CAPTURE_SELECTOR-$STACK_CAPTURE_SELECTOR}" \
+        SIPHON_CRASH_AT="${SIPHON_CRASH_AT:-}" \
         "${SIPHON_OPERATOR_BIN:-$(target_dir)/siphon-operator}" --metrics-addr "127.0.0.1:$STACK_OPERATOR_METRICS_PORT"
     log "started operator (pid $(<"$STACK_DIR/pids/operator.pid"), log $STACK_DIR/logs/operator.log)"
 }

@@ -1276,6 +1276,7 @@ where
             managed.watermark_table = Some(name);
             record(managed.clone()).await?;
         }
+        crate::crash::reach("watermark-recorded", &plan.namespace, &plan.name);
         if !facts.watermark_exists {
             let created = run_all(
                 client,
@@ -1297,6 +1298,7 @@ where
                 Err(e) => return Err(e),
             }
         }
+        crate::crash::reach("watermark-created", &plan.namespace, &plan.name);
     }
 
     if matches!(
@@ -1320,6 +1322,7 @@ where
                 managed.publication = Some(plan.publication.clone());
                 record(managed.clone()).await?;
             }
+            crate::crash::reach("publication-recorded", &plan.namespace, &plan.name);
             run_all(
                 client,
                 &[
@@ -1329,6 +1332,7 @@ where
                 "creating the publication",
             )
             .await?;
+            crate::crash::reach("publication-created", &plan.namespace, &plan.name);
         } else {
             // Ours: kept in step with the spec, written only when it is not;
             // the comment always describes what the same transaction set.
@@ -1355,10 +1359,12 @@ where
                 managed.slot = Some(plan.slot.as_str().to_string());
                 record(managed.clone()).await?;
             }
+            crate::crash::reach("slot-recorded", &plan.namespace, &plan.name);
             // Created concurrently (a retried reconcile) is fine.
             siphon_postgres::slot::create(client, plan.slot.as_str(), failover)
                 .await
                 .map_err(|e| sql_error("creating the replication slot", e))?;
+            crate::crash::reach("slot-created", &plan.namespace, &plan.name);
             if matches!(slot_step, SlotStep::Recover { .. }) {
                 tracing::info!(slot = %plan.slot, "replication slot created again on a re-snapshot request");
             }

@@ -10,6 +10,7 @@
 
 pub mod build;
 pub mod controller;
+pub mod crash;
 pub mod database;
 pub mod http;
 pub mod lease;

@@ -1,8 +1,10 @@
-//! End-to-end tests that restart or kill the stack's operator, or stop a
-//! PostgreSQL server of the stack: a binary of their own, run after the
-//! others (`make e2e`), so no other test sees the operator vanish.
+//! End-to-end tests that restart or kill the stack's operator, or stop its
+//! Kafka or a PostgreSQL server: a binary of their own, run one test at a
+//! time after the others (`make e2e`), so no test sees the operator or a
+//! server vanish under it, and a crash point armed by one test is never
+//! disarmed by another's restart.
 
-mod e2e_database_safety;
+mod e2e_database_safety_restarts;
 mod e2e_operator_crash;
 mod e2e_operator_lease;
 mod e2e_outages;
