@@ -465,4 +465,17 @@ mod tests {
             Policy::Stop(reason::NO_PRIMARY_KEY)
         );
     }
+
+    #[test]
+    fn a_busy_slot_names_its_holder() {
+        let e = CaptureError::SlotActive {
+            slot: "siphon_shop".into(),
+            pid: 4242,
+        };
+        assert_eq!(
+            e.to_string(),
+            "replication slot siphon_shop is in use by another process (pid 4242); only one worker may stream from a slot"
+        );
+        assert_eq!(e.metric_label(), "slot_active");
+    }
 }

@@ -619,20 +619,6 @@ impl Worker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits up to `timeout` until the output contains `needle`; false when
-    /// the time ran out or the worker exited first.
-    pub async fn wait_output(&mut self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.output().contains(needle) {
-                return true;
-            }
-            if self.try_exit().is_some() || Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 
     /// Peak resident set size (`VmHWM`) in KiB, while the process lives.
     pub fn peak_rss_kib(&self) -> Option<u64> {
@@ -682,14 +668,35 @@ impl Worker {
 
     /// The value of an unlabelled metric on `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
+        self.sample(name).await
+    }
+
+    /// The value of one series on `/metrics`, written as the text format
+    /// writes it: `name` or `name{label="value"}`.
+    pub async fn sample(&self, series: &str) -> Option<f64> {
         let (code, body) = self.get("/metrics").await?;
         if code != 200 {
             return None;
         }
         body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok()).flatten()
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == series).then(|| v.trim().parse().ok()).flatten()
         })
+    }
+
+    /// Waits up to `timeout` until a series reaches `at_least`; false when
+    /// the time ran out or the worker exited first.
+    pub async fn wait_sample(&mut self, series: &str, at_least: f64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.sample(series).await.is_some_and(|v| v >= at_least) {
+                return true;
+            }
+            if self.try_exit().is_some() || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -76,20 +76,15 @@ async fn kill_rounds(tag: &str, delivery: &str, isolation: &str, seed: u64) -> O
         let after = if during_startup {
             Duration::from_millis(rng.range(0, 800))
         } else {
-            assert!(
-                worker
-                    .wait_output("replication started", Duration::from_secs(60))
-                    .await,
-                "round {round}: the worker did not start streaming:\n{}",
-                common::tail(&worker.output(), 30)
-            );
+            // Ready (`/readyz` 200) once its replication stream runs.
+            worker.wait_ready(Duration::from_secs(60)).await;
             Duration::from_millis(rng.range(0, 2000))
         };
         tokio::time::sleep(after).await;
         if let Some(status) = worker.try_exit() {
             panic!("round {round}: the worker exited by itself ({status})");
         }
-        let streaming = worker.output().contains("replication started");
+        let streaming = matches!(worker.get("/readyz").await, Some((200, _)));
         worker.kill9();
         killed_while_streaming += usize::from(streaming);
         eprintln!(
