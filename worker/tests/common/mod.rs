@@ -1,6 +1,8 @@
 //! Shared harness of the worker's integration tests: the real
 //! `siphon-worker` binary against the PostgreSQL and Kafka of the local stack
-//! (`make stack-up`, then `source .stack/env`).
+//! (`make stack-up`, then `source .stack/env`). The stack's coordinates,
+//! names, waits and scripts are [`siphon_testkit`]'s; this adds the worker
+//! as a process, its configuration, and topic reading.
 //!
 //! Each test gets a [`Fixture`]: its own database, slot, publication and
 //! topic prefix (one unique name), a folder for configuration, logs and spill
@@ -25,15 +27,10 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use siphon_testkit::{eventually, kafka_bootstrap, stack_shell, stack_var};
+
 /// Environment variable through which the worker gets its database password.
 pub const PASSWORD_ENV: &str = "SIPHON_IT_PGPASSWORD";
-
-/// A variable of `.stack/env`, or a failure naming the fix.
-pub fn stack_var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run `make stack-up` and `source .stack/env`")
-    })
-}
 
 pub fn pg_host() -> String {
     stack_var("PGHOST")
@@ -53,22 +50,10 @@ pub fn pg_password() -> String {
     stack_var("PGPASSWORD")
 }
 
-pub fn kafka_bootstrap() -> String {
-    stack_var("KAFKA_BOOTSTRAP")
-}
-
-/// A name unique to this process and call: lowercase letters, digits and
-/// underscores, valid as a database, slot, publication and topic name.
+/// A name unique to this process and call, valid as a database, slot,
+/// publication and topic name.
 pub fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!(
-        "siphon_it_{tag}_{:x}{}",
-        (nanos ^ (u64::from(std::process::id()) << 40)) & 0xffff_ffff_ffff,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    siphon_testkit::unique_ident(&format!("siphon_it_{tag}"))
 }
 
 /// A SQL connection to `database` of the stack as the superuser.
@@ -121,37 +106,6 @@ pub async fn connect_retrying(database: &str, timeout: Duration) -> tokio_postgr
             Err(e) => panic!("PostgreSQL did not come back within {timeout:?}: {e}"),
         }
     }
-}
-
-/// Poll `check` until it yields `Some`, or panic with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Run a function of the stack's shell libraries from the repository root.
-pub fn stack_shell(script: &str) -> std::process::Output {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "set -euo pipefail; export ROOT={root}; cd {root}; {script}"
-        ))
-        .output()
-        .expect("run bash")
 }
 
 fn stack_dir() -> String {
@@ -618,7 +572,6 @@ impl Worker {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-
 
     /// Peak resident set size (`VmHWM`) in KiB, while the process lives.
     pub fn peak_rss_kib(&self) -> Option<u64> {
