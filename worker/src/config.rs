@@ -295,7 +295,7 @@ pub fn validate(
         err("kafka.compression", "one of none, gzip, snappy, lz4, zstd");
     }
     for key in kafka.options.keys() {
-        if let Some(why) = crate::sink::options::reserved_reason(key) {
+        if let Some(why) = siphon_crds::kafka_options::reserved_reason(key) {
             err(&format!("kafka.options.{key}"), why);
         }
     }

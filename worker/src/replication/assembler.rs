@@ -27,23 +27,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+pub use super::item::{Item, LogicalMessage, item_size};
 use super::pgoutput::{Message, OldTuple};
 use super::spill::{SpillError, SpillReader, SpillWriter, clear_spill_dir, spill_path};
-use crate::change::{Change, Datum, Lsn, Op, Relation, Row};
-
-/// A logical decoding message (`pg_logical_emit_message`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogicalMessage {
-    /// LSN of the message record.
-    pub lsn: Lsn,
-    /// The emitting transaction (top-level); 0 when not transactional.
-    pub xid: u32,
-    pub transactional: bool,
-    pub prefix: String,
-    pub content: Bytes,
-}
+use crate::change::{Change, Lsn, Op, Relation, Row};
 
 /// What the assembler hands on, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,33 +53,6 @@ pub enum TxEvent {
         end_lsn: Lsn,
         commit_ts_us: i64,
     },
-}
-
-/// A buffered item of a streamed transaction.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Item {
-    /// Commit LSN and time are filled in at replay.
-    Change(Change),
-    Message(LogicalMessage),
-}
-
-/// Approximate memory held by a buffered item.
-pub fn item_size(item: &Item) -> usize {
-    const DATUM: usize = std::mem::size_of::<Datum>();
-    let row = |row: &Option<Row>| {
-        row.as_ref().map_or(0, |row| {
-            row.iter()
-                .map(|d| match d {
-                    Datum::Text(b) | Datum::Binary(b) => DATUM + b.len(),
-                    Datum::Null | Datum::UnchangedToast => DATUM,
-                })
-                .sum()
-        })
-    };
-    match item {
-        Item::Change(c) => std::mem::size_of::<Item>() + row(&c.old) + row(&c.new),
-        Item::Message(m) => std::mem::size_of::<Item>() + m.prefix.len() + m.content.len(),
-    }
 }
 
 /// A message stream the assembler cannot make sense of.
@@ -740,6 +700,8 @@ mod tests {
     use super::super::pgoutput::fixtures::{self as f, V, text};
     use super::super::pgoutput::{Decoder, PG_EPOCH_OFFSET_US};
     use super::*;
+    use crate::change::Datum;
+    use bytes::Bytes;
 
     struct Harness {
         decoder: Decoder,

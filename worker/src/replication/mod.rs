@@ -45,6 +45,7 @@
 
 pub mod assembler;
 pub mod connection;
+pub mod item;
 pub mod pgoutput;
 pub mod spill;
 

@@ -24,7 +24,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::change::{Change, Column, Datum, Lsn, Op, Relation, Row};
 
-use super::assembler::{Item, LogicalMessage};
+use super::item::{Item, LogicalMessage};
 
 /// File name prefix of spill files; only these are removed at start.
 const SPILL_PREFIX: &str = "siphon-tx-";
