@@ -1,8 +1,9 @@
 //! Every spec field does what it says, and what the worker meets reaches the
 //! resource: existing publications checked against the spec, partitioned
-//! tables through their root or as partitions, replication granted by role
-//! membership (Amazon RDS), a missing Secret named as missing, and a worker
-//! that stops for good saying why in the status.
+//! tables through their root or as partitions, a missing Secret named as
+//! missing, and a worker that stops for good saying why in the status
+//! (replication granted by role membership, Amazon RDS's way, is in
+//! `tests/e2e_restarts/e2e_platform_marker.rs`: it changes the whole server).
 
 #![allow(clippy::unwrap_used)] // a failed step of a test should panic right there
 
@@ -10,7 +11,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
-use serde_json::json;
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -200,78 +200,6 @@ async fn partitions_published_as_themselves_get_a_topic_each() {
             .get(0);
     assert!(!viaroot);
     s.cleanup().await;
-}
-
-#[tokio::test]
-async fn replication_by_rds_replication_membership_passes_preflight() {
-    let s = Scenario::new("e2e-fields-rds").await;
-    let role = format!("{}_cdc", s.db);
-    s.pg.batch_execute(&format!(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') THEN CREATE ROLE rds_replication NOLOGIN; END IF; END $$;
-         CREATE ROLE {role} LOGIN PASSWORD 'pw' NOREPLICATION;
-         GRANT CREATE ON DATABASE {db} TO {role};
-         GRANT CREATE ON SCHEMA public TO {role};
-         CREATE TABLE public.t (id int PRIMARY KEY);
-         ALTER TABLE public.t OWNER TO {role};",
-        db = s.db
-    ))
-    .await
-    .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
-    secrets
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({
-                "metadata": { "name": "cdc" },
-                "stringData": { "username": role, "password": "pw" }
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let spec = s.spec("[{ name: public.t }]", "").replace(
-        "credentialsSecretRef: { name: pg }",
-        "credentialsSecretRef: { name: cdc }",
-    );
-
-    // Not a member yet: the fix is the one Amazon RDS allows.
-    s.apply("rds", &spec).await;
-    let msg = s
-        .wait_ready_reason("rds", "MissingReplicationPrivilege", REFUSAL_TIMEOUT)
-        .await;
-    let refused_fix = msg.contains("GRANT rds_replication TO") && !msg.contains("ALTER ROLE");
-
-    // A member: preflight accepts it and provisioning goes on to the slot,
-    // which this (self-hosted) server grants by the REPLICATION attribute
-    // only; on RDS, membership is what creating the slot needs.
-    s.pg.batch_execute(&format!("GRANT rds_replication TO {role}"))
-        .await
-        .unwrap();
-    s.apply("member", &spec).await;
-    let after = s
-        .wait_ready_reason("member", "InsufficientPrivilege", REFUSAL_TIMEOUT)
-        .await;
-
-    let db = s.db.clone();
-    s.cleanup().await;
-    let own = siphon_e2e::pg_connect(&db).await;
-    let _ = own
-        .batch_execute(&format!(
-            "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role};"
-        ))
-        .await;
-    let admin = siphon_e2e::pg_connect("postgres").await;
-    let _ = admin
-        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-        .await;
-    let _ = admin
-        .batch_execute("DROP ROLE IF EXISTS rds_replication")
-        .await;
-    assert!(refused_fix, "{msg}");
-    assert!(
-        after.contains("replication slot"),
-        "preflight passed, the slot was tried: {after}"
-    );
 }
 
 #[tokio::test]
