@@ -218,3 +218,29 @@ pub struct TableProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_estimated: Option<u64>,
 }
+
+/// `status.phase`: one word for `kubectl get`, derived from the conditions.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const FAILED: &str = "Failed";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const BACKFILLING: &str = "Backfilling";
+    pub const STREAMING: &str = "Streaming";
+    pub const DELETING: &str = "Deleting";
+}
+
+/// `status.progress.tables[].state`: a table's backfill, as the worker
+/// reports it and the operator reads it.
+pub mod table_state {
+    pub const PENDING: &str = "Pending";
+    pub const RUNNING: &str = "Running";
+    pub const DONE: &str = "Done";
+    pub const SKIPPED: &str = "Skipped";
+}
+
+/// The server-side apply field managers of the two writers of a capture's
+/// status: each owns its own fields, neither removes the other's.
+pub mod field_manager {
+    pub const OPERATOR: &str = "siphon-operator";
+    pub const WORKER: &str = "siphon-worker";
+}

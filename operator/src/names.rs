@@ -8,9 +8,9 @@ pub const FINALIZER: &str = "siphon.dev/cleanup";
 /// the capture's teardown is done.
 pub const SECRET_FINALIZER: &str = "siphon.dev/credentials-in-use";
 /// Server-side apply field manager of the operator.
-pub const OPERATOR_MANAGER: &str = "siphon-operator";
+pub const OPERATOR_MANAGER: &str = siphon_crds::status::field_manager::OPERATOR;
 /// Field manager of the worker (it owns `status.progress`).
-pub const WORKER_MANAGER: &str = "siphon-worker";
+pub const WORKER_MANAGER: &str = siphon_crds::status::field_manager::WORKER;
 /// Label carrying the capture's name on every object made for it.
 pub const CAPTURE_LABEL: &str = "siphon.dev/capture";
 /// Standard component label.

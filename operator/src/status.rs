@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use siphon_crds::conditions;
+use siphon_crds::status::phase;
 
 /// Set or update a condition; `lastTransitionTime` moves only when the status
 /// value changes.
@@ -111,7 +112,7 @@ pub fn summarize_ready(
             message,
             generation,
         );
-        return "Suspended";
+        return phase::SUSPENDED;
     }
     match blocker {
         Some((r, m)) => {
@@ -121,9 +122,9 @@ pub fn summarize_ready(
                 || r == reason::KAFKA_UNREACHABLE
                 || r == reason::CAPTURE_INTERRUPTED
             {
-                "Pending"
+                phase::PENDING
             } else {
-                "Failed"
+                phase::FAILED
             }
         }
         None if is_true(conds, conditions::PROVISIONED)
@@ -141,9 +142,9 @@ pub fn summarize_ready(
                 .map(|c| c.status == "False")
                 .unwrap_or(false)
             {
-                "Backfilling"
+                phase::BACKFILLING
             } else {
-                "Streaming"
+                phase::STREAMING
             }
         }
         None => {
@@ -155,7 +156,7 @@ pub fn summarize_ready(
                 "provisioning has not finished",
                 generation,
             );
-            "Pending"
+            phase::PENDING
         }
     }
 }
@@ -172,8 +173,8 @@ pub fn summarize_ready(
 pub fn set_progress_conditions(conds: &mut Vec<Condition>, phase: &str, generation: Option<i64>) {
     let ready = find(conds, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
     for (type_, holds) in [
-        (conditions::STALLED, phase == "Failed"),
-        (conditions::RECONCILING, phase == "Pending"),
+        (conditions::STALLED, phase == phase::FAILED),
+        (conditions::RECONCILING, phase == phase::PENDING),
     ] {
         match (&ready, holds) {
             (Some((reason, message)), true) => {

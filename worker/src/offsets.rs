@@ -199,7 +199,7 @@ mod tests {
         p.backfill.insert(
             "public.orders".into(),
             TableBackfill {
-                state: "Running".into(),
+                state: siphon_crds::status::table_state::RUNNING.into(),
                 last_key: Some(vec![Some("42".into())]),
                 rows: 42,
             },

@@ -22,7 +22,7 @@ use siphon_crds::worker_config::StatusTarget;
 use tokio::sync::Notify;
 
 /// Field manager of the worker's status writes.
-pub const FIELD_MANAGER: &str = "siphon-worker";
+pub const FIELD_MANAGER: &str = siphon_crds::status::field_manager::WORKER;
 
 /// One condition the worker owns.
 #[derive(Clone, Debug, PartialEq)]

@@ -277,7 +277,10 @@ impl Bench {
         db.drop().await?;
         result?;
         for r in &runs {
-            let siphon = per_s(rows - r.first_rows as u64, r.elapsed.saturating_sub(r.first_row));
+            let siphon = per_s(
+                rows - r.first_rows as u64,
+                r.elapsed.saturating_sub(r.first_row),
+            );
             let reference = per_s(rows, r.copy);
             let goal = if r.batch == BATCHES[0] {
                 Goal::RatioAtLeast(goals::POLLING_COPY_RATIO)
@@ -367,7 +370,10 @@ impl Bench {
                     first_row = Some((spawned.elapsed(), high));
                 }
                 if high >= rows as i64 {
-                    return Ok((spawned.elapsed(), first_row.unwrap_or((spawned.elapsed(), 0))));
+                    return Ok((
+                        spawned.elapsed(),
+                        first_row.unwrap_or((spawned.elapsed(), 0)),
+                    ));
                 }
                 if spawned.elapsed() > deadline {
                     bail!(

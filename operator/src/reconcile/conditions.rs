@@ -15,7 +15,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use siphon_crds::capture::{CaptureMode, PostgresCapture};
 use siphon_crds::conditions::{self, reason};
-use siphon_crds::status::SlotStatus;
+use siphon_crds::status::{SlotStatus, table_state};
 
 use crate::database::Unfit;
 use crate::polling::Polled;
@@ -196,7 +196,7 @@ pub fn backfill(capture: &PostgresCapture) -> Verdict {
     // as themselves), which the spec alone does not tell.
     let pending = tables
         .iter()
-        .filter(|t| t.state != "Done" && t.state != "Skipped")
+        .filter(|t| t.state != table_state::DONE && t.state != table_state::SKIPPED)
         .count();
     if tables.is_empty() {
         Verdict::new(

@@ -181,8 +181,8 @@ fn summarize(
         .suspend
         .then(|| status::suspended_message(polling_mode, managed.deletes_waiting));
     let mut phase = status::summarize_ready(conds, generation, suspended.as_deref());
-    if phase == "Failed" && refusal.is_some_and(|u| u.transient) {
-        phase = "Pending";
+    if phase == siphon_crds::status::phase::FAILED && refusal.is_some_and(|u| u.transient) {
+        phase = siphon_crds::status::phase::PENDING;
     }
     status::set_progress_conditions(conds, phase, generation);
     phase

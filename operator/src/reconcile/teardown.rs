@@ -107,7 +107,7 @@ pub(crate) async fn cleanup(
         let _ = merge_status(
             &api,
             &name,
-            json!({ "phase": "Deleting", "conditions": conds }),
+            json!({ "phase": siphon_crds::status::phase::DELETING, "conditions": conds }),
         )
         .await;
         ctx.event(

@@ -16,10 +16,7 @@ use siphon_crds::capture::SnapshotRequest;
 
 use crate::offsets::{Position, TableBackfill};
 
-pub const PENDING: &str = "Pending";
-pub const RUNNING: &str = "Running";
-pub const DONE: &str = "Done";
-pub const SKIPPED: &str = "Skipped";
+pub use siphon_crds::status::table_state::{DONE, PENDING, RUNNING, SKIPPED};
 
 /// One captured table as the configuration has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
