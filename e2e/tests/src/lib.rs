@@ -25,12 +25,7 @@ pub fn pg_config_on(port_var: &str, database: &str) -> tokio_postgres::Config {
 
 /// Connect to the stack's PostgreSQL.
 pub async fn pg_connect(database: &str) -> tokio_postgres::Client {
-    let (client, conn) = pg_config(database)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect to the stack's PostgreSQL");
-    tokio::spawn(conn);
-    client
+    pg_connect_on("PGPORT", database).await
 }
 
 /// Connect to the stack's PostgreSQL whose port is `port_var`.

@@ -476,34 +476,21 @@ async fn teardown(client: kube::Client, ns: &str, port: u16, db: &str) {
         return;
     };
     tokio::spawn(conn);
-    // A worker whose capture outlived the wait may still stream from its slot
-    // until the namespace's deletion stops it: end its session, then drop.
-    for _ in 0..10 {
-        let _ = pg
-            .execute(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                 WHERE database = $1 AND active",
-                &[&db],
-            )
-            .await;
-        let _ = pg
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                 WHERE database = $1 AND NOT active",
-                &[&db],
-            )
-            .await;
-        match pg
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
-                &[&db],
-            )
-            .await
-        {
-            Ok(row) if row.get::<_, i64>(0) > 0 => {
-                tokio::time::sleep(Duration::from_millis(500)).await
+    // A worker whose capture outlived the wait may still stream from its
+    // slot until the namespace's deletion stops it: the shared slot drop
+    // ends that session first.
+    if let Ok(rows) = pg
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE database = $1",
+            &[&db],
+        )
+        .await
+    {
+        for row in rows {
+            let slot: String = row.get(0);
+            if let Err(e) = siphon_postgres::slot::drop(&pg, &slot).await {
+                eprintln!("cleanup of {ns}: slot {slot} stays: {e}");
             }
-            _ => break,
         }
     }
     let _ = pg

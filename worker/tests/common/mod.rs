@@ -63,14 +63,8 @@ pub async fn connect(database: &str) -> tokio_postgres::Client {
 
 /// A SQL connection to `database` of the stack as `user`.
 pub async fn connect_as(database: &str, user: &str, password: &str) -> tokio_postgres::Client {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(pg_host())
-        .port(pg_port())
-        .user(user)
-        .password(password)
-        .dbname(database)
-        .application_name("siphon-it")
-        .connect_timeout(Duration::from_secs(10));
+    let mut cfg = siphon_testkit::pg_config_at(pg_port(), database);
+    cfg.user(user).password(password);
     let (client, conn) = cfg
         .connect(tokio_postgres::NoTls)
         .await
@@ -85,13 +79,8 @@ pub async fn connect_as(database: &str, user: &str, password: &str) -> tokio_pos
 pub async fn connect_retrying(database: &str, timeout: Duration) -> tokio_postgres::Client {
     let deadline = Instant::now() + timeout;
     loop {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(pg_host())
-            .port(pg_port())
-            .user(pg_user())
-            .password(pg_password())
-            .dbname(database)
-            .connect_timeout(Duration::from_secs(5));
+        let mut cfg = siphon_testkit::pg_config_at(pg_port(), database);
+        cfg.connect_timeout(Duration::from_secs(5));
         match cfg.connect(tokio_postgres::NoTls).await {
             Ok((client, conn)) => {
                 tokio::spawn(async move {

@@ -4,6 +4,7 @@
 //! or a server another test uses (those are in `tests/e2e_restarts`).
 
 mod e2e_chart;
+mod e2e_cleanup_on_panic;
 mod e2e_database_safety;
 mod e2e_delete_database_down;
 mod e2e_delete_teardown;
