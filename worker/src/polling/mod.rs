@@ -45,7 +45,7 @@ pub mod horizon;
 pub mod plan;
 pub mod window;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,14 +59,15 @@ use tokio::sync::{Notify, watch};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::capture::{
-    CaptureError, Stopped, kafka_health, kafka_ids, sql_connect, sql_connect_with, start_kafka,
+    CaptureError, Output, Stopped, kafka_health, kafka_ids, sql_connect, sql_connect_with,
+    start_kafka,
 };
 use crate::change::{Change, Datum, Lsn, Op, Row};
 use crate::config::Validated;
 use crate::metrics::{Metrics, ReasonLabels, TableLabels};
 use crate::offsets::Position;
 use crate::progress::Progress;
-use crate::record::{EncoderSettings, Record, RecordEncoder};
+use crate::record::{EncoderSettings, RecordEncoder};
 use crate::sink::{KafkaSink, options};
 use crate::values::registry::TypeRegistry;
 use horizon::Horizon;
@@ -181,42 +182,11 @@ struct Table {
     label: TableLabels,
 }
 
-/// A poll's records, waiting for Kafka (at least once).
+/// A poll's position and the deletes it drained, waiting for Kafka (at
+/// least once).
 struct Unsaved {
-    poll: u64,
     position: Position,
     deletes: Vec<i64>,
-}
-
-/// Where a poll's changes go: encoded into records and handed to Kafka
-/// (apart from the poller's other state, so rows can be emitted while the
-/// query that reads them still streams).
-struct Out<'a> {
-    metrics: &'a Metrics,
-    sink: KafkaSink<u64>,
-    encoder: RecordEncoder,
-    records: Vec<Record>,
-    exactly_once: bool,
-    kafka_txn_open: bool,
-    /// Records handed to Kafka by the poll in progress.
-    sent: u64,
-}
-
-impl Out<'_> {
-    async fn emit(&mut self, change: &Change) -> Result<(), CaptureError> {
-        self.records.clear();
-        self.encoder.encode(change, &mut self.records);
-        if self.records.is_empty() {
-            return Ok(());
-        }
-        if self.exactly_once && !self.kafka_txn_open {
-            self.sink.begin_transaction()?;
-            self.kafka_txn_open = true;
-        }
-        self.sent +=
-            crate::capture::send_records(&self.sink, self.metrics, &mut self.records).await?;
-        Ok(())
-    }
 }
 
 /// A row of a simple query as datums (text, or null).
@@ -251,11 +221,11 @@ fn row_change(t: &PollTable, op: Op, row: Row) -> Change {
 
 /// State of the loop between polls.
 struct Poller<'a> {
-    v: &'a Validated,
     metrics: &'a Metrics,
     progress: &'a Progress,
     sql: tokio_postgres::Client,
-    out: Out<'a>,
+    /// Records out and positions saved; the poll number is the mark.
+    out: Output<'a, u64, Unsaved>,
     tables: Vec<Table>,
     position: Position,
     exactly_once: bool,
@@ -267,7 +237,6 @@ struct Poller<'a> {
     /// Deletes read into Kafka and not yet removed from the deletes table.
     drained: BTreeSet<i64>,
     polls: u64,
-    unsaved: VecDeque<Unsaved>,
     horizon: Option<Horizon>,
     /// The last poll left rows waiting beyond the horizon.
     waiting: bool,
@@ -298,7 +267,7 @@ impl Poller<'_> {
     async fn poll(&mut self) -> Result<Next, CaptureError> {
         let started = Instant::now();
         self.polls += 1;
-        self.out.sent = 0;
+        self.out.take_sent();
         let horizon = match self.lateness {
             Lateness::Auto => Some(horizon::read(&self.sql).await?),
             _ => None,
@@ -514,74 +483,48 @@ impl Poller<'_> {
     /// until Kafka acknowledged them.
     async fn close(&mut self, drained: Vec<i64>) -> Result<(), CaptureError> {
         self.drained.extend(drained.iter().copied());
-        if self.exactly_once {
-            if !self.out.kafka_txn_open {
+        let sent = self.out.take_sent();
+        if self.out.is_exactly_once() {
+            if !self.out.transaction_open() {
                 return Ok(());
             }
             self.position.drained_deletes = self.drained.iter().copied().collect();
-            self.write_position().await?;
-            self.out
-                .sink
-                .commit_transaction(Duration::from_secs(60))
-                .await?;
-            self.out.kafka_txn_open = false;
-            self.out.sink.close_mark(self.polls);
+            self.out.ended(self.polls, true);
+            let payload = self.position.encode();
+            self.out.commit(|_| payload).await?;
             let all: Vec<i64> = self.drained.iter().copied().collect();
             self.remove_deletes(&all).await?;
             return Ok(());
         }
-        if self.out.sent == 0 {
+        if sent == 0 {
             return Ok(());
         }
-        self.out.sink.close_mark(self.polls);
-        self.unsaved.push_back(Unsaved {
-            poll: self.polls,
-            position: self.position.clone(),
-            deletes: drained,
-        });
+        self.out.ended(self.polls, false);
+        self.out.save_when_acked(
+            self.polls,
+            Unsaved {
+                position: self.position.clone(),
+                deletes: drained,
+            },
+        );
         Ok(())
     }
 
     /// At least once: save the newest position whose records Kafka holds
     /// in full, then remove the deletes it covers.
     async fn save_acknowledged(&mut self) -> Result<(), CaptureError> {
-        let Some(done) = self.out.sink.confirmable() else {
-            return Ok(());
-        };
         let mut newest = None;
         let mut deletes = Vec::new();
-        while self.unsaved.front().is_some_and(|u| u.poll <= done) {
-            if let Some(u) = self.unsaved.pop_front() {
-                deletes.extend(u.deletes);
-                newest = Some(u.position);
-            }
+        for u in self.out.acknowledged() {
+            deletes.extend(u.deletes);
+            newest = Some(u.position);
         }
         let Some(mut position) = newest else {
             return Ok(());
         };
         position.drained_deletes = deletes.clone();
-        let payload = position.encode();
-        self.send_position(&payload).await?;
+        self.out.write_position(&position.encode()).await?;
         self.remove_deletes(&deletes).await
-    }
-
-    async fn write_position(&mut self) -> Result<(), CaptureError> {
-        let payload = self.position.encode();
-        self.send_position(&payload).await
-    }
-
-    async fn send_position(&mut self, payload: &[u8]) -> Result<(), CaptureError> {
-        let topic = self.v.config.kafka.offsets_topic.clone();
-        self.out
-            .sink
-            .send(
-                &topic,
-                Some(self.v.config.name.as_bytes()),
-                Some(payload),
-                &[],
-            )
-            .await?;
-        Ok(())
     }
 
     /// Remove delivered deletes from the deletes table.
@@ -639,7 +582,7 @@ impl Poller<'_> {
             })
             .collect();
         self.metrics.lag_seconds.set(worst);
-        self.metrics.in_flight.set(self.out.sink.in_flight() as i64);
+        self.metrics.in_flight.set(self.out.sink().in_flight() as i64);
         let events = self.metrics.events.get();
         let horizon = self.horizon.clone();
         let deletes = self.deletes_total;
@@ -793,19 +736,10 @@ pub async fn run(
     };
 
     let mut state = Poller {
-        v,
         metrics: &metrics,
         progress: &progress,
         sql,
-        out: Out {
-            metrics: &metrics,
-            sink,
-            encoder,
-            records: Vec::with_capacity(4),
-            exactly_once,
-            kafka_txn_open: false,
-            sent: 0,
-        },
+        out: Output::new(v, &metrics, sink, encoder),
         tables: plans
             .into_iter()
             .map(|plan| Table {
@@ -827,7 +761,6 @@ pub async fn run(
         deletes_table: notify.map(|n| n.deletes_table.clone()),
         drained: BTreeSet::new(),
         polls: 0,
-        unsaved: VecDeque::new(),
         horizon: None,
         waiting: false,
         deletes_total: 0,
@@ -866,26 +799,24 @@ pub async fn run(
             // 1. Shutdown: what is sent is delivered and saved.
             _ = shutdown.changed() => {
                 tracing::info!("draining before shutdown");
-                if state.out.kafka_txn_open {
-                    state.out.sink.abort_transaction(Duration::from_secs(30)).await?;
-                }
-                state.out.sink.flush(Duration::from_secs(25)).await?;
-                if !exactly_once {
-                    state.save_acknowledged().await?;
-                    state.out.sink.flush(Duration::from_secs(5)).await?;
-                }
+                // Exactly once, a poll is committed whole when it closes: an
+                // open transaction holds part of one, read again after a restart.
+                state.out.abort().await?;
+                state.out.sink().flush(Duration::from_secs(25)).await?;
+                state.save_acknowledged().await?;
+                state.out.sink().flush(Duration::from_secs(5)).await?;
                 return Ok(Stopped::Shutdown);
             }
             // 2. Acknowledgements: save the position they complete.
-            _ = confirm_tick.tick(), if !exactly_once && !state.unsaved.is_empty() => {
-                state.out.sink.check()?;
+            _ = confirm_tick.tick(), if state.out.has_unsaved() => {
+                state.out.sink().check()?;
                 state.save_acknowledged().await?;
                 false
             }
             // 3. Health and progress.
             _ = status_tick.tick() => {
-                state.out.sink.check()?;
-                kafka_health(&state.out.sink, &metrics, &progress).await;
+                state.out.sink().check()?;
+                kafka_health(state.out.sink(), &metrics, &progress).await;
                 if listener.as_ref().is_some_and(|l| l.is_closed()) {
                     return Err(PollError::ListenLost.into());
                 }
