@@ -26,11 +26,9 @@
 //! updates or deletes are published. Column lists therefore always carry the
 //! identity columns, and such a filter is refused before anything exists.
 
-use std::time::Duration;
-
 use std::collections::BTreeMap;
 
-use siphon_crds::capture::{Operation, PublicationMode, SslMode};
+use siphon_crds::capture::{Operation, PublicationMode};
 use siphon_crds::conditions::reason;
 use siphon_crds::status::{ManagedObjects, SlotStatus};
 use siphon_postgres::SqlParams;
@@ -102,30 +100,6 @@ pub struct CheckedFilter {
     pub columns: Vec<String>,
 }
 
-/// How to reach the database.
-#[derive(Clone)]
-pub struct ConnectParams {
-    pub host: String,
-    pub port: u16,
-    pub database: String,
-    pub user: String,
-    pub password: String,
-    pub ssl_mode: SslMode,
-    /// CA certificate file for verify-ca / verify-full.
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl std::fmt::Debug for ConnectParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnectParams")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A database fact that stops the capture, with its reason and fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -157,19 +131,8 @@ pub use siphon_postgres::{qualified, quote_ident, quote_literal};
 
 /// Connect, telling unreachable from refused credentials. TLS follows libpq's
 /// `sslmode` (the same rustls configuration as the worker's connections).
-pub async fn connect(params: &ConnectParams) -> Result<Client, Unfit> {
-    let sql = SqlParams {
-        host: params.host.clone(),
-        port: params.port,
-        database: params.database.clone(),
-        user: params.user.clone(),
-        password: Some(params.password.clone()),
-        ssl_mode: params.ssl_mode.into(),
-        ssl_root_cert: params.ca_file.clone(),
-        application_name: "siphon-operator",
-        connect_timeout: Duration::from_secs(10),
-    };
-    match siphon_postgres::connect(&sql).await {
+pub async fn connect(params: &SqlParams) -> Result<Client, Unfit> {
+    match siphon_postgres::connect(params).await {
         Ok((client, connection)) => {
             drive(connection);
             Ok(client)
@@ -191,7 +154,7 @@ fn drive(connection: siphon_postgres::Connection) {
     });
 }
 
-fn classify_connect_error(e: &tokio_postgres::Error, params: &ConnectParams) -> Unfit {
+fn classify_connect_error(e: &tokio_postgres::Error, params: &SqlParams) -> Unfit {
     let code = e.code().map(|c| c.code().to_string());
     match code.as_deref() {
         Some("28P01") | Some("28000") => Unfit::definite(

@@ -12,8 +12,9 @@ use siphon_crds::capture::PostgresCapture;
 use siphon_crds::conditions::reason;
 
 use crate::controller::{Context, Error};
-use crate::database::{ConnectParams, Unfit};
+use crate::database::Unfit;
 use crate::names;
+use siphon_postgres::SqlParams;
 
 pub(crate) struct Credentials {
     user: String,
@@ -126,16 +127,18 @@ pub(crate) async fn read_credentials(
 }
 
 /// How to reach the capture's database with these credentials.
-pub(crate) fn connect_params(capture: &PostgresCapture, creds: Credentials) -> ConnectParams {
+pub(crate) fn connect_params(capture: &PostgresCapture, creds: Credentials) -> SqlParams {
     let pg = &capture.spec.postgres;
-    ConnectParams {
+    SqlParams {
         host: pg.host.clone(),
         port: pg.port,
         database: pg.database.clone(),
         user: creds.user,
-        password: creds.password,
-        ssl_mode: pg.ssl_mode,
-        ca_file: creds.ca_file,
+        password: Some(creds.password),
+        ssl_mode: pg.ssl_mode.into(),
+        ssl_root_cert: creds.ca_file,
+        application_name: "siphon-operator",
+        connect_timeout: std::time::Duration::from_secs(10),
     }
 }
 

@@ -2,7 +2,6 @@
 //! it ([`Policy`]): restart from the last durable position, or stop with a
 //! reason and the fix.
 
-
 use crate::backfill::BackfillError;
 use crate::offsets;
 use crate::polling::PollError;

@@ -40,8 +40,7 @@ use crate::progress::Progress;
 pub use error::{CaptureError, Policy, Stopped};
 pub use output::{Delivery, Output};
 pub use start::{
-    connect_params, kafka_health, kafka_ids, sql_connect, sql_connect_with, sql_params,
-    start_kafka,
+    connect_params, kafka_health, kafka_ids, sql_connect, sql_connect_with, sql_params, start_kafka,
 };
 
 /// Run until shutdown, restarting from the last confirmed position after

@@ -173,7 +173,11 @@ impl Loop<'_> {
                 self.out.ended(end_lsn, chunk_done);
                 if self.out.is_exactly_once() {
                     // A chunk commits at once, with its progress.
-                    if chunk_done || self.out.transaction_due(EOS_COMMIT_INTERVAL, EOS_MAX_RECORDS) {
+                    if chunk_done
+                        || self
+                            .out
+                            .transaction_due(EOS_COMMIT_INTERVAL, EOS_MAX_RECORDS)
+                    {
                         self.commit().await?;
                     }
                 } else if chunk_done {

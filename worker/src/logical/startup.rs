@@ -18,9 +18,7 @@ use std::sync::Arc;
 use siphon_crds::worker_config::WorkerConfig;
 
 use crate::backfill::Backfill;
-use crate::capture::{
-    CaptureError, Output, connect_params, kafka_ids, sql_connect, start_kafka,
-};
+use crate::capture::{CaptureError, Output, connect_params, kafka_ids, sql_connect, start_kafka};
 use crate::change::Lsn;
 use crate::config::Validated;
 use crate::metrics::Metrics;
@@ -28,8 +26,7 @@ use crate::offsets::Position;
 use crate::progress::Progress;
 use crate::record::{EncoderSettings, RecordEncoder};
 use crate::replication::{
-    Assembler, AssemblerConfig, Decoder, ReplicationConnection, ReplicationOptions,
-    choose_protocol,
+    Assembler, AssemblerConfig, Decoder, ReplicationConnection, ReplicationOptions, choose_protocol,
 };
 use crate::sink::{KafkaSink, options};
 use crate::values::registry::TypeRegistry;

@@ -582,7 +582,9 @@ impl Poller<'_> {
             })
             .collect();
         self.metrics.lag_seconds.set(worst);
-        self.metrics.in_flight.set(self.out.sink().in_flight() as i64);
+        self.metrics
+            .in_flight
+            .set(self.out.sink().in_flight() as i64);
         let events = self.metrics.events.get();
         let horizon = self.horizon.clone();
         let deletes = self.deletes_total;

@@ -11,7 +11,8 @@ use std::process::Command;
 
 use siphon_crds::capture::SslMode;
 use siphon_e2e::{stack_shell, stack_var};
-use siphon_operator::database::{ConnectParams as OperatorParams, connect as operator_connect};
+use siphon_operator::database::connect as operator_connect;
+use siphon_postgres::SqlParams;
 use siphon_worker::replication::{ConnectParams, ReplicationConnection, SslMode as ReplSslMode};
 
 const PORT: u16 = 15435;
@@ -134,15 +135,17 @@ fn repl_params(host: &str, mode: ReplSslMode, ca: Option<PathBuf>) -> ConnectPar
     p
 }
 
-fn operator_params(host: &str, mode: SslMode, ca: Option<PathBuf>) -> OperatorParams {
-    OperatorParams {
+fn operator_params(host: &str, mode: SslMode, ca: Option<PathBuf>) -> SqlParams {
+    SqlParams {
         host: host.into(),
         port: PORT,
         database: "postgres".into(),
         user: stack_var("PGUSER"),
-        password: stack_var("PGPASSWORD"),
-        ssl_mode: mode,
-        ca_file: ca,
+        password: Some(stack_var("PGPASSWORD")),
+        ssl_mode: mode.into(),
+        ssl_root_cert: ca,
+        application_name: "siphon-operator",
+        connect_timeout: std::time::Duration::from_secs(10),
     }
 }
 
