@@ -129,6 +129,11 @@ export SIPHON_OPERATOR_METRICS=127.0.0.1:$STACK_OPERATOR_METRICS_PORT
 EOF
 }
 
+# The chart's default image (charts/siphon/values.yaml image.repository):
+# the node agent runs it from the stack's build, so the chart installs here
+# exactly as a user installs it, without overriding the image.
+CHART_IMAGE=ghcr.io/siphon-dev/siphon
+
 start_node_agent() {
     if pid_alive "$STACK_DIR/pids/node-agent.pid"; then
         log "node agent already running (pid $(<"$STACK_DIR/pids/node-agent.pid"))"
@@ -142,6 +147,7 @@ start_node_agent() {
         --state-dir "$STACK_DIR/node" \
         --log-dir "$STACK_DIR/logs/pods" \
         --image-map "siphon=$(target_dir)" \
+        --image-map "$CHART_IMAGE=$(target_dir)" \
         --image-map "siphon-release=$STACK_ROOT/target/release"
     log "started node agent (pid $(<"$STACK_DIR/pids/node-agent.pid"))"
     local deadline=$((SECONDS + 60))

@@ -108,7 +108,13 @@ impl Context {
             secondary: None,
         };
         if let Err(error) = self.recorder().publish(&ev, &capture.object_ref(&())).await {
-            tracing::warn!(%error, "cannot publish event");
+            tracing::warn!(
+                %error,
+                namespace = capture.namespace().unwrap_or_default(),
+                capture = %capture.name_any(),
+                reason,
+                "cannot publish event"
+            );
         }
     }
 }

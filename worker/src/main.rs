@@ -76,13 +76,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Every line names the capture: a cluster's log pipeline holds the
-    // lines of many workers.
-    let span = tracing::info_span!(
-        "capture",
-        capture = %validated.config.name,
-        namespace = %validated.config.status.as_ref().map(|s| s.namespace.as_str()).unwrap_or(""),
-    );
+    // Every line names the capture as kubectl does (namespace and name): a
+    // cluster's log pipeline holds the lines of many workers. Outside a
+    // cluster (no status target) the configuration's capture id stands in.
+    let (namespace, capture) = match &validated.config.status {
+        Some(target) => (target.namespace.as_str(), target.name.as_str()),
+        None => ("", validated.config.name.as_str()),
+    };
+    let span = tracing::info_span!("capture", capture = %capture, namespace = %namespace);
     let root = span.clone();
     runtime.block_on(
         async move {

@@ -51,5 +51,6 @@ pub async fn kube_client() -> kube::Client {
         .expect("kube client from KUBECONFIG")
 }
 
+pub mod metrics;
 pub mod scenario;
 pub mod topic;

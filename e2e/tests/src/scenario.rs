@@ -375,6 +375,25 @@ impl Scenario {
         }
     }
 
+    /// Where capture `name`'s running worker serves `/metrics` (pod IP and
+    /// the worker's metrics port), once it runs.
+    pub async fn worker_metrics_addr(&self, name: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let lp = ListParams::default().labels(&format!("siphon.dev/capture={name}"));
+        let ip = eventually(Duration::from_secs(60), "a running worker pod", || async {
+            let list = pods.list(&lp).await.ok()?;
+            list.items.iter().find_map(|pod| {
+                let status = pod.status.as_ref()?;
+                (status.phase.as_deref() == Some("Running")
+                    && pod.metadata.deletion_timestamp.is_none())
+                .then(|| status.pod_ip.clone())
+                .flatten()
+            })
+        })
+        .await;
+        format!("{ip}:{}", siphon_operator::names::WORKER_METRICS_PORT)
+    }
+
     /// Wait until the Ready condition carries `reason`; returns its message.
     pub async fn wait_ready_reason(&self, name: &str, reason: &str, timeout: Duration) -> String {
         let api = self.captures();

@@ -240,3 +240,81 @@ impl std::fmt::Display for Laps {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::tests::{SPEC, fixture};
+    use siphon_crds::status::phase;
+
+    fn refusal(reason: &'static str, transient: bool) -> Unfit {
+        Unfit {
+            reason,
+            message: "the reason and its fix".into(),
+            transient,
+        }
+    }
+
+    /// The phase and the kstatus conditions after a refusal of the
+    /// provisioning step.
+    fn after(unfit: &Unfit, suspend: bool) -> (&'static str, Vec<Condition>) {
+        let mut capture = fixture("default", "shop", SPEC);
+        capture.spec.suspend = suspend;
+        let mut conds = Vec::new();
+        for verdict in conditions::refused(unfit) {
+            verdict.record(&mut conds, Some(1));
+        }
+        let phase = summarize(
+            &capture,
+            &mut conds,
+            &ManagedObjects::default(),
+            Some(unfit),
+        );
+        (phase, conds)
+    }
+
+    #[test]
+    fn a_wait_that_may_end_by_itself_is_pending_and_reconciling_never_stalled() {
+        for transient in [
+            names_of::reason::DATABASE_UNREACHABLE,
+            names_of::reason::PROVISIONING_FAILED,
+        ] {
+            let (phase, conds) = after(&refusal(transient, true), false);
+            assert_eq!(phase, phase::PENDING, "{transient}");
+            assert!(
+                status::find(&conds, names_of::STALLED).is_none(),
+                "{transient}"
+            );
+            let reconciling = status::find(&conds, names_of::RECONCILING).expect("Reconciling");
+            assert_eq!(reconciling.status, "True");
+            assert_eq!(reconciling.reason, transient);
+            assert!(!status::is_true(&conds, names_of::READY));
+        }
+    }
+
+    #[test]
+    fn a_refusal_a_person_must_fix_is_failed_and_stalled_with_its_reason() {
+        let (phase, conds) = after(
+            &refusal(names_of::reason::AUTHENTICATION_FAILED, false),
+            false,
+        );
+        assert_eq!(phase, phase::FAILED);
+        let stalled = status::find(&conds, names_of::STALLED).expect("Stalled");
+        assert_eq!(stalled.status, "True");
+        assert_eq!(stalled.reason, names_of::reason::AUTHENTICATION_FAILED);
+        assert_eq!(stalled.message, "the reason and its fix");
+        assert!(status::find(&conds, names_of::RECONCILING).is_none());
+    }
+
+    #[test]
+    fn a_suspended_capture_is_suspended_whatever_blocks_it() {
+        let (phase, conds) = after(
+            &refusal(names_of::reason::AUTHENTICATION_FAILED, false),
+            true,
+        );
+        assert_eq!(phase, phase::SUSPENDED);
+        let ready = status::find(&conds, names_of::READY).expect("Ready");
+        assert_eq!(ready.reason, names_of::reason::SUSPENDED);
+        assert!(status::find(&conds, names_of::STALLED).is_none());
+    }
+}

@@ -221,10 +221,6 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
             &release.name,
             &root().join("charts/siphon").display().to_string(),
             "--set",
-            "image.repository=siphon",
-            "--set",
-            "image.tag=dev",
-            "--set",
             "replicaCount=2",
             "--set",
             &format!("watchNamespaces={{{}}}", sc.ns),
@@ -250,6 +246,42 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
         Some(2),
         "both replicas ready"
     );
+
+    // Namespace-scoped RBAC, as the API server decides it for the
+    // operator's ServiceAccount: Secrets by name in the watched namespace
+    // only (never listed), nothing in other namespaces, nothing
+    // cluster-scoped.
+    let operator_sa = format!(
+        "system:serviceaccount:{}:{}-siphon",
+        release.namespace, release.name
+    );
+    let allowed =
+        |verb: &str, resource: &str, ns: Option<&str>| can_i(&operator_sa, verb, resource, ns);
+    assert!(allowed("get", "secrets", Some(&sc.ns)));
+    assert!(allowed(
+        "patch",
+        "postgrescaptures.siphon.dev",
+        Some(&sc.ns)
+    ));
+    assert!(
+        !allowed("list", "secrets", Some(&sc.ns)),
+        "Secrets are never listed"
+    );
+    for (verb, resource) in [
+        ("get", "secrets"),
+        ("list", "postgrescaptures.siphon.dev"),
+        ("create", "deployments.apps"),
+    ] {
+        assert!(
+            !allowed(verb, resource, Some("kube-system")),
+            "{verb} {resource} outside the watched namespaces"
+        );
+        assert!(
+            !allowed(verb, resource, None),
+            "{verb} {resource} cluster-wide"
+        );
+    }
+    assert!(!allowed("get", "nodes", None), "no cluster-scoped rule");
 
     let census = sc.census().await;
     sc.pg
@@ -278,6 +310,31 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
         1,
         "one worker pod, labelled app.kubernetes.io/name"
     );
+    // The worker logs JSON, one object per line, each naming its capture
+    // as kubectl does; the database password is in none of them.
+    let worker_log = root().join(".stack/logs/pods").join(format!(
+        "{}_{}_worker.log",
+        sc.ns,
+        workers[0]
+            .metadata
+            .name
+            .as_deref()
+            .expect("worker pod name")
+    ));
+    assert_worker_log(&worker_log, &sc.ns, "t");
+
+    // Installed without an image override, operator and worker run the
+    // chart's default image at its appVersion.
+    let image_of =
+        |pod: &Pod| -> Option<String> { pod.spec.as_ref()?.containers.first()?.image.clone() };
+    let default_image = format!("ghcr.io/siphon-dev/siphon:{}", chart_app_version());
+    assert_eq!(
+        image_of(&workers[0]).as_deref(),
+        Some(default_image.as_str())
+    );
+    for pod in pods_of(&client, &release.namespace).await {
+        assert_eq!(image_of(&pod).as_deref(), Some(default_image.as_str()));
+    }
 
     // Both endpoints pass `promtool check metrics` (the text format a plain
     // GET gets) and answer Prometheus 3's Accept with OpenMetrics, saying so.
@@ -466,4 +523,64 @@ async fn events_tell_each_transition_once_and_the_backfill_start_and_end() {
         "Stalled and Reconciling repeat Ready and have no Events of their own: {told:#?}"
     );
     sc.cleanup().await;
+}
+
+/// `appVersion` of charts/siphon/Chart.yaml, the chart's default image tag.
+fn chart_app_version() -> String {
+    let chart =
+        std::fs::read_to_string(root().join("charts/siphon/Chart.yaml")).expect("Chart.yaml");
+    let chart: serde_yaml::Value = serde_yaml::from_str(&chart).expect("Chart.yaml is YAML");
+    chart["appVersion"].as_str().expect("appVersion").to_owned()
+}
+
+/// Whether the API server lets `user` do `verb` on `resource` in `ns` (all
+/// namespaces when `None`), as `kubectl auth can-i --as` asks it.
+fn can_i(user: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", stack_var("KUBECONFIG"))
+        .args(["auth", "can-i", verb, resource, "--as", user]);
+    match ns {
+        Some(ns) => cmd.args(["--namespace", ns]),
+        None => cmd.arg("--all-namespaces"),
+    };
+    let out = cmd.output().expect("kubectl auth can-i");
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl auth can-i {verb} {resource}: {other:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Every line a worker wrote (but the node agent's own markers) is a JSON
+/// object with a level and a timestamp; the lines of its capture's span name
+/// namespace and capture; none holds the stack's database password.
+fn assert_worker_log(path: &std::path::Path, ns: &str, capture: &str) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("worker log {}: {e}", path.display()));
+    let password = stack_var("PGPASSWORD");
+    let mut named = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("=== siphon-node-agent"))
+    {
+        assert!(
+            !line.contains(&password),
+            "a log line holds the password: {line}"
+        );
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+        if let Some(span) = entry.get("span") {
+            assert_eq!(span["capture"], capture, "{line}");
+            assert_eq!(span["namespace"], ns, "{line}");
+            named += 1;
+        }
+    }
+    assert!(named > 0, "no line of {} names its capture", path.display());
 }

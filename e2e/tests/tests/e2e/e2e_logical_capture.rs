@@ -5,8 +5,13 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use siphon_e2e::metrics::{sample, scrape};
 use siphon_e2e::scenario::{READY_TIMEOUT, Scenario};
 use siphon_e2e::topic::{read_topic, reduce};
+use siphon_e2e::{eventually, stack_var};
+use siphon_operator::names::{WORKER_METRICS_PORT, worker_object_name};
 
 #[tokio::test]
 async fn existing_rows_and_new_writes_arrive_in_kafka() {
@@ -65,6 +70,68 @@ async fn existing_rows_and_new_writes_arrive_in_kafka() {
     assert!(
         records[delete_at + 1].value.is_none(),
         "a tombstone follows the delete"
+    );
+
+    // The figures Prometheus scrapes say the same: the worker's (through
+    // the metrics Service the operator made for it) and the operator's.
+    let services: Api<Service> = Api::namespaced(s.client.clone(), &s.ns);
+    let service = services
+        .get(&worker_object_name("shop"))
+        .await
+        .expect("the worker's metrics Service");
+    let port = service.spec.unwrap().ports.unwrap()[0].port;
+    assert_eq!(
+        port, WORKER_METRICS_PORT,
+        "the Service exposes the metrics port"
+    );
+    let worker = scrape(&s.worker_metrics_addr("shop").await).await;
+    let table = [("table", "public.orders")];
+    assert_eq!(
+        sample(&worker, "siphon_worker_backfill_table_complete", &table),
+        Some(1.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, "siphon_worker_backfill_table_rows", &table),
+        Some(50.0),
+        "{worker}"
+    );
+    assert_eq!(
+        sample(&worker, "siphon_worker_backfill_rows_total", &[]),
+        Some(50.0),
+        "{worker}"
+    );
+    let events = sample(&worker, "siphon_worker_events_total", &[]).expect("events_total");
+    assert!(
+        events >= 3.0,
+        "the three writes after the backfill are counted: {events}"
+    );
+    assert_eq!(
+        sample(&worker, "siphon_worker_kafka_available", &[]),
+        Some(1.0),
+        "{worker}"
+    );
+    let labels = [("namespace", s.ns.as_str()), ("capture", "shop")];
+    let operator = eventually(
+        Duration::from_secs(60),
+        "the operator's capture gauges",
+        || async {
+            let text = scrape(&stack_var("SIPHON_OPERATOR_METRICS")).await;
+            let ready = sample(&text, "siphon_operator_capture_ready", &labels)?;
+            (ready == 1.0).then_some(text)
+        },
+    )
+    .await;
+    let retained = sample(
+        &operator,
+        "siphon_operator_capture_retained_wal_bytes",
+        &labels,
+    )
+    .expect("the slot's retained WAL is exported");
+    assert!(retained >= 0.0, "{retained}");
+    assert_eq!(
+        sample(&operator, "siphon_operator_capture_wal_lost", &labels),
+        Some(0.0)
     );
 
     let status = s.captures().get("shop").await.unwrap().status.unwrap();
