@@ -439,6 +439,155 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
     sc.cleanup().await;
 }
 
+/// The default install (one replica, a ClusterRole): it reaches captures in
+/// any namespace, reads Secrets by name but never lists them, and `helm
+/// upgrade --wait` hands over to the new operator pod while the capture
+/// streams: no row is lost and the worker is not restarted.
+#[tokio::test]
+async fn the_default_install_watches_the_cluster_and_an_upgrade_hands_over() {
+    let sc = Scenario::new("chart-default").await;
+    let client = sc.client.clone();
+    let release = Release {
+        name: unique("siphon"),
+        namespace: unique("siphon-sys"),
+    };
+    let chart = root().join("charts/siphon").display().to_string();
+    let selector = format!("captureSelector=siphon.dev/operator={}", release.name);
+    run(
+        release.helm().args([
+            "install",
+            &release.name,
+            &chart,
+            "--create-namespace",
+            "--set",
+            &selector,
+            "--wait",
+            "--timeout",
+            "180s",
+        ]),
+        None,
+    );
+
+    // Cluster-wide, as the API server decides it for the operator's
+    // ServiceAccount: any namespace's captures and Secrets by name; never a
+    // list of Secrets; nothing it does not use (nodes, cluster roles).
+    let operator_sa = format!(
+        "system:serviceaccount:{}:{}-siphon",
+        release.namespace, release.name
+    );
+    let allowed =
+        |verb: &str, resource: &str, ns: Option<&str>| can_i(&operator_sa, verb, resource, ns);
+    assert!(allowed("list", "postgrescaptures.siphon.dev", None));
+    assert!(allowed("get", "secrets", Some(&sc.ns)));
+    assert!(
+        !allowed("list", "secrets", None),
+        "Secrets are never listed"
+    );
+    assert!(!allowed("get", "nodes", None));
+    assert!(!allowed(
+        "create",
+        "clusterroles.rbac.authorization.k8s.io",
+        None
+    ));
+
+    sc.pg
+        .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await
+        .expect("create public.t");
+    let spec = sc.spec("[{ name: public.t }]", "snapshot: { mode: Never }");
+    apply_labelled(&sc, "t", &release.name, &spec).await;
+    sc.wait_condition("t", "Ready", "True", READY).await;
+    sc.pg
+        .batch_execute("INSERT INTO public.t SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    sc.wait_ids("t", &[1, 2, 3, 4, 5]).await;
+
+    let operator_pods = |client: kube::Client, ns: String| async move {
+        pods_of(&client, &ns)
+            .await
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid)
+            .collect::<Vec<_>>()
+    };
+    let before = operator_pods(client.clone(), release.namespace.clone()).await;
+    assert_eq!(before.len(), 1, "the default install runs one replica");
+    let worker_pods = |client: kube::Client, ns: String| async move {
+        Api::<Pod>::namespaced(client, &ns)
+            .list(&kube::api::ListParams::default().labels("siphon.dev/capture=t"))
+            .await
+            .expect("list worker pods")
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect::<Vec<_>>()
+    };
+    let worker_before = worker_pods(client.clone(), sc.ns.clone()).await;
+    assert_eq!(worker_before.len(), 1);
+
+    // The upgrade changes the operator's pod template (its log level): the
+    // Deployment rolls, the old pod gives up the Lease, the new one leads.
+    // Rows are written all through it.
+    let upgrade = {
+        let mut helm = release.helm();
+        helm.args([
+            "upgrade",
+            &release.name,
+            &chart,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+            "--wait",
+            "--timeout",
+            "180s",
+        ]);
+        tokio::task::spawn_blocking(move || run(&mut helm, None))
+    };
+    let mut id = 5;
+    while !upgrade.is_finished() {
+        id += 1;
+        sc.pg
+            .execute("INSERT INTO public.t VALUES ($1)", &[&id])
+            .await
+            .expect("insert during the upgrade");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    upgrade.await.expect("helm upgrade");
+    for _ in 0..5 {
+        id += 1;
+        sc.pg
+            .execute("INSERT INTO public.t VALUES ($1)", &[&id])
+            .await
+            .expect("insert after the upgrade");
+    }
+    let after = eventually(Duration::from_secs(60), "the old operator pod gone", || {
+        let (client, ns) = (client.clone(), release.namespace.clone());
+        async move {
+            let pods = operator_pods(client, ns).await;
+            (pods.len() == 1).then_some(pods)
+        }
+    })
+    .await;
+    assert_ne!(after, before, "the upgrade replaced the operator pod");
+    let want: Vec<i64> = (1..=i64::from(id)).collect();
+    sc.wait_ids("t", &want).await;
+    assert_eq!(
+        worker_pods(client.clone(), sc.ns.clone()).await,
+        worker_before,
+        "the operator's upgrade left the worker running"
+    );
+    // The new operator leads and reconciles: a change of spec reaches the
+    // capture's status.
+    sc.patch_spec("t", json!({ "suspend": true })).await;
+    sc.wait_ready_reason("t", "Suspended", READY).await;
+
+    sc.delete("t").await;
+    sc.wait_gone("t", READY).await;
+    drop(release);
+    sc.cleanup().await;
+}
+
 /// The Events of a capture, as `kubectl events --for pgcap/NAME` lists them.
 async fn events_of(sc: &Scenario, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
     let events: Api<k8s_openapi::api::events::v1::Event> =
