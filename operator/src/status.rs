@@ -104,10 +104,18 @@ pub fn summarize_ready(
     .find(|c| c.status != "True")
     .map(|c| (c.reason.clone(), c.message.clone()));
     if let Some(message) = suspended {
+        // Suspended is where the spec asks the capture to be, so Ready is
+        // True (kstatus: Current; a Flux health wait passes), unless what
+        // the suspension keeps is in trouble: provisioning, or the slot.
+        // The stopped worker's conditions hold nothing back.
+        let kept = [conditions::PROVISIONED, conditions::WAL_HEALTHY]
+            .into_iter()
+            .filter_map(|t| find(conds, t))
+            .all(|c| c.status == "True");
         set_condition(
             conds,
             conditions::READY,
-            false,
+            kept,
             reason::SUSPENDED,
             message,
             generation,
@@ -166,10 +174,10 @@ pub fn summarize_ready(
 /// reason and message and absent otherwise (abnormal-true conditions are
 /// present only while they hold). `kstatus`, and Flux through it, read a
 /// capture as Failed (Stalled), InProgress (Reconciling, or Ready False) or
-/// Current (Ready True). A suspended capture has neither: kstatus reads its
-/// `Ready=False Suspended` as InProgress, Argo CD's health check as
-/// Suspended (charts/siphon/README.md says how to leave it out of a Flux
-/// health wait).
+/// Current (Ready True). A suspended capture has neither: its
+/// `Ready=True Suspended` reads Current to kstatus (`Ready=False Suspended`
+/// while its slot or provisioning is in trouble: InProgress), Suspended to
+/// Argo CD's health check.
 pub fn set_progress_conditions(conds: &mut Vec<Condition>, phase: &str, generation: Option<i64>) {
     let ready = find(conds, conditions::READY).map(|c| (c.reason.clone(), c.message.clone()));
     for (type_, holds) in [
@@ -277,11 +285,38 @@ mod tests {
         assert!(find(&c, conditions::STALLED).is_none());
         assert!(find(&c, conditions::RECONCILING).is_none());
 
-        // Suspended is where the spec asks the capture to be: neither.
+        // Suspended is where the spec asks the capture to be: neither, and
+        // Ready (the stopped worker holds nothing back).
+        set_condition(
+            &mut c,
+            conditions::WORKER_AVAILABLE,
+            false,
+            reason::SUSPENDED,
+            "scaled to zero",
+            Some(3),
+        );
         let phase = summarize_ready(&mut c, Some(3), Some("spec.suspend is true"));
         set_progress_conditions(&mut c, phase, Some(3));
+        assert_eq!(phase, phase::SUSPENDED);
+        let ready = find(&c, conditions::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reason::SUSPENDED)
+        );
         assert!(find(&c, conditions::STALLED).is_none());
         assert!(find(&c, conditions::RECONCILING).is_none());
+
+        // A lost slot while suspended is not ready: resuming cannot go on.
+        set_condition(
+            &mut c,
+            conditions::WAL_HEALTHY,
+            false,
+            reason::SLOT_LOST,
+            "lost",
+            Some(4),
+        );
+        summarize_ready(&mut c, Some(4), Some("spec.suspend is true"));
+        assert!(!is_true(&c, conditions::READY));
     }
 
     #[test]

@@ -418,7 +418,7 @@ impl Scenario {
             }
             if tokio::time::Instant::now() >= deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting for {}/{name} to be not Ready with reason {reason}; last: {last}",
+                    "timed out after {timeout:?} waiting for {}/{name} condition Ready with reason {reason}; last: {last}",
                     self.ns
                 );
             }

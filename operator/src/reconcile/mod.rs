@@ -307,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn a_suspended_capture_is_suspended_whatever_blocks_it() {
+    fn a_suspended_capture_that_cannot_be_provisioned_is_suspended_and_not_ready() {
         let (phase, conds) = after(
             &refusal(names_of::reason::AUTHENTICATION_FAILED, false),
             true,
@@ -315,6 +315,7 @@ mod tests {
         assert_eq!(phase, phase::SUSPENDED);
         let ready = status::find(&conds, names_of::READY).expect("Ready");
         assert_eq!(ready.reason, names_of::reason::SUSPENDED);
+        assert_eq!(ready.status, "False");
         assert!(status::find(&conds, names_of::STALLED).is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! (not the stack's cluster-admin kubeconfig). A capture in a restricted
 //! namespace goes Ready, delivers, reads as Current to kstatus (Flux) and
 //! Healthy to Argo CD's Lua; a capture of a missing table reads Failed and
-//! Degraded; a suspended one Suspended (InProgress to kstatus); deleting them leaves the
+//! Degraded; a suspended one Suspended (Current to kstatus); deleting them leaves the
 //! database as it was, and the operator's log holds no Forbidden.
 //!
 //! The stack's own operator leaves these captures alone: they carry the
@@ -399,10 +399,10 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
     wait_health(&sc, "missing", "Failed", "Degraded").await;
 
     // Suspended: Argo CD says so; kstatus, which knows no suspension, reads
-    // its Ready=False as InProgress (never Failed).
+    // its Ready=True Suspended as Current (a Flux health wait passes).
     sc.patch_spec("t", json!({ "suspend": true })).await;
     sc.wait_ready_reason("t", "Suspended", READY).await;
-    wait_health(&sc, "t", "InProgress", "Suspended").await;
+    wait_health(&sc, "t", "Current", "Suspended").await;
 
     sc.delete("missing").await;
     sc.delete("t").await;

@@ -167,7 +167,8 @@ async fn notify_captures_changes_and_deletes_also_while_suspended_and_teardown_l
     )
     .await;
     s.patch_spec("t", json!({ "suspend": false })).await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    // Ready was True while suspended too: wait for the worker streaming.
+    s.wait_ready_reason("t", "Streaming", READY_TIMEOUT).await;
     s.topic_equals_rows("t", rows).await;
 
     s.delete("t").await;

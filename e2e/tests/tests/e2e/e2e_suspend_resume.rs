@@ -18,14 +18,14 @@ async fn suspend_keeps_the_slot_and_resume_catches_up() {
 
     s.patch_spec("t", serde_json::json!({ "suspend": true }))
         .await;
-    let c = s
-        .wait_condition("t", "Ready", "False", Duration::from_secs(60))
+    // Suspended is where the spec asks the capture to be: Ready, reason
+    // Suspended (kstatus reads Current, so a Flux health wait passes).
+    s.wait_ready_reason("t", "Suspended", Duration::from_secs(60))
         .await;
-    assert!(
-        c.reason == "Suspended" || c.reason == "WorkerStarting",
-        "{}",
-        c.reason
-    );
+    let ready = s
+        .wait_condition("t", "Ready", "True", Duration::from_secs(60))
+        .await;
+    assert_eq!(ready.reason, "Suspended");
     s.wait_condition("t", "WorkerAvailable", "False", Duration::from_secs(60))
         .await;
     let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), &s.ns);
@@ -66,7 +66,8 @@ async fn suspend_keeps_the_slot_and_resume_catches_up() {
 
     s.patch_spec("t", serde_json::json!({ "suspend": false }))
         .await;
-    s.wait_condition("t", "Ready", "True", READY_TIMEOUT).await;
+    // Ready was True while suspended too: wait for the worker streaming.
+    s.wait_ready_reason("t", "Streaming", READY_TIMEOUT).await;
     let topic = s.topic("public", "t");
     let mut n = 0;
     for _ in 0..20 {
