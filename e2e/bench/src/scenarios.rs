@@ -650,8 +650,12 @@ impl Bench {
             hwm_kib as f64 / 1024.0,
             vec![Goal::AtMost(goals::RSS_STEADY_MIB)],
         ));
+        let chunk_size = crate::worker::chunk_size_override().map_or_else(
+            || "the default chunk size".to_string(),
+            |n| format!("chunkSize {n} (BENCH_CHUNK_SIZE)"),
+        );
         self.notes.push(format!(
-            "backfill.*: {rows} rows of ~200 bytes, default chunk size; meanwhile {BACKFILL_WRITE_RATE:.0} single-row tx/s into {TICKS} (captured, not backfilled): stream_lag = their commit-to-consumer delay while the backfill ran; rss_peak = the worker's VmHWM at the end of the backfill"
+            "backfill.*: {rows} rows of ~200 bytes, {chunk_size}; meanwhile {BACKFILL_WRITE_RATE:.0} single-row tx/s into {TICKS} (captured, not backfilled): stream_lag = their commit-to-consumer delay while the backfill ran; rss_peak = the worker's VmHWM at the end of the backfill"
         ));
         self.figures.push(Figure::against(
             "backfill.initial_snapshot",

@@ -137,6 +137,9 @@ impl WorkerEnv {
             },
             snapshot: SnapshotSpec {
                 mode: run.snapshot,
+                // BENCH_CHUNK_SIZE: another chunk size than the default, to
+                // compare (the summary says which was used).
+                chunk_size: chunk_size_override().unwrap_or(SnapshotSpec::default().chunk_size),
                 ..SnapshotSpec::default()
             },
             kafka: KafkaConfig {
@@ -369,4 +372,9 @@ impl Profiler {
         }
         self.pids.remove(self.pid);
     }
+}
+
+/// `BENCH_CHUNK_SIZE`, when set: the backfill's rows per chunk.
+pub fn chunk_size_override() -> Option<u32> {
+    std::env::var("BENCH_CHUNK_SIZE").ok()?.parse().ok()
 }
