@@ -211,6 +211,26 @@ impl BenchDb {
         Ok(())
     }
 
+    /// The ceiling of decoding: the server itself decodes the slot's WAL up
+    /// to `end` with pgoutput (`pg_logical_slot_get_binary_changes`, in the
+    /// backend: no walsender, no network, no client), consuming the slot.
+    /// Returns the time it took and the messages it produced.
+    pub async fn decode_in_server(&self, slot: &str, end: Lsn) -> Result<(Duration, i64)> {
+        let t = Instant::now();
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM pg_logical_slot_get_binary_changes($1, '{end}'::pg_lsn, NULL, \
+                     'proto_version', '1', 'publication_names', '{PUBLICATION}')"
+                ),
+                &[&slot],
+            )
+            .await
+            .context("decoding the slot in the server")?;
+        Ok((t.elapsed(), row.get(0)))
+    }
+
     pub async fn drop_slot(&self, slot: &str) -> Result<()> {
         for _ in 0..100 {
             let rows = self

@@ -206,7 +206,7 @@ impl Bench {
     /// Siphon exactly once, all on the same WAL.
     pub async fn streaming(&mut self, w: Workload) -> Result<()> {
         let mut db = self.pg.scenario_database(w.key).await?;
-        let readers = ["ref1", "alo", "ref2", "eos"];
+        let readers = ["ref1", "alo", "ref2", "eos", "ceiling"];
         let slots = readers.map(|r| format!("{PREFIX}{}_{r}", w.key));
         for s in &slots {
             db.create_slot(s).await?;
@@ -221,6 +221,20 @@ impl Bench {
             t.elapsed().as_secs_f64()
         ));
         let timeout = Duration::from_secs(600);
+        // The true ceiling first: what the server decodes in its own
+        // backend, with nothing to send the changes to.
+        let (decode_time, messages) = db.decode_in_server(&slots[4], end).await?;
+        db.drop_slot(&slots[4]).await?;
+        let ceiling = per_s(rows, decode_time);
+        log(format!(
+            "{}: the server decodes the WAL in {:.2}s ({messages} pgoutput messages): {ceiling:.0} events/s",
+            w.label,
+            decode_time.as_secs_f64()
+        ));
+        self.notes.push(format!(
+            "stream.{}.*_vs_server_decode: the same WAL decoded by pgoutput inside one backend (pg_logical_slot_get_binary_changes on a slot of its own, before the other readers): the server's own ceiling, with no walsender, network, client or Kafka",
+            w.key
+        ));
         let mut pairs = Vec::new();
         for (i, delivery) in [(0, Delivery::AtLeastOnce), (2, Delivery::ExactlyOnce)] {
             let reference_run =
@@ -272,6 +286,14 @@ impl Bench {
                 "pg_recvlogical",
                 reference,
                 vec![Goal::RatioAtLeast(goal)],
+            ));
+            self.figures.push(Figure::against(
+                format!("stream.{}.{mode}_vs_server_decode", w.key),
+                "events/s",
+                siphon,
+                "decoded in the server",
+                ceiling,
+                vec![],
             ));
             // Memory at steady state: the single-row stream at full speed.
             if w.rows_per_txn == 1 && delivery == Delivery::AtLeastOnce {
