@@ -75,6 +75,14 @@ struct Release {
 }
 
 impl Release {
+    /// The operator's ServiceAccount as the API server names its user.
+    fn service_account(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}-siphon",
+            self.namespace, self.name
+        )
+    }
+
     fn helm(&self) -> Command {
         let mut c = Command::new(tool("helm"));
         c.env("KUBECONFIG", stack_var("KUBECONFIG"))
@@ -195,6 +203,23 @@ async fn wait_health(sc: &Scenario, name: &str, kstatus: &str, argo: &str) {
     .await;
 }
 
+/// Capture `t` of a new table public.t, for the release's operator: Ready,
+/// and five rows inserted after that delivered.
+async fn capture_of_t(sc: &Scenario, release: &Release) {
+    sc.pg
+        .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await
+        .expect("create public.t");
+    let spec = sc.spec("[{ name: public.t }]", "snapshot: { mode: Never }");
+    apply_labelled(sc, "t", &release.name, &spec).await;
+    sc.wait_condition("t", "Ready", "True", READY).await;
+    sc.pg
+        .batch_execute("INSERT INTO public.t SELECT generate_series(1, 5)")
+        .await
+        .expect("insert");
+    sc.wait_ids("t", &[1, 2, 3, 4, 5]).await;
+}
+
 async fn apply_labelled(sc: &Scenario, name: &str, operator: &str, spec_yaml: &str) {
     sc.apply_labelled(name, json!({ "siphon.dev/operator": operator }), spec_yaml)
         .await;
@@ -251,10 +276,7 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
     // operator's ServiceAccount: Secrets by name in the watched namespace
     // only (never listed), nothing in other namespaces, nothing
     // cluster-scoped.
-    let operator_sa = format!(
-        "system:serviceaccount:{}:{}-siphon",
-        release.namespace, release.name
-    );
+    let operator_sa = release.service_account();
     let allowed =
         |verb: &str, resource: &str, ns: Option<&str>| can_i(&operator_sa, verb, resource, ns);
     assert!(allowed("get", "secrets", Some(&sc.ns)));
@@ -284,18 +306,7 @@ async fn the_chart_runs_captures_under_its_own_rbac_in_restricted_namespaces() {
     assert!(!allowed("get", "nodes", None), "no cluster-scoped rule");
 
     let census = sc.census().await;
-    sc.pg
-        .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .expect("create public.t");
-    let spec = sc.spec("[{ name: public.t }]", "snapshot: { mode: Never }");
-    apply_labelled(&sc, "t", &release.name, &spec).await;
-    sc.wait_condition("t", "Ready", "True", READY).await;
-    sc.pg
-        .batch_execute("INSERT INTO public.t SELECT generate_series(1, 5)")
-        .await
-        .expect("insert");
-    sc.wait_ids("t", &[1, 2, 3, 4, 5]).await;
+    capture_of_t(&sc, &release).await;
     wait_health(&sc, "t", "Current", "Healthy").await;
     // The worker pod of a restricted namespace passed admission: it runs,
     // with the labels a PodMonitor selects on.
@@ -471,10 +482,7 @@ async fn the_default_install_watches_the_cluster_and_an_upgrade_hands_over() {
     // Cluster-wide, as the API server decides it for the operator's
     // ServiceAccount: any namespace's captures and Secrets by name; never a
     // list of Secrets; nothing it does not use (nodes, cluster roles).
-    let operator_sa = format!(
-        "system:serviceaccount:{}:{}-siphon",
-        release.namespace, release.name
-    );
+    let operator_sa = release.service_account();
     let allowed =
         |verb: &str, resource: &str, ns: Option<&str>| can_i(&operator_sa, verb, resource, ns);
     assert!(allowed("list", "postgrescaptures.siphon.dev", None));
@@ -490,18 +498,7 @@ async fn the_default_install_watches_the_cluster_and_an_upgrade_hands_over() {
         None
     ));
 
-    sc.pg
-        .batch_execute("CREATE TABLE public.t (id int PRIMARY KEY)")
-        .await
-        .expect("create public.t");
-    let spec = sc.spec("[{ name: public.t }]", "snapshot: { mode: Never }");
-    apply_labelled(&sc, "t", &release.name, &spec).await;
-    sc.wait_condition("t", "Ready", "True", READY).await;
-    sc.pg
-        .batch_execute("INSERT INTO public.t SELECT generate_series(1, 5)")
-        .await
-        .expect("insert");
-    sc.wait_ids("t", &[1, 2, 3, 4, 5]).await;
+    capture_of_t(&sc, &release).await;
 
     let operator_pods = |client: kube::Client, ns: String| async move {
         pods_of(&client, &ns)
