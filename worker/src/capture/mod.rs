@@ -40,7 +40,8 @@ use crate::progress::Progress;
 pub use error::{CaptureError, Policy, Stopped};
 pub use output::{Delivery, Output};
 pub use start::{
-    connect_params, kafka_health, kafka_ids, sql_connect, sql_connect_with, sql_params, start_kafka,
+    announce_capturing, connect_params, kafka_health, kafka_ids, sql_connect, sql_connect_with,
+    sql_params, start_kafka, ticker,
 };
 
 /// Run until shutdown, restarting from the last confirmed position after

@@ -191,6 +191,22 @@ pub async fn kafka_health<P: Clone + Send + Sync + 'static>(
     }
 }
 
+/// The source is running: ready, Kafka available, `Capturing` with
+/// `message` (what the source does, in the status).
+pub fn announce_capturing(metrics: &Metrics, progress: &Progress, message: &str) {
+    metrics.set_ready(true);
+    metrics.kafka_available.set(1);
+    progress.set_health(conditions::CAPTURING, true, reason::STREAMING, message);
+}
+
+/// A ticker of `period` that, after a late tick, waits a whole period again
+/// (the loops' ticks never burst to catch up).
+pub fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// The Kafka client id, and the transactional id in exactly-once mode.
 pub fn kafka_ids(v: &Validated) -> (String, Option<String>) {
     let id = format!("siphon-{}", v.config.name.replace('/', "-"));

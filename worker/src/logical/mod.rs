@@ -52,11 +52,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use siphon_crds::capture::Operation;
-use siphon_crds::conditions::{self, reason};
 use tokio::sync::watch;
 
 use crate::backfill::{Backfill, Offer};
-use crate::capture::{CaptureError, Output, Stopped, kafka_health};
+use crate::capture::{CaptureError, Output, Stopped, announce_capturing, kafka_health, ticker};
 use crate::change::{Change, Lsn, Op};
 use crate::config::Validated;
 use crate::metrics::Metrics;
@@ -385,21 +384,15 @@ pub async fn run(
     if state.skip_through.0 != 0 {
         tracing::info!(lsn = %state.skip_through, "resuming exactly-once capture after the stored position");
     }
-    metrics.set_ready(true);
-    metrics.kafka_available.set(1);
-    progress.set_health(
-        conditions::CAPTURING,
-        true,
-        reason::STREAMING,
+    announce_capturing(
+        &metrics,
+        &progress,
         "the worker is streaming changes into Kafka",
     );
 
-    let mut confirm_tick = tokio::time::interval(CONFIRM_INTERVAL);
-    confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat_tick = tokio::time::interval(v.derived.heartbeat_interval);
-    heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirm_tick = ticker(CONFIRM_INTERVAL);
+    let mut status_tick = ticker(STATUS_INTERVAL);
+    let mut heartbeat_tick = ticker(v.derived.heartbeat_interval);
     let heartbeat_sql =
         format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', now()::text)");
 

@@ -52,15 +52,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use siphon_crds::capture::{Delivery, PollingSemantics};
-use siphon_crds::conditions::{self, reason};
+use siphon_crds::conditions::reason;
 use siphon_crds::polling::{CursorKind, Lateness};
 use siphon_crds::status::{PolledTable, PollingProgress};
 use tokio::sync::{Notify, watch};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::capture::{
-    CaptureError, Output, Stopped, kafka_health, kafka_ids, sql_connect, sql_connect_with,
-    start_kafka,
+    CaptureError, Output, Stopped, announce_capturing, kafka_health, kafka_ids, sql_connect,
+    sql_connect_with, start_kafka, ticker,
 };
 use crate::change::{Change, Datum, Lsn, Op, Row};
 use crate::config::Validated;
@@ -777,21 +777,15 @@ pub async fn run(
         );
     }
 
-    metrics.set_ready(true);
-    metrics.kafka_available.set(1);
-    progress.set_health(
-        conditions::CAPTURING,
-        true,
-        reason::STREAMING,
+    announce_capturing(
+        &metrics,
+        &progress,
         "the worker is polling the tables into Kafka",
     );
 
-    let mut confirm_tick = tokio::time::interval(CONFIRM_INTERVAL);
-    confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut poll_tick = tokio::time::interval(v.derived.poll_interval);
-    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirm_tick = ticker(CONFIRM_INTERVAL);
+    let mut status_tick = ticker(STATUS_INTERVAL);
+    let mut poll_tick = ticker(v.derived.poll_interval);
     let mut next = Next::Idle;
     let mut soon = tokio::time::Instant::now();
 
