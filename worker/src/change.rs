@@ -97,6 +97,12 @@ pub struct Change {
     pub commit_lsn: Lsn,
     /// LSN of the change itself.
     pub lsn: Lsn,
+    /// The end (`end_lsn`) of the transaction this capture received just
+    /// before the change's own: the first element of `source.sequence`, which
+    /// Debezium calls `lastCommitLsn`. For the first transaction since the
+    /// worker started, where the server began sending it (as Debezium
+    /// does); 0 for backfill reads and polled rows.
+    pub last_commit_end: Lsn,
     /// Transaction id (0 for backfill reads).
     pub xid: u32,
     /// Commit time, microseconds since the Unix epoch.

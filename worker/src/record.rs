@@ -97,8 +97,6 @@ pub struct RecordEncoder {
     source_db: Vec<u8>,
     /// The toast placeholder as a JSON string.
     toast_json: Vec<u8>,
-    current_commit: Option<Lsn>,
-    last_commit: Option<Lsn>,
     fallbacks: u64,
 }
 
@@ -153,8 +151,6 @@ impl RecordEncoder {
             source_head,
             source_db,
             toast_json,
-            current_commit: None,
-            last_commit: None,
             fallbacks: 0,
         }
     }
@@ -188,12 +184,6 @@ impl RecordEncoder {
     /// [`RecordEncoder::encode`] with the processing time (`ts_ms` of the
     /// envelope) given, in microseconds since the epoch.
     pub fn encode_at(&mut self, change: &Change, now_us: i64, out: &mut Vec<Record>) {
-        // Backfill reads carry no transaction of their own: they leave the
-        // previous-commit bookkeeping of `source.sequence` alone.
-        if change.op != Op::Read && self.current_commit != Some(change.commit_lsn) {
-            self.last_commit = self.current_commit;
-            self.current_commit = Some(change.commit_lsn);
-        }
         self.ensure_plan(&change.relation);
         let Some(plan) = self.tables.get_mut(&change.relation.oid) else {
             return;
@@ -211,7 +201,6 @@ impl RecordEncoder {
             now_us,
             source_head: &self.source_head,
             source_db: &self.source_db,
-            last_commit: self.last_commit,
         };
         let record = |key: Option<Vec<u8>>, value: Option<Vec<u8>>, topic: &Arc<str>| Record {
             topic: Arc::clone(topic),
@@ -276,10 +265,13 @@ impl RecordEncoder {
                     {
                         first.headers.push((HEADER_NEW_KEY, k.clone()));
                     }
+                    // Its tombstone carries the same header, as Debezium's does.
+                    let tombstone = settings.tombstones.then(|| Record {
+                        value: None,
+                        ..first.clone()
+                    });
                     out.push(first);
-                    if settings.tombstones {
-                        out.push(record(old_key.clone(), None, &topic));
-                    }
+                    out.extend(tombstone);
                     let create = envelope.value(
                         settings,
                         &mut ctx,
@@ -534,7 +526,6 @@ struct Envelope<'a> {
     now_us: i64,
     source_head: &'a [u8],
     source_db: &'a [u8],
-    last_commit: Option<Lsn>,
 }
 
 impl Envelope<'_> {
@@ -602,7 +593,10 @@ impl Envelope<'_> {
         } else {
             json::write_u64(out, change.lsn.0);
         }
-        out.extend_from_slice(b",\"xmin\":null},\"op\":\"");
+        // Debezium 3's order: `transaction` before `op`.
+        out.extend_from_slice(
+            b",\"xmin\":null,\"origin\":null,\"origin_lsn\":null},\"transaction\":null,\"op\":\"",
+        );
         out.extend_from_slice(match op {
             Op::Insert => b"c",
             Op::Update => b"u",
@@ -616,15 +610,16 @@ impl Envelope<'_> {
         json::write_i64(out, self.now_us);
         out.extend_from_slice(b",\"ts_ns\":");
         json::write_i64(out, self.now_us.saturating_mul(1000));
-        out.extend_from_slice(b",\"transaction\":null}");
+        out.push(b'}');
     }
 
-    /// `source.sequence`: a JSON string holding `["<previous commit
-    /// lsn>","<lsn>"]`, written with its quotes already escaped (digits need
-    /// no escaping).
+    /// `source.sequence`: a JSON string holding `["<end of the previous
+    /// transaction>","<lsn>"]` ([`Change::last_commit_end`], `null` when
+    /// unknown), written with its quotes already escaped (digits need no
+    /// escaping).
     fn sequence(&self, change: &Change, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\"sequence\":\"[");
-        match self.last_commit {
+        match (change.last_commit_end.0 != 0).then_some(change.last_commit_end) {
             Some(lsn) => {
                 out.extend_from_slice(b"\\\"");
                 json::write_u64(out, lsn.0);

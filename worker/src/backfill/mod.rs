@@ -197,6 +197,9 @@ pub struct Backfill {
     current: usize,
     next_id: u64,
     nonce: String,
+    /// The chunk that reads the current table from its first row, if this
+    /// run reads it from there (not resumed after a stored key).
+    table_start: Option<u64>,
     /// The chunk whose high watermark the stream is heading for.
     window: Option<(u64, ChunkWindow)>,
     /// The chunk after it, already asked for (see "Pipelining").
@@ -302,6 +305,7 @@ impl Backfill {
             chunk_size: usize::try_from(cfg.snapshot.chunk_size.max(1)).unwrap_or(10_000),
             plans,
             current: 0,
+            table_start: None,
             next_id: 1,
             nonce: format!("{:x}{:x}", std::process::id(), nanos),
             window: None,
@@ -542,7 +546,8 @@ impl Backfill {
             Some(s) if same_columns(s, &plan.relation) => Arc::clone(s),
             _ => Arc::clone(&plan.relation),
         };
-        let last_chunk = !chunk.more && self.current + 1 == self.plans.len();
+        let (first_table, last_table) = (self.current == 0, self.current + 1 == self.plans.len());
+        let first_chunk = self.table_start == Some(id);
         let count = kept.len();
         let changes = kept
             .into_iter()
@@ -554,13 +559,15 @@ impl Backfill {
                 new: Some(row),
                 commit_lsn: high.commit_lsn,
                 lsn: high.lsn,
+                last_commit_end: crate::change::Lsn(0),
                 xid: 0,
                 commit_ts_us: high.commit_ts_us,
-                snapshot: Some(if last_chunk && i + 1 == count {
-                    "last"
-                } else {
-                    "true"
-                }),
+                snapshot: Some(snapshot_marker(
+                    first_table,
+                    last_table,
+                    first_chunk && i == 0,
+                    !chunk.more && i + 1 == count,
+                )),
             })
             .collect();
         tracing::debug!(table = %plan.name, chunk = id, read, dropped, keys_changed = window.changed_keys(), lsn = %high.commit_lsn, "chunk emitted at its high watermark");
@@ -699,7 +706,30 @@ impl Backfill {
             high: high.clone(),
         };
         let window = ChunkWindow::new(plan.oid(), plan.key_names.clone(), low, high);
+        if after.is_none() {
+            self.table_start = Some(id);
+        }
         Some((id, window, request))
+    }
+}
+
+/// `source.snapshot` of a backfill read, as Debezium marks its snapshot
+/// records: `last` for the backfill's last row, `first` for its first,
+/// `last_in_data_collection`/`first_in_data_collection` for the last and
+/// first row of each other table, `true` for the rest. A table resumed after
+/// a stored key has no first row in this run.
+fn snapshot_marker(
+    first_table: bool,
+    last_table: bool,
+    first_row: bool,
+    last_row: bool,
+) -> &'static str {
+    match (first_row, last_row) {
+        (_, true) if last_table => "last",
+        (true, _) if first_table => "first",
+        (_, true) => "last_in_data_collection",
+        (true, _) => "first_in_data_collection",
+        _ => "true",
     }
 }
 
@@ -712,4 +742,39 @@ fn same_columns(streamed: &Relation, planned: &Relation) -> bool {
             .iter()
             .zip(&planned.columns)
             .all(|(a, b)| a.name == b.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_marker;
+
+    #[test]
+    fn reads_are_marked_as_debezium_marks_its_snapshot() {
+        // (first table, last table, first row, last row)
+        let one_table = [
+            ((true, true, true, false), "first"),
+            ((true, true, false, false), "true"),
+            ((true, true, false, true), "last"),
+            // A one-row backfill: its row is the last.
+            ((true, true, true, true), "last"),
+        ];
+        let two_tables = [
+            ((true, false, true, false), "first"),
+            ((true, false, false, true), "last_in_data_collection"),
+            ((false, true, true, false), "first_in_data_collection"),
+            ((false, true, false, false), "true"),
+            ((false, true, false, true), "last"),
+            // A one-row first table among several: first before last-in-table.
+            ((true, false, true, true), "first"),
+        ];
+        for ((first_table, last_table, first_row, last_row), marker) in
+            one_table.into_iter().chain(two_tables)
+        {
+            assert_eq!(
+                snapshot_marker(first_table, last_table, first_row, last_row),
+                marker,
+                "{first_table} {last_table} {first_row} {last_row}"
+            );
+        }
+    }
 }

@@ -280,6 +280,7 @@ mod tests {
             new,
             commit_lsn: Lsn(1),
             lsn: Lsn(1),
+            last_commit_end: Lsn(0),
             xid: 7,
             commit_ts_us: 0,
             snapshot: None,

@@ -61,6 +61,7 @@ fn change(op: Op, relation: Arc<Relation>, old: Option<Row>, new: Option<Row>) -
         new,
         commit_lsn: Lsn(0x1_0000_0100),
         lsn: Lsn(0x1_0000_00F0),
+        last_commit_end: Lsn(0x1_0000_00E0),
         xid: 777,
         commit_ts_us: COMMIT_US,
         snapshot: None,
@@ -104,14 +105,16 @@ fn source(snapshot: &str) -> Value {
         "ts_ms": 1_699_999_999_000i64,
         "snapshot": snapshot,
         "db": "shopdb",
-        "sequence": "[null,\"4294967536\"]",
+        "sequence": "[\"4294967520\",\"4294967536\"]",
         "ts_us": COMMIT_US,
         "ts_ns": COMMIT_US * 1000,
         "schema": "public",
         "table": "orders",
         "txId": 777,
         "lsn": 4_294_967_536u64,
-        "xmin": null
+        "xmin": null,
+        "origin": null,
+        "origin_lsn": null
     })
 }
 
@@ -211,8 +214,10 @@ fn the_envelope_keeps_debeziums_field_order() {
         "\"txId\"",
         "\"lsn\"",
         "\"xmin\"",
-        "\"op\"",
+        "\"origin\"",
+        "\"origin_lsn\"",
         "\"transaction\"",
+        "\"op\"",
     ];
     let positions: Vec<usize> = order
         .iter()
@@ -311,6 +316,7 @@ fn key_change_is_delete_tombstone_create() {
     );
     assert_eq!(parse(&tombstone.key), json!({"id": 1}));
     assert_eq!(tombstone.value, None);
+    assert_eq!(tombstone.headers, delete.headers, "as Debezium's tombstone");
     assert_eq!(parse(&create.key), json!({"id": 2}));
     assert_eq!(
         parse(&create.value),
@@ -393,7 +399,7 @@ fn read_carries_the_snapshot_marker() {
 }
 
 #[test]
-fn sequence_names_the_previous_commit() {
+fn sequence_names_the_end_of_the_previous_transaction() {
     let mut enc = encoder(settings(RecordFormat::Debezium));
     let first = change(
         Op::Insert,
@@ -401,19 +407,30 @@ fn sequence_names_the_previous_commit() {
         None,
         Some(row("1", "2", Datum::Null)),
     );
+    // A second change of the same transaction: the same first element, its own LSN.
     let mut second = first.clone();
-    second.commit_lsn = Lsn(0x2_0000_0000);
-    second.lsn = Lsn(0x1_FFFF_FFF0);
-    encode(&mut enc, &first);
-    let again = encode(&mut enc, &first);
+    second.lsn = Lsn(0x1_0000_00F8);
+    // A backfill read has no transaction of its own.
+    let mut read = first.clone();
+    read.op = Op::Read;
+    read.last_commit_end = Lsn(0);
+    read.snapshot = Some("true");
+    let sequence = |enc: &mut RecordEncoder, c: &Change| {
+        parse(&encode(enc, c)[0].value)["source"]["sequence"].clone()
+    };
     assert_eq!(
-        parse(&again[0].value)["source"]["sequence"],
-        json!("[null,\"4294967536\"]")
+        sequence(&mut enc, &first),
+        json!("[\"4294967520\",\"4294967536\"]")
     );
-    let records = encode(&mut enc, &second);
     assert_eq!(
-        parse(&records[0].value)["source"]["sequence"],
-        json!("[\"4294967552\",\"8589934576\"]")
+        sequence(&mut enc, &second),
+        json!("[\"4294967520\",\"4294967544\"]")
+    );
+    assert_eq!(sequence(&mut enc, &read), json!("[null,\"4294967536\"]"));
+    // Nothing carries over from one change to the next.
+    assert_eq!(
+        sequence(&mut enc, &first),
+        json!("[\"4294967520\",\"4294967536\"]")
     );
 }
 
@@ -654,6 +671,7 @@ fn polled(op: Op, old: Option<Row>, new: Option<Row>) -> Change {
     Change {
         commit_lsn: Lsn(0),
         lsn: Lsn(0),
+        last_commit_end: Lsn(0),
         xid: 0,
         ..change(op, relation(b'd'), old, new)
     }

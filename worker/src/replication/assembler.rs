@@ -105,6 +105,9 @@ struct Current {
     xid: u32,
     final_lsn: Lsn,
     commit_ts_us: i64,
+    /// The end of the transaction committed before this one, or where this
+    /// one's Begin was sent from when none was since the start.
+    last_commit_end: Lsn,
 }
 
 /// A streamed transaction being buffered.
@@ -120,6 +123,8 @@ struct Streamed {
     subxacts: Vec<(u32, u64)>,
     /// Relations described inside this transaction's stream blocks.
     relations: HashMap<u32, Arc<Relation>>,
+    /// Where its first stream block was sent from.
+    first_lsn: Lsn,
 }
 
 impl Streamed {
@@ -140,6 +145,7 @@ pub struct Replay {
     commit: Option<TxEvent>,
     commit_lsn: Lsn,
     commit_ts_us: i64,
+    last_commit_end: Lsn,
 }
 
 #[derive(Debug)]
@@ -169,6 +175,7 @@ impl Iterator for Replay {
             Some(Item::Change(mut change)) => {
                 change.commit_lsn = self.commit_lsn;
                 change.commit_ts_us = self.commit_ts_us;
+                change.last_commit_end = self.last_commit_end;
                 Some(Ok(TxEvent::Change(change)))
             }
             Some(Item::Message(message)) => Some(Ok(TxEvent::Message(message))),
@@ -227,6 +234,9 @@ pub struct Assembler {
     memory: usize,
     /// Streamed transactions moved to a spill file so far.
     spills: u64,
+    /// The end of the last transaction committed (see
+    /// [`Change::last_commit_end`]); `None` until one was.
+    last_commit_end: Option<Lsn>,
 }
 
 impl Assembler {
@@ -249,6 +259,7 @@ impl Assembler {
             streamed: HashMap::new(),
             memory: 0,
             spills: 0,
+            last_commit_end: None,
         })
     }
 
@@ -296,6 +307,7 @@ impl Assembler {
                     xid,
                     final_lsn,
                     commit_ts_us,
+                    last_commit_end: self.last_commit_end.unwrap_or(wal_start),
                 });
                 Ok(Emit::one(TxEvent::Begin {
                     xid,
@@ -313,6 +325,7 @@ impl Assembler {
                     .current
                     .take()
                     .ok_or(out_of_place("commit", "outside a transaction"))?;
+                self.last_commit_end = Some(end_lsn);
                 if current.final_lsn != commit_lsn {
                     return Err(AssemblyError::CommitMismatch {
                         xid: current.xid,
@@ -473,7 +486,10 @@ impl Assembler {
                 if self.stream_block.replace(xid).is_some() {
                     return Err(out_of_place("stream start", "inside a stream block"));
                 }
-                self.streamed.entry(xid).or_default();
+                self.streamed.entry(xid).or_insert_with(|| Streamed {
+                    first_lsn: wal_start,
+                    ..Streamed::default()
+                });
                 Ok(Emit::None)
             }
             Message::StreamStop => {
@@ -516,6 +532,10 @@ impl Assembler {
                     }),
                     commit_lsn,
                     commit_ts_us,
+                    last_commit_end: self
+                        .last_commit_end
+                        .replace(end_lsn)
+                        .unwrap_or(tx.first_lsn),
                 })))
             }
             Message::StreamAbort { xid, subxid, .. } => {
@@ -589,6 +609,7 @@ impl Assembler {
                 new,
                 commit_lsn: Lsn(0),
                 lsn: wal_start,
+                last_commit_end: Lsn(0),
                 xid: top,
                 commit_ts_us: 0,
                 snapshot: None,
@@ -607,6 +628,7 @@ impl Assembler {
             new,
             commit_lsn: current.final_lsn,
             lsn: wal_start,
+            last_commit_end: current.last_commit_end,
             xid: current.xid,
             commit_ts_us: current.commit_ts_us,
             snapshot: None,
@@ -845,6 +867,52 @@ mod tests {
         assert_eq!(insert.lsn, Lsn(0x1030));
         assert_eq!(insert.commit_ts_us, PG_EPOCH_OFFSET_US);
         assert_eq!(insert.relation.name, "t1");
+    }
+
+    /// `source.sequence` starts with the end of the transaction emitted
+    /// before (each commit's `end_lsn`, in the order transactions are
+    /// emitted, a streamed one at its commit); for the first one since the
+    /// start, where its Begin was sent from.
+    #[test]
+    fn each_change_knows_the_end_of_the_previous_transaction() {
+        let mut h = Harness::new(1 << 20);
+        h.feed(rel(None, 1));
+        let ends = |events: &[TxEvent]| -> Vec<Lsn> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    TxEvent::Change(c) => Some(c.last_commit_end),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = h.feed_all(vec![
+            f::begin(0x100, 0, 3),
+            f::insert(None, 1, &[V::T("1"), V::T("a")]),
+            f::insert(None, 1, &[V::T("2"), V::T("b")]),
+            f::commit(0x100, 0x128, 0),
+        ]);
+        // The harness gives the Begin message LSN 0x1020.
+        assert_eq!(ends(&first), [Lsn(0x1020), Lsn(0x1020)]);
+        let mut streamed = h.feed_all(vec![
+            f::stream_start(4, true),
+            f::insert(Some(4), 1, &[V::T("3"), V::T("c")]),
+            f::stream_stop(),
+        ]);
+        let plain = h.feed_all(vec![
+            f::begin(0x200, 0, 5),
+            f::insert(None, 1, &[V::T("4"), V::T("d")]),
+            f::commit(0x200, 0x228, 0),
+        ]);
+        assert_eq!(ends(&plain), [Lsn(0x128)]);
+        streamed.extend(h.feed(f::stream_commit(4, 0x300, 0x328, 0)));
+        assert_eq!(ends(&streamed), [Lsn(0x228)]);
+        let next = h.feed_all(vec![
+            f::begin(0x400, 0, 6),
+            f::insert(None, 1, &[V::T("5"), V::T("e")]),
+            f::commit(0x400, 0x428, 0),
+        ]);
+        assert_eq!(ends(&next), [Lsn(0x328)]);
     }
 
     #[test]

@@ -510,6 +510,7 @@ fn decode_change(r: &mut Reader<'_>, relations: &HashMap<u32, Arc<Relation>>) ->
         new,
         commit_lsn: Lsn(0),
         lsn,
+        last_commit_end: Lsn(0),
         xid,
         commit_ts_us: 0,
         snapshot: None,

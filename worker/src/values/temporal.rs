@@ -204,17 +204,15 @@ pub fn parse_time(s: &[u8]) -> Option<i64> {
     c.done().then_some(t)
 }
 
-/// `timetz` output: microseconds of the day in UTC, wrapped into [0, 24h); an
-/// end-of-day 24:00:00 at offset zero stays 86 400 000 000.
+/// `timetz` output: microseconds of the day in UTC, wrapped into [0, 24h).
+/// An end-of-day `24:00:00+00` becomes midnight, as in Debezium (whose
+/// `ZonedTime` is an ISO offset time, which has no hour 24).
 pub fn parse_timetz(s: &[u8]) -> Option<i64> {
     let mut c = Cursor::new(s);
     let t = time_part(&mut c, true)?;
     let offset = offset_part(&mut c)?;
     if !c.done() {
         return None;
-    }
-    if t == MICROS_PER_DAY && offset == 0 {
-        return Some(MICROS_PER_DAY);
     }
     Some((t - offset * MICROS_PER_SECOND).rem_euclid(MICROS_PER_DAY))
 }
@@ -367,7 +365,7 @@ pub fn write_zoned_timestamp(out: &mut Vec<u8>, micros: i64, width: u8) {
 }
 
 /// Writes microseconds of the day (UTC) as a JSON string in `ZonedTime`
-/// form: `HH:MM:SS[.f]Z` with a minimal fraction; 24:00:00 stays `24:00:00Z`.
+/// form: `HH:MM:SS[.f]Z` with a minimal fraction.
 pub fn write_zoned_time(out: &mut Vec<u8>, tod: i64) {
     out.push(b'"');
     write_clock(out, tod, 0);
@@ -446,7 +444,7 @@ mod tests {
             Some((19 * 3600 + 1800) * MICROS_PER_SECOND)
         );
         assert_eq!(parse_timetz(b"23:00:00-02"), Some(3600 * MICROS_PER_SECOND));
-        assert_eq!(parse_timetz(b"24:00:00+00"), Some(MICROS_PER_DAY));
+        assert_eq!(parse_timetz(b"24:00:00+00"), Some(0));
         assert_eq!(
             parse_timetz(b"24:00:00+01"),
             Some(23 * 3600 * MICROS_PER_SECOND)
@@ -563,10 +561,6 @@ mod tests {
         assert_eq!(
             written(|o| write_zoned_time(o, 3_723_450_000)),
             r#""01:02:03.45Z""#
-        );
-        assert_eq!(
-            written(|o| write_zoned_time(o, MICROS_PER_DAY)),
-            r#""24:00:00Z""#
         );
     }
 }

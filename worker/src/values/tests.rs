@@ -274,7 +274,7 @@ fn times_follow_adaptive_precision() {
     assert_eq!(enc(oid::TIMETZ, -1, "10:15:30.5+02"), json!("08:15:30.5Z"));
     assert_eq!(enc(oid::TIMETZ, -1, "01:00:00-05:30"), json!("06:30:00Z"));
     assert_eq!(enc(oid::TIMETZ, -1, "00:30:00+01"), json!("23:30:00Z"));
-    assert_eq!(enc(oid::TIMETZ, -1, "24:00:00+00"), json!("24:00:00Z"));
+    assert_eq!(enc(oid::TIMETZ, -1, "24:00:00+00"), json!("00:00:00Z"));
 }
 
 #[test]

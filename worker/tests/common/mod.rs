@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -292,6 +293,7 @@ impl Fixture {
             max_transaction_memory: None,
             spill_dir: self.dir.join("spill"),
             metrics_port: free_port(),
+            snapshot: "mode: Never".into(),
         }
     }
 
@@ -442,6 +444,8 @@ pub struct WorkerYaml {
     pub max_transaction_memory: Option<u64>,
     pub spill_dir: PathBuf,
     pub metrics_port: u16,
+    /// The inside of the `snapshot:` block.
+    pub snapshot: String,
 }
 
 impl WorkerYaml {
@@ -467,7 +471,7 @@ impl WorkerYaml {
         if !self.operations.is_empty() {
             y.push_str(&format!("  operations: [{}]\n", self.operations.join(", ")));
         }
-        y.push_str("snapshot:\n  mode: Never\n");
+        y.push_str(&format!("snapshot: {{ {} }}\n", self.snapshot));
         y.push_str("kafka:\n");
         y.push_str(&format!("  bootstrapServers: \"{}\"\n", kafka_bootstrap()));
         y.push_str(&format!("  topicPrefix: {}\n", self.topic_prefix));
@@ -707,6 +711,10 @@ pub struct Rec {
     pub value: Option<Value>,
     pub partition: i32,
     pub offset: i64,
+    /// The value's bytes as written (field order is not kept by `value`).
+    pub raw_value: Option<Vec<u8>>,
+    /// The record's headers, in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Rec {
@@ -799,11 +807,21 @@ impl TopicReader {
                 let parse = |b: Option<&[u8]>| {
                     b.map(|b| serde_json::from_slice(b).expect("a record is JSON"))
                 };
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 self.records.push(Rec {
                     key: parse(m.key()),
                     value: parse(m.payload()),
                     partition: m.partition(),
                     offset: m.offset(),
+                    raw_value: m.payload().map(<[u8]>::to_vec),
+                    headers,
                 });
                 true
             }

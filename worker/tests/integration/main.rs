@@ -15,6 +15,7 @@ mod capture_operations;
 mod capture_slot_errors;
 mod capture_toast;
 mod config_errors;
+mod debezium_compat;
 mod offsets_topic;
 mod replication_pg;
 mod replication_tls;
