@@ -18,7 +18,8 @@
 #   pg-main/ pg-replica/ kafka/
 #   logs/               every process's log; logs/pods/ holds the pods' output
 #   pids/               node-agent.pid, operator.pid
-# Builds are cached in .cache/ (Go modules and binaries, Kafka jars).
+# Builds are cached in .cache/ (Go modules and binaries, Kafka jars, the
+# Debezium connector under .cache/debezium).
 
 set -euo pipefail
 
@@ -227,6 +228,8 @@ up() {
     pg_up "$STACK_DIR" "$STACK_PG_REPLICA_PORT" replica "wal_level = replica"
     other_majors_up
     kafka_build
+    # The Debezium connector beside Siphon (the compatibility check, make bench).
+    bash "$STACK_ROOT/e2e/debezium/debezium.sh" build || die "cannot fetch the Debezium connector"
     kafka_up "$STACK_DIR"
     cp_up "$STACK_DIR/controlplane"
     build_binaries

@@ -149,8 +149,10 @@ fn expectations() -> BTreeMap<&'static str, Vec<Expect>> {
         true
     }
     fn has_nan(v: &Value) -> bool {
-        v.as_array()
-            .is_some_and(|a| a.iter().any(|e| e == "NaN" || e == "Infinity" || e == "-Infinity"))
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e == "NaN" || e == "Infinity" || e == "-Infinity")
+        })
     }
     fn nested(v: &Value) -> bool {
         v.as_array().is_some_and(|a| a.iter().any(Value::is_array))
@@ -161,14 +163,26 @@ fn expectations() -> BTreeMap<&'static str, Vec<Expect>> {
         ("c_pg_lsn", vec![Expect::DroppedByDebezium]),
         ("c_composite", vec![Expect::DroppedByDebezium]),
         ("c_numeric", vec![Expect::PreciseDecimal { scale: None }]),
-        ("c_numeric_10_2", vec![Expect::PreciseDecimal { scale: Some(2) }]),
+        (
+            "c_numeric_10_2",
+            vec![Expect::PreciseDecimal { scale: Some(2) }],
+        ),
         ("c_money", vec![Expect::PreciseDecimal { scale: Some(2) }]),
-        ("c_date", vec![Expect::InfinitySentinel, Expect::JulianSnapshotDate]),
-        ("c_numeric_5_2_arr", vec![Expect::PreciseDecimalArray { scale: 2 }]),
+        (
+            "c_date",
+            vec![Expect::InfinitySentinel, Expect::JulianSnapshotDate],
+        ),
+        (
+            "c_numeric_5_2_arr",
+            vec![Expect::PreciseDecimalArray { scale: 2 }],
+        ),
         ("c_ts", vec![Expect::InfinitySentinel]),
         ("c_ts3", vec![Expect::InfinitySentinel]),
         ("c_name", vec![Expect::NullInDebezium { when: always }]),
-        ("c_numeric_arr", vec![Expect::NullInDebezium { when: has_nan }]),
+        (
+            "c_numeric_arr",
+            vec![Expect::NullInDebezium { when: has_nan }],
+        ),
         // Debezium writes one null per inner array.
         ("c_int4_2d", vec![Expect::NullInDebezium { when: nested }]),
     ])
@@ -279,13 +293,20 @@ async fn records_equal_debeziums_field_by_field_except_the_documented_difference
     worker.wait_ready(Duration::from_secs(60)).await;
 
     let mut siphon = TopicReader::new(&fx.topic("compat", "every_type"), "read_uncommitted");
-    let mut dbz = TopicReader::new(&format!("{dbz_prefix}.compat.every_type"), "read_uncommitted");
+    let mut dbz = TopicReader::new(
+        &format!("{dbz_prefix}.compat.every_type"),
+        "read_uncommitted",
+    );
     // The snapshots: four reads each. Both slots exist by then, so every
     // change below reaches both.
     siphon.read_until(READ, QUIET, "Siphon's four reads", |r| r.len() >= 4);
-    dbz.read_until_or(READ, QUIET, "Debezium's four reads", |r| r.len() >= 4, || {
-        debezium.exited()
-    });
+    dbz.read_until_or(
+        READ,
+        QUIET,
+        "Debezium's four reads",
+        |r| r.len() >= 4,
+        || debezium.exited(),
+    );
 
     for statement in [
         // One transaction of four inserts: `source.sequence` across a transaction.
@@ -306,9 +327,13 @@ async fn records_equal_debeziums_field_by_field_except_the_documented_difference
         .read_until(READ, QUIET, "Siphon's records up to id 200", ends_with_200)
         .to_vec();
     let dbz = dbz
-        .read_until_or(READ, QUIET, "Debezium's records up to id 200", ends_with_200, || {
-            debezium.exited()
-        })
+        .read_until_or(
+            READ,
+            QUIET,
+            "Debezium's records up to id 200",
+            ends_with_200,
+            || debezium.exited(),
+        )
         .to_vec();
     drop(worker);
     drop(debezium);
@@ -321,7 +346,12 @@ async fn records_equal_debeziums_field_by_field_except_the_documented_difference
         records
             .iter()
             .filter(|r| r.op() == Some("r"))
-            .map(|r| (r.key.as_ref().map(Value::to_string).unwrap_or_default(), r.clone()))
+            .map(|r| {
+                (
+                    r.key.as_ref().map(Value::to_string).unwrap_or_default(),
+                    r.clone(),
+                )
+            })
             .collect()
     };
     let (siphon_reads, dbz_reads) = (reads(&siphon), reads(&dbz));
@@ -331,22 +361,39 @@ async fn records_equal_debeziums_field_by_field_except_the_documented_difference
         "the same rows read by both snapshots"
     );
     for (key, s) in &siphon_reads {
-        compare(&format!("read {key}"), s, &dbz_reads[key], false, &expect, &mut problems);
+        compare(
+            &format!("read {key}"),
+            s,
+            &dbz_reads[key],
+            false,
+            &expect,
+            &mut problems,
+        );
     }
 
     // The stream: Siphon's truncate is the one record Debezium does not write
     // (its default `skipped.operations=t`); the rest pair up in order.
     let streamed = |records: &[Rec]| -> Vec<Rec> {
-        records.iter().filter(|r| r.op() != Some("r")).cloned().collect()
+        records
+            .iter()
+            .filter(|r| r.op() != Some("r"))
+            .cloned()
+            .collect()
     };
     let (mut siphon_stream, dbz_stream) = (streamed(&siphon), streamed(&dbz));
     let truncates: Vec<usize> = (0..siphon_stream.len())
         .filter(|&i| siphon_stream[i].op() == Some("t"))
         .collect();
-    assert_eq!(truncates.len(), 1, "Siphon writes the truncate: {siphon_stream:#?}");
+    assert_eq!(
+        truncates.len(),
+        1,
+        "Siphon writes the truncate: {siphon_stream:#?}"
+    );
     siphon_stream.remove(truncates[0]);
     let ops = |r: &[Rec]| -> Vec<String> {
-        r.iter().map(|r| r.op().unwrap_or("tombstone").to_string()).collect()
+        r.iter()
+            .map(|r| r.op().unwrap_or("tombstone").to_string())
+            .collect()
     };
     assert_eq!(
         ops(&siphon_stream),
@@ -404,9 +451,15 @@ fn compare(
             .collect()
     };
     let (siphon_headers, dbz_headers) = (headers(siphon), headers(dbz));
-    let names = |h: &[(String, Option<Vec<u8>>)]| -> Vec<String> { h.iter().map(|h| h.0.clone()).collect() };
+    let names = |h: &[(String, Option<Vec<u8>>)]| -> Vec<String> {
+        h.iter().map(|h| h.0.clone()).collect()
+    };
     if names(&siphon_headers) != names(&dbz_headers) {
-        differ("header names", &names(&siphon_headers), &names(&dbz_headers));
+        differ(
+            "header names",
+            &names(&siphon_headers),
+            &names(&dbz_headers),
+        );
     }
     for ((name, s), (_, d)) in siphon_headers.iter().zip(&dbz_headers) {
         let parse = |b: &Option<Vec<u8>>| -> Option<Value> {
@@ -422,11 +475,23 @@ fn compare(
         }
         return;
     };
-    let order = |raw: &Option<Vec<u8>>, path: &[&str]| field_order(raw.as_deref().unwrap_or(b"null"), path);
+    let order =
+        |raw: &Option<Vec<u8>>, path: &[&str]| field_order(raw.as_deref().unwrap_or(b"null"), path);
     for path in [&[][..], &["source"][..]] {
         let (so, dor) = (order(&siphon.raw_value, path), order(&dbz.raw_value, path));
         if so != dor {
-            differ(&format!("field order of {}", if path.is_empty() { "the envelope" } else { "source" }), &so, &dor);
+            differ(
+                &format!(
+                    "field order of {}",
+                    if path.is_empty() {
+                        "the envelope"
+                    } else {
+                        "source"
+                    }
+                ),
+                &so,
+                &dor,
+            );
         }
     }
     for field in ["op", "transaction"] {
@@ -443,7 +508,14 @@ fn compare(
     compare_source(what, &s["source"], &d["source"], after_watermarks, problems);
     let read = s["op"] == "r";
     for side in ["before", "after"] {
-        compare_row(&format!("{what}: {side}"), read, &s[side], &d[side], expect, problems);
+        compare_row(
+            &format!("{what}: {side}"),
+            read,
+            &s[side],
+            &d[side],
+            expect,
+            problems,
+        );
     }
 }
 
@@ -465,7 +537,9 @@ fn compare_source(
         let sv = so.get(field).unwrap_or(&Value::Null);
         let allowed = match field.as_str() {
             "version" => sv.as_str().is_some_and(|v| v.starts_with("siphon-")),
-            "name" => sv.as_str().is_some_and(|v| format!("{v}.dbz") == dv.as_str().unwrap_or("")),
+            "name" => sv
+                .as_str()
+                .is_some_and(|v| format!("{v}.dbz") == dv.as_str().unwrap_or("")),
             // A snapshot read: Debezium stamps the snapshot's own transaction,
             // position and clock; Siphon the backfill's high watermark.
             "txId" | "lsn" | "sequence" | "ts_ms" | "ts_us" | "ts_ns" if read => true,
@@ -478,7 +552,9 @@ fn compare_source(
             _ => sv == dv,
         };
         if !allowed {
-            problems.push(format!("{what}: source.{field}: Siphon {sv}, Debezium {dv}"));
+            problems.push(format!(
+                "{what}: source.{field}: Siphon {sv}, Debezium {dv}"
+            ));
         }
     }
     for field in so.keys().filter(|f| !dobj.contains_key(*f)) {
@@ -504,7 +580,9 @@ fn compare_row(
         let dv = drow.get(column);
         let allowed = expect.get(column.as_str()).map_or(&[][..], Vec::as_slice);
         let ok = match dv {
-            None => allowed.iter().any(|e| matches!(e, Expect::DroppedByDebezium)),
+            None => allowed
+                .iter()
+                .any(|e| matches!(e, Expect::DroppedByDebezium)),
             Some(dv) => same_value(sv, dv) || allowed.iter().any(|e| e.accepts(read, sv, dv)),
         };
         if !ok {
@@ -541,7 +619,10 @@ fn precise_decimal(s: &Value, d: &Value, scale: Option<u32>) -> bool {
     }
     let (scale, b64) = match (scale, d) {
         (Some(scale), Value::String(b64)) => (scale, b64.as_str()),
-        (None, Value::Object(o)) => match (o.get("scale").and_then(Value::as_u64), o.get("value").and_then(Value::as_str)) {
+        (None, Value::Object(o)) => match (
+            o.get("scale").and_then(Value::as_u64),
+            o.get("value").and_then(Value::as_str),
+        ) {
             (Some(scale), Some(b64)) => (scale as u32, b64),
             _ => return false,
         },
@@ -551,7 +632,11 @@ fn precise_decimal(s: &Value, d: &Value, scale: Option<u32>) -> bool {
         return false;
     };
     // Two's complement, big-endian.
-    let mut unscaled: i128 = if bytes.first().is_some_and(|b| b & 0x80 != 0) { -1 } else { 0 };
+    let mut unscaled: i128 = if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        -1
+    } else {
+        0
+    };
     for b in bytes {
         unscaled = (unscaled << 8) | i128::from(b);
     }
@@ -590,7 +675,9 @@ fn field_order(raw: &[u8], path: &[&str]) -> Vec<String> {
             let mut inner = Vec::new();
             while let Some(key) = map.next_key::<String>()? {
                 match self.0.split_first() {
-                    Some((first, rest)) if *first == key => inner = map.next_value_seed(Keys(rest))?,
+                    Some((first, rest)) if *first == key => {
+                        inner = map.next_value_seed(Keys(rest))?
+                    }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
