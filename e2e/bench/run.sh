@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: Siphon's throughput, latency and memory, measured against
 # references in the same run (pg_recvlogical for streaming, COPY for backfill
-# and polling).
+# and polling, the Debezium connector on the same workloads).
 #
 #   bash e2e/bench/run.sh                   # full run (about 10-15 minutes on 2 cores)
 #   BENCH_SCALE=0.1 bash e2e/bench/run.sh   # small smoke run
@@ -10,7 +10,10 @@
 #       client (Siphon's replication client against the pgwire-replication
 #       crate and pg_recvlogical: in-process, decoded, no Kafka),
 #       polling (mode: Polling: throughput against COPY in cursor order,
-#       NOTIFY wake-up latency, idle load in transactions per interval)
+#       NOTIFY wake-up latency, idle load in transactions per interval),
+#       debezium (the Debezium connector on Kafka Connect beside Siphon:
+#       200k single-row transactions and one 1M-row transaction from a
+#       backlog, an initial snapshot of 1M rows; rows/s, memory, CPU)
 #   BENCH_WORKER=/path/to/siphon-worker     # measure another build (A/B)
 #   BENCH_REF_PROTO=2                       # reference with pgoutput v2 + streaming
 #   BENCH_PERF=1 (or callgraph)             # perf record each worker: target/bench/run/perf-*.data
@@ -52,7 +55,7 @@ cleanup() {
     while read -r pid; do
       [[ $pid =~ ^[0-9]+$ ]] || continue
       cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
-      if [[ $cmd == *siphon-worker* || $cmd == *pg_recvlogical* || $cmd == "perf record"* ]]; then
+      if [[ $cmd == *siphon-worker* || $cmd == *pg_recvlogical* || $cmd == *ConnectStandalone* || $cmd == "perf record"* ]]; then
         kill -TERM "$pid" 2>/dev/null || true
       fi
     done <"$PIDS"
@@ -74,7 +77,11 @@ main() {
   mkdir -p "$OUT" "$STATE_DIR"
   log "PostgreSQL on 127.0.0.1:$PG_PORT and Kafka on 127.0.0.1:$KAFKA_PORT (started if not running)"
   pg_up "$STATE_DIR" "$PG_PORT" main "${PG_MAIN_CONF[@]}"
+  kafka_build
   kafka_up "$STATE_DIR"
+  # The `debezium` scenario's connector (fetched once, like stack-up does).
+  bash "$ROOT/e2e/debezium/debezium.sh" build
+  export DEBEZIUM_VERSION KAFKA_VERSION
 
   # Two builds, not one: built together, the packages' features would be
   # unified and the worker measured would not be the worker shipped.

@@ -118,6 +118,31 @@ impl Kafka {
     }
 }
 
+impl Kafka {
+    /// Kafka timestamps (CreateTime, ms) of the first record of partition 0
+    /// of `topic` and of record `count - 1`.
+    pub fn first_and_last_times(&self, topic: &str, count: u64) -> Result<(i64, i64)> {
+        let consumer = self.consumer("read_uncommitted")?;
+        let at = |offset: Offset| -> Result<i64> {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, 0, offset)?;
+            consumer.assign(&tpl)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                    return message
+                        .timestamp()
+                        .to_millis()
+                        .with_context(|| format!("a record of {topic} without a timestamp"));
+                }
+            }
+            anyhow::bail!("no record at {offset:?} of {topic} within 30s")
+        };
+        let last = i64::try_from(count.saturating_sub(1))?;
+        Ok((at(Offset::Beginning)?, at(Offset::Offset(last))?))
+    }
+}
+
 /// High watermarks through one consumer, see [`Kafka::watermarks`].
 pub struct Watermarks {
     consumer: BaseConsumer,

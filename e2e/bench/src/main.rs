@@ -5,6 +5,7 @@
 //! Figures go to `target/bench/summary.json`.
 
 mod client;
+mod debezium;
 mod kafka;
 mod polling;
 mod postgres;
@@ -35,11 +36,12 @@ struct Args {
     scale: f64,
     /// Scenarios to run, comma-separated: single,large1m,batch10,latency,memory,backfill,
     /// client (Siphon's replication client against pgwire-replication), polling
-    /// (a polling capture: throughput against COPY, NOTIFY wake-up, idle load).
+    /// (a polling capture: throughput against COPY, NOTIFY wake-up, idle load),
+    /// debezium (the Debezium connector beside Siphon on the same workloads).
     #[arg(
         long,
         env = "BENCH_ONLY",
-        default_value = "single,large1m,batch10,latency,memory,backfill,client,polling"
+        default_value = "single,large1m,batch10,latency,memory,backfill,client,polling,debezium"
     )]
     only: String,
     #[arg(long, default_value = "127.0.0.1")]
@@ -180,6 +182,7 @@ async fn run(args: Args) -> Result<bool> {
             "backfill" => bench.backfill().await,
             "client" => bench.client().await,
             "polling" => bench.polling().await,
+            "debezium" => bench.debezium().await,
             other => match workloads.iter().find(|w| w.key == other) {
                 Some(w) => bench.streaming(*w).await,
                 None => {

@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum Goal {
     /// `siphon / reference` at least this.
     RatioAtLeast(f64),
+    /// `siphon / reference` at most this (memory against a heavier reference).
+    RatioAtMost(f64),
     /// `siphon` at most this (in the figure's unit).
     AtMost(f64),
     /// `siphon` at least this.
@@ -25,6 +27,7 @@ impl Goal {
     fn describe(self) -> String {
         match self {
             Goal::RatioAtLeast(r) => format!("ratio ≥ {r}"),
+            Goal::RatioAtMost(r) => format!("ratio ≤ {r}"),
             Goal::AtMost(v) => format!("≤ {}", human(v)),
             Goal::AtLeast(v) => format!("≥ {}", human(v)),
             Goal::None => String::new(),
@@ -92,6 +95,7 @@ impl Figure {
         for goal in &self.goals {
             let ok = match (*goal, self.siphon, self.ratio) {
                 (Goal::RatioAtLeast(min), _, Some(r)) => r >= min,
+                (Goal::RatioAtMost(max), _, Some(r)) => r <= max,
                 (Goal::AtMost(max), Some(v), _) => v <= max,
                 (Goal::AtLeast(min), Some(v), _) => v >= min,
                 (Goal::None, ..) => continue,

@@ -252,7 +252,7 @@ pub struct Memory {
     pub hwm_kib: u64,
 }
 
-fn memory_of(pid: u32) -> Option<Memory> {
+pub fn memory_of(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
