@@ -79,7 +79,7 @@ impl Measured {
         rows.saturating_sub(1) as f64 / self.records_span.as_secs_f64().max(1e-3)
     }
 
-    fn from_start_per_s(&self, rows: u64) -> f64 {
+    fn per_s_since_start(&self, rows: u64) -> f64 {
         rows as f64 / self.from_start.as_secs_f64().max(1e-3)
     }
 
@@ -388,11 +388,11 @@ snapshot.mode={snapshot_mode}
         log(format!(
             "debezium {what}: Siphon {:.0} rows/s ({:.0} from start, {:.1} MiB, {:.2} CPU s), Debezium {:.0} rows/s ({:.0} from start, {:.1} MiB, {:.2} CPU s)",
             siphon.rows_per_s(rows),
-            siphon.from_start_per_s(rows),
+            siphon.per_s_since_start(rows),
             mib(siphon.peak_rss_kib),
             siphon.cpu.as_secs_f64(),
             debezium.rows_per_s(rows),
-            debezium.from_start_per_s(rows),
+            debezium.per_s_since_start(rows),
             mib(debezium.peak_rss_kib),
             debezium.cpu.as_secs_f64(),
         ));
@@ -408,9 +408,9 @@ snapshot.mode={snapshot_mode}
         self.figures.push(Figure::against(
             name("rows_per_s_from_start"),
             "rows/s",
-            siphon.from_start_per_s(rows),
+            siphon.per_s_since_start(rows),
             "Debezium",
-            debezium.from_start_per_s(rows),
+            debezium.per_s_since_start(rows),
             vec![Goal::RatioAtLeast(SPEED_RATIO)],
         ));
         self.figures.push(Figure::against(
