@@ -39,7 +39,7 @@ const MEMORY_RATIO: f64 = 0.05;
 
 /// Connect worker settings: the producer tuned as Siphon's is
 /// (worker/src/sink/options.rs: linger 5 ms, 1 MB batches, acks=all,
-/// idempotence, no compression, a 32 MiB buffer) instead of Connect's
+/// idempotence, LZ4 (Siphon's default `kafka.compression`), a 32 MiB buffer) instead of Connect's
 /// defaults (linger 0, 16 kB batches, one request in flight).
 const DEBEZIUM_WORKER: &[&str] = &[
     "producer.linger.ms=5",
@@ -47,7 +47,7 @@ const DEBEZIUM_WORKER: &[&str] = &[
     "producer.acks=all",
     "producer.enable.idempotence=true",
     "producer.max.in.flight.requests.per.connection=5",
-    "producer.compression.type=none",
+    "producer.compression.type=lz4",
     "producer.buffer.memory=33554432",
     "offset.flush.interval.ms=10000",
 ];
