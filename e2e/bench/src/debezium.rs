@@ -88,6 +88,14 @@ impl Measured {
     }
 }
 
+/// The slots of one workload: Siphon's and Debezium's.
+fn slots(what: &str) -> (String, String) {
+    (
+        format!("{PREFIX}dbz_{what}_siphon"),
+        format!("{PREFIX}dbz_{what}_debezium"),
+    )
+}
+
 /// A process being measured: Siphon's worker or Connect's JVM.
 trait Measuring {
     fn pid(&self) -> Option<u32>;
@@ -205,8 +213,7 @@ impl Bench {
         rows_per_txn: u64,
     ) -> Result<()> {
         let mut db = self.pg.scenario_database(&format!("dbz_{key}")).await?;
-        let siphon_slot = format!("{PREFIX}dbz_{key}_siphon");
-        let dbz_slot = format!("{PREFIX}dbz_{key}_debezium");
+        let (siphon_slot, dbz_slot) = slots(key);
         db.create_slot(&siphon_slot).await?;
         db.create_slot(&dbz_slot).await?;
         let rows = db.load(txns, u32::try_from(rows_per_txn)?).await? + 1;
@@ -214,26 +221,15 @@ impl Bench {
         log(format!(
             "debezium {label}: {rows} rows written; Siphon, then Debezium"
         ));
-        let result = async {
-            let siphon = self
-                .siphon_side(&db, &siphon_slot, key, SnapshotMode::Never, rows)
-                .await
-                .context("Siphon")?;
-            db.drop_slot(&siphon_slot).await?;
-            let connector = self.connector(&db, &dbz_slot, key, "no_data");
-            let debezium = self
-                .debezium_side(key, &connector, rows)
-                .await
-                .context("Debezium")?;
-            Ok::<_, anyhow::Error>((siphon, debezium))
-        }
-        .await;
-        let _ = db.drop_slot(&siphon_slot).await;
-        let _ = db.drop_slot(&dbz_slot).await;
-        db.drop().await?;
-        let (siphon, debezium) = result?;
-        self.debezium_figures(&format!("stream.{key}"), rows, &siphon, &debezium);
-        Ok(())
+        self.side_by_side(
+            db,
+            key,
+            &format!("stream.{key}"),
+            SnapshotMode::Never,
+            "no_data",
+            rows,
+        )
+        .await
     }
 
     async fn debezium_snapshot(&mut self, rows: u64) -> Result<()> {
@@ -248,19 +244,42 @@ impl Bench {
             ))
             .await
             .context("creating the watermark table")?;
-        let siphon_slot = format!("{PREFIX}dbz_snapshot_siphon");
-        let dbz_slot = format!("{PREFIX}dbz_snapshot_debezium");
         log(format!(
             "debezium initial snapshot of {rows} rows: Siphon, then Debezium"
         ));
+        self.side_by_side(
+            db,
+            "snapshot",
+            "snapshot",
+            SnapshotMode::Initial,
+            "initial",
+            rows,
+        )
+        .await
+    }
+
+    /// Siphon, then Debezium, each on a slot of its own in `db` (Siphon's
+    /// dropped before Debezium starts, so it holds no WAL meanwhile); then
+    /// the slots and the database go and the figures are kept.
+    async fn side_by_side(
+        &mut self,
+        db: BenchDb,
+        what: &str,
+        figure: &str,
+        siphon_snapshot: SnapshotMode,
+        debezium_snapshot: &str,
+        rows: u64,
+    ) -> Result<()> {
+        let (siphon_slot, dbz_slot) = slots(what);
         let result = async {
             let siphon = self
-                .siphon_side(&db, &siphon_slot, "snapshot", SnapshotMode::Initial, rows)
+                .siphon_side(&db, &siphon_slot, what, siphon_snapshot, rows)
                 .await
                 .context("Siphon")?;
-            let connector = self.connector(&db, &dbz_slot, "snapshot", "initial");
+            db.drop_slot(&siphon_slot).await?;
+            let connector = self.connector(&db, &dbz_slot, what, debezium_snapshot);
             let debezium = self
-                .debezium_side("snapshot", &connector, rows)
+                .debezium_side(what, &connector, rows)
                 .await
                 .context("Debezium")?;
             Ok::<_, anyhow::Error>((siphon, debezium))
@@ -270,7 +289,7 @@ impl Bench {
         let _ = db.drop_slot(&dbz_slot).await;
         db.drop().await?;
         let (siphon, debezium) = result?;
-        self.debezium_figures("snapshot", rows, &siphon, &debezium);
+        self.debezium_figures(figure, rows, &siphon, &debezium);
         Ok(())
     }
 
