@@ -69,6 +69,9 @@ pub struct Metrics {
     pub poll_duration: Histogram,
     /// Polling: polls that failed, by reason.
     pub poll_errors: Family<ReasonLabels, Counter>,
+    /// Exactly once: seconds a Kafka transaction took to commit (the
+    /// flush of its records, then the broker's end of the transaction).
+    pub kafka_commit_seconds: Histogram,
     healthy: AtomicBool,
     ready: AtomicBool,
     /// Unix seconds of the last progress of the loop (health).
@@ -100,6 +103,9 @@ impl Default for Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             poll_errors: Family::default(),
+            kafka_commit_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             healthy: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             heartbeat_unix: AtomicI64::new(0),
@@ -184,6 +190,11 @@ impl Default for Metrics {
             "poll_duration_seconds",
             "Polling: seconds per poll of every table",
             m.poll_duration.clone(),
+        );
+        registry.register(
+            "kafka_commit_duration_seconds",
+            "Exactly once: seconds a Kafka transaction took to commit",
+            m.kafka_commit_seconds.clone(),
         );
         registry.register(
             "poll_errors",

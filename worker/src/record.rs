@@ -47,6 +47,13 @@ pub struct Record {
     pub commit_lsn: Lsn,
 }
 
+impl Record {
+    /// Bytes of key and value.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// What the encoder needs from the configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderSettings {

@@ -31,6 +31,8 @@ use crate::worker::{MemorySampler, Pids, Profiler, WorkerEnv, WorkerRun};
 pub mod goals {
     pub const AT_LEAST_ONCE_RATIO: f64 = 0.85;
     pub const EXACTLY_ONCE_RATIO: f64 = 0.75;
+    /// Exactly once costs at most a tenth of at-least-once's rate.
+    pub const EXACTLY_ONCE_VS_AT_LEAST_ONCE: f64 = 0.9;
     pub const P99_MS: f64 = 50.0;
     pub const RSS_STEADY_MIB: f64 = 64.0;
     pub const RSS_LARGE_TXN_MIB: f64 = 160.0;
@@ -273,6 +275,16 @@ impl Bench {
                 siphon / reference
             ));
             pairs.push((delivery, siphon, reference, run));
+        }
+        if let [(_, alo, ..), (_, eos, ..)] = pairs.as_slice() {
+            self.figures.push(Figure::against(
+                format!("stream.{}.exactly_once_vs_at_least_once", w.key),
+                "events/s",
+                *eos,
+                "siphon at least once",
+                *alo,
+                vec![Goal::RatioAtLeast(goals::EXACTLY_ONCE_VS_AT_LEAST_ONCE)],
+            ));
         }
         for (delivery, siphon, reference, run) in pairs {
             let (mode, goal) = match delivery {

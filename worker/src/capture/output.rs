@@ -20,6 +20,16 @@
 //! was open closes at once: nothing of it was to go out. A `read_committed`
 //! consumer therefore sees a unit's records exactly when the position that
 //! covers them is durable.
+//!
+//! **Commits overlap the source.** [`Output::begin_commit`] starts the
+//! commit and returns; the source goes on reading. librdkafka takes no
+//! record while it commits, so what is encoded meanwhile is *held* (at most
+//! `HELD_MAX_BYTES`, then `emit` waits for the commit) and opens the next
+//! transaction once [`Output::finish_commit`] saw the commit succeed. Marks
+//! still close in order: the committed one, then a unit that ended
+//! meanwhile with nothing to send, then those of the next transaction. A
+//! commit that fails drops what was held: nothing of it reached Kafka or
+//! was confirmed, and the restart reads it again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -31,12 +41,14 @@ use crate::change::Change;
 use crate::config::Validated;
 use crate::metrics::Metrics;
 use crate::record::{Record, RecordEncoder};
-use crate::sink::KafkaSink;
+use crate::sink::{KafkaSink, PendingCommit};
 
 /// Longest wait for a Kafka transaction to commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a Kafka transaction to abort.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of records held while a commit runs; `emit` then waits for it.
+const HELD_MAX_BYTES: usize = 8 << 20;
 
 /// The delivery guarantee, with the state only that guarantee needs.
 pub enum Delivery<M, S> {
@@ -56,11 +68,27 @@ pub struct ExactlyOnce<M> {
     /// The newest unit that ended since the last commit; its mark closes
     /// when the transaction carrying its position commits.
     last: Option<M>,
+    /// The commit under way.
+    committing: Option<Committing<M>>,
 }
 
 struct OpenTransaction {
     started: Instant,
     records: u64,
+}
+
+/// A Kafka transaction being committed while the source reads on.
+struct Committing<M> {
+    commit: PendingCommit,
+    started: Instant,
+    /// The mark the commit closes.
+    mark: M,
+    /// The newest unit that ended meanwhile with nothing to send and no
+    /// position to save: it closes right after `mark`.
+    then_close: Option<M>,
+    /// Records encoded meanwhile; they open the next transaction.
+    held: Vec<Record>,
+    held_bytes: usize,
 }
 
 impl<M, S> Delivery<M, S> {
@@ -69,6 +97,7 @@ impl<M, S> Delivery<M, S> {
             DeliveryMode::ExactlyOnce => Delivery::ExactlyOnce(ExactlyOnce {
                 open: None,
                 last: None,
+                committing: None,
             }),
             _ => Delivery::AtLeastOnce(AtLeastOnce {
                 unsaved: VecDeque::new(),
@@ -120,34 +149,33 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
     }
 
     /// Encode a change and hand its records to Kafka (exactly once: in the
-    /// open Kafka transaction, opening one).
+    /// open Kafka transaction, opening one; while a commit runs, held for
+    /// the next one).
     pub async fn emit(&mut self, change: &Change) -> Result<(), CaptureError> {
         self.records.clear();
         self.encoder.encode(change, &mut self.records);
         if self.records.is_empty() {
             return Ok(());
         }
-        if let Delivery::ExactlyOnce(eos) = &mut self.delivery
-            && eos.open.is_none()
-        {
-            self.sink.begin_transaction()?;
-            eos.open = Some(OpenTransaction {
-                started: Instant::now(),
-                records: 0,
-            });
-        }
-        let mut sent = 0;
-        for r in self.records.drain(..) {
-            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-            if r.value.is_some() {
-                self.metrics.events.inc();
+        if let Delivery::ExactlyOnce(eos) = &mut self.delivery {
+            if let Some(c) = &mut eos.committing {
+                c.held_bytes += self.records.iter().map(Record::size).sum::<usize>();
+                c.held.append(&mut self.records);
+                if c.held_bytes >= HELD_MAX_BYTES {
+                    let outcome = self.commit_done().await;
+                    self.finish_commit(outcome).await?;
+                }
+                return Ok(());
             }
-            self.metrics.bytes.inc_by(bytes as u64);
-            self.sink
-                .send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
-                .await?;
-            sent += 1;
+            if eos.open.is_none() {
+                self.sink.begin_transaction()?;
+                eos.open = Some(OpenTransaction {
+                    started: Instant::now(),
+                    records: 0,
+                });
+            }
         }
+        let sent = hand_over(&self.sink, self.metrics, self.records.drain(..)).await?;
         self.sent += sent;
         if let Delivery::ExactlyOnce(ExactlyOnce {
             open: Some(open), ..
@@ -169,14 +197,14 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
     /// saved, say a backfill chunk's progress), when the next
     /// [`Output::commit`] opens one for it.
     pub fn ended(&mut self, mark: M, carries_position: bool) {
-        match &mut self.delivery {
-            Delivery::AtLeastOnce(_) => self.sink.close_mark(mark),
-            Delivery::ExactlyOnce(eos)
-                if eos.open.is_none() && eos.last.is_none() && !carries_position =>
-            {
-                self.sink.close_mark(mark)
-            }
-            Delivery::ExactlyOnce(eos) => eos.last = Some(mark),
+        let Delivery::ExactlyOnce(eos) = &mut self.delivery else {
+            return self.sink.close_mark(mark);
+        };
+        let sent_nothing = eos.last.is_none() && !carries_position;
+        match &mut eos.committing {
+            Some(c) if sent_nothing && c.held.is_empty() => c.then_close = Some(mark),
+            None if sent_nothing && eos.open.is_none() => self.sink.close_mark(mark),
+            _ => eos.last = Some(mark),
         }
     }
 
@@ -185,6 +213,18 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
         matches!(
             &self.delivery,
             Delivery::ExactlyOnce(ExactlyOnce { open: Some(_), .. })
+        )
+    }
+
+    /// Exactly once: a commit is under way ([`Output::commit_done`] says
+    /// when it ended).
+    pub fn committing(&self) -> bool {
+        matches!(
+            &self.delivery,
+            Delivery::ExactlyOnce(ExactlyOnce {
+                committing: Some(_),
+                ..
+            })
         )
     }
 
@@ -226,27 +266,109 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
         &mut self,
         position: impl FnOnce(&M) -> Vec<u8>,
     ) -> Result<Option<M>, CaptureError> {
+        if !self.begin_commit(position).await? {
+            return Ok(None);
+        }
+        let outcome = self.commit_done().await;
+        self.finish_commit(outcome).await
+    }
+
+    /// Exactly once: write the position of the last ended unit into the
+    /// Kafka transaction and start its commit; [`Output::commit_done`] and
+    /// [`Output::finish_commit`] end it. A commit already under way is
+    /// finished first. Returns whether a commit started (not when no unit
+    /// ended since the last one).
+    pub async fn begin_commit(
+        &mut self,
+        position: impl FnOnce(&M) -> Vec<u8>,
+    ) -> Result<bool, CaptureError> {
+        if !self.commit_pending() {
+            return Ok(false);
+        }
+        if self.committing() {
+            let outcome = self.commit_done().await;
+            self.finish_commit(outcome).await?;
+        }
+        let Delivery::ExactlyOnce(eos) = &mut self.delivery else {
+            return Ok(false);
+        };
+        let Some(mark) = eos.last.take() else {
+            return Ok(false);
+        };
+        if eos.open.take().is_none() {
+            self.sink.begin_transaction()?;
+        }
+        let payload = position(&mark);
+        self.send_position(&payload).await?;
+        if let Delivery::ExactlyOnce(eos) = &mut self.delivery {
+            eos.committing = Some(Committing {
+                commit: self.sink.start_commit(COMMIT_TIMEOUT),
+                started: Instant::now(),
+                mark,
+                then_close: None,
+                held: Vec::new(),
+                held_bytes: 0,
+            });
+        }
+        Ok(true)
+    }
+
+    /// Exactly once: wait until the commit under way ended (forever when
+    /// none is). Cancel-safe, for a `select!` arm; hand what it returns to
+    /// [`Output::finish_commit`].
+    pub async fn commit_done(&mut self) -> Result<(), CaptureError> {
+        match &mut self.delivery {
+            Delivery::ExactlyOnce(ExactlyOnce {
+                committing: Some(c),
+                ..
+            }) => Ok(c.commit.outcome().await?),
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Exactly once: after [`Output::commit_done`]: close the committed
+    /// mark (and one that ended meanwhile with nothing to send), then open
+    /// the next Kafka transaction with the records held meanwhile. Returns
+    /// the committed mark.
+    pub async fn finish_commit(
+        &mut self,
+        outcome: Result<(), CaptureError>,
+    ) -> Result<Option<M>, CaptureError> {
         let Delivery::ExactlyOnce(eos) = &mut self.delivery else {
             return Ok(None);
         };
-        let Some(mark) = eos.last.take() else {
+        let Some(c) = eos.committing.take() else {
             return Ok(None);
         };
-        if eos.open.is_none() {
-            self.sink.begin_transaction()?;
+        outcome?;
+        self.sink.check()?;
+        self.metrics
+            .kafka_commit_seconds
+            .observe(c.started.elapsed().as_secs_f64());
+        self.sink.close_mark(c.mark.clone());
+        if let Some(mark) = c.then_close {
+            self.sink.close_mark(mark);
         }
-        eos.open = None;
-        let payload = position(&mark);
-        self.send_position(&payload).await?;
-        self.sink.commit_transaction(COMMIT_TIMEOUT).await?;
-        self.sink.close_mark(mark.clone());
-        Ok(Some(mark))
+        if !c.held.is_empty() {
+            self.sink.begin_transaction()?;
+            let sent = hand_over(&self.sink, self.metrics, c.held.into_iter()).await?;
+            self.sent += sent;
+            eos.open = Some(OpenTransaction {
+                started: Instant::now(),
+                records: sent,
+            });
+        }
+        Ok(Some(c.mark))
     }
 
     /// Exactly once: abort the open Kafka transaction; its records are
     /// never read by a `read_committed` consumer, and the units in it are
-    /// read again after a restart.
+    /// read again after a restart. A commit under way is finished first.
     pub async fn abort(&mut self) -> Result<(), CaptureError> {
+        if self.committing() {
+            let outcome = self.commit_done().await;
+            self.finish_commit(outcome).await?;
+        }
         if let Delivery::ExactlyOnce(eos) = &mut self.delivery
             && eos.open.take().is_some()
         {
@@ -292,7 +414,7 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
     /// own (none may be open).
     pub async fn write_position(&mut self, payload: &[u8]) -> Result<(), CaptureError> {
         if self.is_exactly_once() {
-            debug_assert!(!self.transaction_open());
+            debug_assert!(!self.transaction_open() && !self.committing());
             self.sink.begin_transaction()?;
             self.send_position(payload).await?;
             self.sink.commit_transaction(COMMIT_TIMEOUT).await?;
@@ -313,4 +435,23 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
             .await?;
         Ok(())
     }
+}
+
+/// Hand records to Kafka, counting them in the metrics; returns how many.
+async fn hand_over<M: Clone + Send + Sync + 'static>(
+    sink: &KafkaSink<M>,
+    metrics: &Metrics,
+    records: impl Iterator<Item = Record>,
+) -> Result<u64, CaptureError> {
+    let mut sent = 0;
+    for r in records {
+        if r.value.is_some() {
+            metrics.events.inc();
+        }
+        metrics.bytes.inc_by(r.size() as u64);
+        sink.send(&r.topic, r.key.as_deref(), r.value.as_deref(), &r.headers)
+            .await?;
+        sent += 1;
+    }
+    Ok(sent)
 }

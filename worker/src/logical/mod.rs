@@ -14,8 +14,10 @@
 //!    keepalives, save, confirm, close the stream;
 //! 2. the confirm tick, while records are in flight: confirm the newest
 //!    fully acknowledged position (at most every `CONFIRM_INTERVAL`);
-//! 3. exactly once: commit the Kafka transaction once it is due and no
-//!    source transaction is open;
+//! 3. exactly once: start committing the Kafka transaction once it is due
+//!    and no source transaction is open; the stream is read on while Kafka
+//!    commits (what is encoded meanwhile waits in [`Output`]), and the
+//!    commit's end is its own arm, right after shutdown;
 //! 4. the status tick: Kafka's health, the standby status, progress;
 //! 5. the heartbeat tick: emit a logical message so an idle or filtered
 //!    database still moves the slot;
@@ -177,7 +179,7 @@ impl Loop<'_> {
                             .out
                             .transaction_due(EOS_COMMIT_INTERVAL, EOS_MAX_RECORDS)
                     {
-                        self.commit().await?;
+                        self.begin_commit().await?;
                     }
                 } else if chunk_done {
                     self.out.save_when_acked(end_lsn, self.position.encode());
@@ -189,17 +191,22 @@ impl Loop<'_> {
 
     /// Exactly once: the position (the end of the last source transaction
     /// in the Kafka transaction) goes in with the commit; later runs skip
-    /// what it covers.
-    async fn commit(&mut self) -> Result<(), CaptureError> {
+    /// what it covers. The commit runs on while the stream is read
+    /// ([`Loop::commit_done`] ends it).
+    async fn begin_commit(&mut self) -> Result<(), CaptureError> {
         let position = &mut self.position;
-        if let Some(end) = self
-            .out
-            .commit(|end| {
+        self.out
+            .begin_commit(|end| {
                 position.lsn = end.0;
                 position.encode()
             })
-            .await?
-        {
+            .await?;
+        Ok(())
+    }
+
+    /// Exactly once: the commit under way ended with `outcome`.
+    async fn commit_done(&mut self, outcome: Result<(), CaptureError>) -> Result<(), CaptureError> {
+        if let Some(end) = self.out.finish_commit(outcome).await? {
             self.skip_through = end;
         }
         Ok(())
@@ -230,6 +237,7 @@ impl Loop<'_> {
             && self.out.sink().in_flight() == 0
             && !self.out.transaction_open()
             && !self.out.commit_pending()
+            && !self.out.committing()
     }
 
     async fn send_status(
@@ -288,6 +296,10 @@ impl Loop<'_> {
     /// session for silence.
     async fn drain(&mut self, conn: &mut ReplicationConnection) -> Result<(), CaptureError> {
         let (write, flush) = (self.received.max(self.flushed), self.flushed);
+        if self.out.committing() {
+            let outcome = answering(conn, (write, flush), self.out.commit_done()).await?;
+            self.commit_done(outcome).await?;
+        }
         if self.out.transaction_open() && (self.in_txn || !self.out.commit_pending()) {
             answering(conn, (write, flush), self.out.abort()).await??;
         } else if self.out.commit_pending() {
@@ -408,6 +420,12 @@ pub async fn run(
                 let _ = conn.close().await;
                 return Ok(Stopped::Shutdown);
             }
+            // Exactly once: the commit under way ended; what was held opens
+            // the next Kafka transaction, and the server hears the new position.
+            outcome = state.out.commit_done(), if state.out.committing() => {
+                state.commit_done(outcome).await?;
+                state.send_status(&mut conn, false).await?;
+            }
             // 2. Kafka acks: confirm a complete prefix, at most every CONFIRM_INTERVAL
             //    (a standby status per acknowledged transaction costs this loop
             //    and the walsender more than decoding it does).
@@ -422,15 +440,14 @@ pub async fn run(
             //    no source transaction is open (no later commit would do it).
             _ = tokio::time::sleep_until(commit_due.unwrap_or_else(std::time::Instant::now).into()),
                 if commit_due.is_some() && !state.in_txn && state.out.commit_pending() => {
-                state.commit().await?;
-                state.send_status(&mut conn, false).await?;
+                state.begin_commit().await?;
             }
             // 4. Status to the server; exactly once, close an idle Kafka transaction.
             _ = status_tick.tick() => {
                 state.out.sink().check()?;
                 kafka_health(state.out.sink(), &metrics, &progress).await;
                 if !state.in_txn && state.out.transaction_due(EOS_COMMIT_INTERVAL, EOS_MAX_RECORDS) {
-                    state.commit().await?;
+                    state.begin_commit().await?;
                 }
                 state.send_status(&mut conn, false).await?;
                 state.save_acknowledged().await?;
@@ -462,6 +479,12 @@ pub async fn run(
                         if state.idle(assembler.streamed_transactions()) && wal_end > state.flushed {
                             state.out.sink().close_mark(wal_end);
                             state.received = state.received.max(wal_end);
+                        }
+                        // Exactly once: the server sends a keepalive when it
+                        // waits for WAL, so nothing more is coming soon:
+                        // commit now rather than at the interval's end.
+                        if !state.in_txn && state.out.commit_pending() && !state.out.committing() {
+                            state.begin_commit().await?;
                         }
                         if reply_requested {
                             state.send_status(&mut conn, false).await?;

@@ -360,14 +360,20 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
 
     /// Exactly once: commit the open transaction (flushes first).
     pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.commit_transaction(timeout))
-            .await
-            .map_err(|_| SinkError::Panicked {
-                call: "commit_transaction",
-            })?
-            .map_err(classify)?;
+        let mut commit = self.start_commit(timeout);
+        commit.outcome().await?;
         self.check()
+    }
+
+    /// Exactly once: start committing the open transaction on a blocking
+    /// thread and return at once. librdkafka accepts no record until the
+    /// commit is done, so the caller holds what it encodes meanwhile and
+    /// sends it after [`PendingCommit::outcome`].
+    pub fn start_commit(&self, timeout: Duration) -> PendingCommit {
+        let producer = self.producer.clone();
+        PendingCommit {
+            handle: tokio::task::spawn_blocking(move || producer.commit_transaction(timeout)),
+        }
     }
 
     /// Exactly once: abort the open transaction.
@@ -388,6 +394,26 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
             .tracker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A Kafka transaction being committed on a blocking thread
+/// ([`KafkaSink::start_commit`]).
+pub struct PendingCommit {
+    handle: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
+}
+
+impl PendingCommit {
+    /// Wait for the commit. Cancel-safe: dropping the future leaves the
+    /// commit running, and a later call waits for it again. Call it no more
+    /// once it returned.
+    pub async fn outcome(&mut self) -> Result<(), SinkError> {
+        (&mut self.handle)
+            .await
+            .map_err(|_| SinkError::Panicked {
+                call: "commit_transaction",
+            })?
+            .map_err(classify)
     }
 }
 

@@ -2,7 +2,9 @@
 //! numbered rows in many small transactions; the worker is restarted after
 //! each kill. At least once: every committed row reaches Kafka (duplicates
 //! allowed). Exactly once: a `read_committed` consumer sees every committed
-//! row exactly once. Set `SIPHON_TEST_SEED` to replay a run.
+//! row exactly once, after `kill -9` and after a SIGTERM that drains (a
+//! commit under way, records held for the next Kafka transaction, a source
+//! transaction half sent). Set `SIPHON_TEST_SEED` to replay a run.
 
 use crate::common;
 
@@ -23,7 +25,21 @@ struct Outcome {
     killed_while_streaming: usize,
 }
 
-async fn kill_rounds(tag: &str, delivery: &str, isolation: &str, seed: u64) -> Outcome {
+/// How a round stops the worker.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill9,
+    /// SIGTERM, then the worker must drain and exit 0.
+    Terminate,
+}
+
+async fn kill_rounds(
+    tag: &str,
+    delivery: &str,
+    isolation: &str,
+    stop_by: Stop,
+    seed: u64,
+) -> Outcome {
     let fx = Fixture::new(tag).await;
     let db = fx.sql().await;
     db.batch_execute(&format!(
@@ -85,10 +101,25 @@ async fn kill_rounds(tag: &str, delivery: &str, isolation: &str, seed: u64) -> O
             panic!("round {round}: the worker exited by itself ({status})");
         }
         let streaming = matches!(worker.get("/readyz").await, Some((200, _)));
-        worker.kill9();
+        match stop_by {
+            Stop::Kill9 => worker.kill9(),
+            Stop::Terminate => {
+                worker.terminate();
+                let status = worker.wait_exit(Duration::from_secs(40)).await;
+                assert!(
+                    status.is_some_and(|s| s.success()),
+                    "round {round}: the worker did not drain and exit 0 on SIGTERM ({status:?})\n{}",
+                    worker.output()
+                );
+            }
+        }
         killed_while_streaming += usize::from(streaming);
         eprintln!(
-            "{tag}: round {round}: SIGKILL {after:?} after {} (streaming: {streaming})",
+            "{tag}: round {round}: {} {after:?} after {} (streaming: {streaming})",
+            match stop_by {
+                Stop::Kill9 => "SIGKILL",
+                Stop::Terminate => "SIGTERM",
+            },
             if during_startup {
                 "spawn"
             } else {
@@ -137,6 +168,17 @@ async fn kill_rounds(tag: &str, delivery: &str, isolation: &str, seed: u64) -> O
         killed_while_streaming >= ROUNDS / 2,
         "only {killed_while_streaming} of {ROUNDS} kills hit a streaming worker: the test did not exercise the stream"
     );
+    if delivery == "ExactlyOnce" {
+        // The last worker committed what it delivered, and says how long
+        // its commits took.
+        let commits = worker
+            .metric("siphon_worker_kafka_commit_duration_seconds_count")
+            .await;
+        assert!(
+            commits >= Some(1.0),
+            "siphon_worker_kafka_commit_duration_seconds_count is {commits:?} after delivering exactly once"
+        );
+    }
     drop(worker);
     Outcome {
         rows,
@@ -147,15 +189,46 @@ async fn kill_rounds(tag: &str, delivery: &str, isolation: &str, seed: u64) -> O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_across_kill_9() {
-    let outcome = kill_rounds("kill9alo", "AtLeastOnce", "read_uncommitted", 0x5EED_0001).await;
+    let outcome = kill_rounds(
+        "kill9alo",
+        "AtLeastOnce",
+        "read_uncommitted",
+        Stop::Kill9,
+        0x5EED_0001,
+    )
+    .await;
     assert!(outcome.rows > 0 && outcome.killed_while_streaming > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_loses_and_repeats_nothing_across_kill_9() {
-    let outcome = kill_rounds("kill9eos", "ExactlyOnce", "read_committed", 0x5EED_0002).await;
+    let outcome = kill_rounds(
+        "kill9eos",
+        "ExactlyOnce",
+        "read_committed",
+        Stop::Kill9,
+        0x5EED_0002,
+    )
+    .await;
     assert_eq!(
         outcome.duplicates, 0,
         "a read_committed consumer saw duplicates"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_repeats_nothing_across_sigterm_mid_stream() {
+    let outcome = kill_rounds(
+        "termeos",
+        "ExactlyOnce",
+        "read_committed",
+        Stop::Terminate,
+        0x5EED_0003,
+    )
+    .await;
+    assert_eq!(
+        outcome.duplicates, 0,
+        "a read_committed consumer saw duplicates after drained restarts"
+    );
+    assert!(outcome.killed_while_streaming > 0);
 }
