@@ -48,7 +48,7 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a Kafka transaction to abort.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of records held while a commit runs; `emit` then waits for it.
-const HELD_MAX_BYTES: usize = 8 << 20;
+const HELD_MAX_BYTES: usize = 16 << 20;
 
 /// The delivery guarantee, with the state only that guarantee needs.
 pub enum Delivery<M, S> {
@@ -295,12 +295,17 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
         let Some(mark) = eos.last.take() else {
             return Ok(false);
         };
-        if eos.open.take().is_none() {
-            self.sink.begin_transaction()?;
-        }
+        let records = match eos.open.take() {
+            Some(open) => open.records,
+            None => {
+                self.sink.begin_transaction()?;
+                0
+            }
+        };
         let payload = position(&mark);
         self.send_position(&payload).await?;
         if let Delivery::ExactlyOnce(eos) = &mut self.delivery {
+            tracing::debug!(records = records, "committing a kafka transaction");
             eos.committing = Some(Committing {
                 commit: self.sink.start_commit(COMMIT_TIMEOUT),
                 started: Instant::now(),
@@ -342,9 +347,15 @@ impl<'a, M: Clone + Ord + Send + Sync + 'static, S> Output<'a, M, S> {
         };
         outcome?;
         self.sink.check()?;
+        let took = c.started.elapsed();
         self.metrics
             .kafka_commit_seconds
-            .observe(c.started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        tracing::debug!(
+            took_ms = took.as_secs_f64() * 1e3,
+            held = c.held.len(),
+            "kafka transaction committed"
+        );
         self.sink.close_mark(c.mark.clone());
         if let Some(mark) = c.then_close {
             self.sink.close_mark(mark);

@@ -118,6 +118,9 @@ struct Loop<'a> {
     /// A backfill chunk went out in the open source transaction (the one
     /// carrying its high watermark).
     chunk_in_txn: bool,
+    /// The last message was a keepalive: the server waits for WAL, nothing
+    /// more is coming soon.
+    caught_up: bool,
 }
 
 impl Loop<'_> {
@@ -208,6 +211,17 @@ impl Loop<'_> {
     async fn commit_done(&mut self, outcome: Result<(), CaptureError>) -> Result<(), CaptureError> {
         if let Some(end) = self.out.finish_commit(outcome).await? {
             self.skip_through = end;
+        }
+        Ok(())
+    }
+
+    /// Exactly once: with the server waiting for WAL, what ended since the
+    /// last commit commits now rather than at the interval's end (the
+    /// delay to a `read_committed` consumer is then one commit, not the
+    /// interval).
+    async fn commit_when_caught_up(&mut self) -> Result<(), CaptureError> {
+        if self.caught_up && !self.in_txn && self.out.commit_pending() && !self.out.committing() {
+            self.begin_commit().await?;
         }
         Ok(())
     }
@@ -392,6 +406,7 @@ pub async fn run(
         server_wal_end: Lsn(0),
         backfill,
         chunk_in_txn: false,
+        caught_up: false,
     };
     if state.skip_through.0 != 0 {
         tracing::info!(lsn = %state.skip_through, "resuming exactly-once capture after the stored position");
@@ -424,6 +439,7 @@ pub async fn run(
             // the next Kafka transaction, and the server hears the new position.
             outcome = state.out.commit_done(), if state.out.committing() => {
                 state.commit_done(outcome).await?;
+                state.commit_when_caught_up().await?;
                 state.send_status(&mut conn, false).await?;
             }
             // 2. Kafka acks: confirm a complete prefix, at most every CONFIRM_INTERVAL
@@ -467,6 +483,7 @@ pub async fn run(
             msg = conn.next_message() => {
                 match msg? {
                     ReplicationMessage::XLogData { wal_start, wal_end, data, .. } => {
+                        state.caught_up = false;
                         state.server_wal_end = state.server_wal_end.max(wal_end);
                         state.received = state.received.max(wal_start);
                         let message = decoder.decode(&data)?;
@@ -480,12 +497,9 @@ pub async fn run(
                             state.out.sink().close_mark(wal_end);
                             state.received = state.received.max(wal_end);
                         }
-                        // Exactly once: the server sends a keepalive when it
-                        // waits for WAL, so nothing more is coming soon:
-                        // commit now rather than at the interval's end.
-                        if !state.in_txn && state.out.commit_pending() && !state.out.committing() {
-                            state.begin_commit().await?;
-                        }
+                        // The server sends a keepalive when it waits for WAL.
+                        state.caught_up = true;
+                        state.commit_when_caught_up().await?;
                         if reply_requested {
                             state.send_status(&mut conn, false).await?;
                         }

@@ -176,6 +176,16 @@ impl<P: Clone + Send + Sync + 'static> ProducerContext for SinkContext<P> {
                 };
                 in_flight <= self.shared.resume_sending_at.load(Ordering::Acquire)
             }
+            // Aborting a Kafka transaction purges its records: they were
+            // meant never to be read, so that is no failed delivery. They
+            // stay unacknowledged: no position past them becomes
+            // confirmable (the source reads them again after a restart).
+            Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => false,
             Err((err, _)) => {
                 if let Ok(mut f) = self.shared.failure.lock()
                     && f.is_none()
@@ -365,14 +375,29 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
         self.check()
     }
 
-    /// Exactly once: start committing the open transaction on a blocking
-    /// thread and return at once. librdkafka accepts no record until the
-    /// commit is done, so the caller holds what it encodes meanwhile and
-    /// sends it after [`PendingCommit::outcome`].
+    /// Exactly once: start committing the open transaction and return at
+    /// once. The caller sends no record until [`PendingCommit::outcome`]
+    /// (it holds what it encodes meanwhile).
+    ///
+    /// The commit first waits, on the acknowledgements this sink counts,
+    /// until Kafka holds every record of the transaction, and only then
+    /// asks librdkafka to commit: rdkafka's own `commit_transaction`
+    /// flushes first, and its flush polls in steps of 100 ms, so any record
+    /// still in flight would cost the whole step.
     pub fn start_commit(&self, timeout: Duration) -> PendingCommit {
-        let producer = self.producer.clone();
+        let (producer, shared) = (self.producer.clone(), self.shared.clone());
         PendingCommit {
-            handle: tokio::task::spawn_blocking(move || producer.commit_transaction(timeout)),
+            handle: tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                delivered_all(&producer, &shared, deadline).await?;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::task::spawn_blocking(move || producer.commit_transaction(left))
+                    .await
+                    .map_err(|_| SinkError::Panicked {
+                        call: "commit_transaction",
+                    })?
+                    .map_err(classify)
+            }),
         }
     }
 
@@ -397,10 +422,48 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     }
 }
 
-/// A Kafka transaction being committed on a blocking thread
-/// ([`KafkaSink::start_commit`]).
+/// Wait until Kafka acknowledged every record sent (by this sink's count,
+/// then librdkafka's own, which drops a record a moment after its
+/// acknowledgement), or a delivery failed, or `deadline` passed.
+async fn delivered_all<P: Clone + Send + Sync + 'static>(
+    producer: &ThreadedProducer<SinkContext<P>>,
+    shared: &Shared<P>,
+    deadline: tokio::time::Instant,
+) -> Result<(), SinkError> {
+    let failed = || shared.failure.lock().ok().and_then(|f| f.clone());
+    loop {
+        // Registered before the check: the wake-up of the last
+        // acknowledgement (in flight reaching 0) cannot be missed.
+        let woken = shared.delivered.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if let Some(err) = failed() {
+            return Err(classify(err));
+        }
+        let in_flight = shared.tracker.lock().map_or(0, |t| t.in_flight());
+        if in_flight == 0 && producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(classify(KafkaError::Flush(
+                RDKafkaErrorCode::OperationTimedOut,
+            )));
+        }
+        let step = if in_flight == 0 {
+            ACKED_STEP
+        } else {
+            QUEUE_FULL_WAIT
+        };
+        let _ = tokio::time::timeout(step, woken).await;
+    }
+}
+
+/// Between looks at librdkafka's count once every record is acknowledged.
+const ACKED_STEP: Duration = Duration::from_millis(1);
+
+/// A Kafka transaction being committed ([`KafkaSink::start_commit`]).
 pub struct PendingCommit {
-    handle: tokio::task::JoinHandle<rdkafka::error::KafkaResult<()>>,
+    handle: tokio::task::JoinHandle<Result<(), SinkError>>,
 }
 
 impl PendingCommit {
@@ -408,12 +471,9 @@ impl PendingCommit {
     /// commit running, and a later call waits for it again. Call it no more
     /// once it returned.
     pub async fn outcome(&mut self) -> Result<(), SinkError> {
-        (&mut self.handle)
-            .await
-            .map_err(|_| SinkError::Panicked {
-                call: "commit_transaction",
-            })?
-            .map_err(classify)
+        (&mut self.handle).await.map_err(|_| SinkError::Panicked {
+            call: "commit_transaction",
+        })?
     }
 }
 
