@@ -21,6 +21,7 @@ pub mod capture;
 pub mod catalog;
 pub mod change;
 pub mod config;
+pub mod copy_text;
 pub mod logical;
 pub mod metrics;
 pub mod offsets;

@@ -37,7 +37,7 @@ pub mod goals {
     pub const RSS_STEADY_MIB: f64 = 64.0;
     pub const RSS_LARGE_TXN_MIB: f64 = 160.0;
     pub const BACKFILL_ROWS_PER_S: f64 = 300_000.0;
-    pub const BACKFILL_COPY_RATIO: f64 = 0.25;
+    pub const BACKFILL_COPY_RATIO: f64 = 0.5;
     pub const BACKFILL_STREAM_LAG_MS: f64 = 1000.0;
     pub const POLLING_COPY_RATIO: f64 = 0.3;
     pub const POLLING_NOTIFY_P99_MS: f64 = 100.0;

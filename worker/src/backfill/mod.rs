@@ -122,6 +122,11 @@ pub enum BackfillError {
     },
     #[error("the backfill reader stopped unexpectedly")]
     ReaderGone,
+    #[error("reading a chunk of {table}: {reason} (a bug in Siphon: please report it)")]
+    CopyRow {
+        table: String,
+        reason: crate::copy_text::CopyRowError,
+    },
     #[error(
         "the columns of {table} changed during its backfill (ALTER TABLE); the backfill starts again from its last completed chunk with the new columns"
     )]
@@ -151,6 +156,7 @@ impl BackfillError {
             BackfillError::WatermarkWrite { .. } => "watermark_write",
             BackfillError::ReaderGone => "backfill_reader",
             BackfillError::ColumnsChanged { .. } => "backfill_columns_changed",
+            BackfillError::CopyRow { .. } => "backfill_copy_row",
         }
     }
 }
@@ -698,6 +704,7 @@ impl Backfill {
             id,
             table: plan.name.clone(),
             sql: plan.chunk_sql(after, limit),
+            columns: plan.relation.columns.len(),
             chunk_size: self.chunk_size,
             key_positions: plan.key_positions.clone(),
             oid: plan.oid(),

@@ -16,16 +16,15 @@
 //! [`BackfillError::ColumnsChanged`], a transient error: the worker restarts
 //! from the last completed chunk and plans again. The chunk is never emitted.
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::SimpleQueryMessage;
 
 use super::BackfillError;
 use super::plan::WatermarkTable;
 use super::window::Invisible;
 use crate::change::{Datum, Row};
+use crate::copy_text;
 
 /// One chunk to read.
 #[derive(Clone, Debug)]
@@ -35,6 +34,8 @@ pub struct ChunkRequest {
     pub table: String,
     /// The chunk query, with `LIMIT chunk_size + 1`.
     pub sql: String,
+    /// How many columns the chunk query selects.
+    pub columns: usize,
     pub chunk_size: usize,
     pub key_positions: Vec<usize>,
     /// The table's oid and its stored columns as planned.
@@ -193,8 +194,9 @@ fn sql(what: &'static str, table: &str) -> impl FnOnce(tokio_postgres::Error) ->
     }
 }
 
-/// Run the chunk query in the simple protocol: values arrive in PostgreSQL's
-/// text output form, byte for byte what pgoutput sends.
+/// Read the chunk with `COPY (chunk query) TO STDOUT`: values arrive in
+/// PostgreSQL's text output form, byte for byte what pgoutput sends (see
+/// [`crate::copy_text`]), one message per row and no framing per value.
 async fn read_chunk(
     client: &tokio_postgres::Client,
     request: &ChunkRequest,
@@ -217,7 +219,7 @@ async fn read_chunk(
         .await
         .map_err(sql("starting the chunk transaction", &request.table))?;
     let stream = client
-        .simple_query_raw(&request.sql)
+        .copy_out(&format!("COPY ({}) TO STDOUT", request.sql))
         .await
         .map_err(undefined_column)?;
     futures::pin_mut!(stream);
@@ -225,24 +227,17 @@ async fn read_chunk(
     let mut more = false;
     while let Some(message) = stream.next().await {
         let message = message.map_err(undefined_column)?;
-        let SimpleQueryMessage::Row(row) = message else {
-            continue;
-        };
         if rows.len() == request.chunk_size {
             more = true;
             continue;
         }
-        let mut values = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let value = row
-                .try_get(i)
-                .map_err(sql("decoding a chunk row", &request.table))?;
-            values.push(match value {
-                Some(text) => Datum::Text(Bytes::copy_from_slice(text.as_bytes())),
-                None => Datum::Null,
-            });
-        }
-        rows.push(values);
+        let row = copy_text::parse_row(&message, request.columns).map_err(|reason| {
+            BackfillError::CopyRow {
+                table: request.table.clone(),
+                reason,
+            }
+        })?;
+        rows.push(row);
     }
     // Still the table the plan describes? (The module doc says why this
     // read, in this transaction, is exact.)

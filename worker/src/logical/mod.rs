@@ -75,6 +75,9 @@ const CONFIRM_INTERVAL: Duration = Duration::from_millis(10);
 const EOS_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most records in one Kafka transaction in exactly-once mode.
 const EOS_MAX_RECORDS: u64 = 50_000;
+/// A backfill chunk's reads are sent in runs of this many, with a yield to
+/// the runtime between runs (see the chunk arm of `handle_event`).
+const CHUNK_YIELD_EVERY: usize = 512;
 /// Longest the drain before shutdown waits for Kafka.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
@@ -146,7 +149,15 @@ impl Loop<'_> {
                     Offer::Stream => self.handle_change(&change).await?,
                     Offer::Drop => {}
                     Offer::Chunk(chunk) => {
-                        for read in &chunk.changes {
+                        for (n, read) in chunk.changes.iter().enumerate() {
+                            // A chunk takes tens of milliseconds to encode;
+                            // yielding now and then lets the reader's task
+                            // and its connection, woken on this thread, run
+                            // meanwhile (else they wait for the whole chunk,
+                            // and reading and sending take turns).
+                            if n % CHUNK_YIELD_EVERY == CHUNK_YIELD_EVERY - 1 {
+                                tokio::task::yield_now().await;
+                            }
                             self.handle_change(read).await?;
                         }
                         self.backfill
