@@ -345,22 +345,17 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     /// Wait until every record sent so far is acknowledged.
     pub async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .map_err(|_| SinkError::Panicked { call: "flush" })?
-            .map_err(classify)?;
+        blocking("flush", move || producer.flush(timeout)).await?;
         self.check()
     }
 
     /// Exactly once: register the transactional id, fencing older producers.
     pub async fn init_transactions(&self, timeout: Duration) -> Result<(), SinkError> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.init_transactions(timeout))
-            .await
-            .map_err(|_| SinkError::Panicked {
-                call: "init_transactions",
-            })?
-            .map_err(classify)
+        blocking("init_transactions", move || {
+            producer.init_transactions(timeout)
+        })
+        .await
     }
 
     /// Exactly once: open a transaction.
@@ -391,12 +386,10 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
                 let deadline = tokio::time::Instant::now() + timeout;
                 delivered_all(&producer, &shared, deadline).await?;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                tokio::task::spawn_blocking(move || producer.commit_transaction(left))
-                    .await
-                    .map_err(|_| SinkError::Panicked {
-                        call: "commit_transaction",
-                    })?
-                    .map_err(classify)
+                blocking("commit_transaction", move || {
+                    producer.commit_transaction(left)
+                })
+                .await
             }),
         }
     }
@@ -404,12 +397,10 @@ impl<P: Clone + Send + Sync + 'static> KafkaSink<P> {
     /// Exactly once: abort the open transaction.
     pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), SinkError> {
         let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.abort_transaction(timeout))
-            .await
-            .map_err(|_| SinkError::Panicked {
-                call: "abort_transaction",
-            })?
-            .map_err(classify)
+        blocking("abort_transaction", move || {
+            producer.abort_transaction(timeout)
+        })
+        .await
     }
 
     fn lock_tracker(&self) -> std::sync::MutexGuard<'_, AckTracker<P>> {
@@ -475,6 +466,18 @@ impl PendingCommit {
             call: "commit_transaction",
         })?
     }
+}
+
+/// Runs one of librdkafka's blocking calls (`call` names it in the error)
+/// off the runtime's threads.
+async fn blocking(
+    call: &'static str,
+    f: impl FnOnce() -> Result<(), KafkaError> + Send + 'static,
+) -> Result<(), SinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| SinkError::Panicked { call })?
+        .map_err(classify)
 }
 
 #[cfg(test)]
