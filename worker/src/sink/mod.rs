@@ -82,7 +82,7 @@ pub fn classify(err: KafkaError) -> SinkError {
         Some(C::TransactionalIdAuthorizationFailed) => {
             Some("the Kafka principal may not use the transactional id; grant WRITE on it")
         }
-        Some(C::ProducerFenced) | Some(C::InvalidProducerEpoch) => {
+        Some(C::ProducerFenced) | Some(C::InvalidProducerEpoch) | Some(C::Fenced) => {
             Some("another worker took over this capture's transactional id; this one stops")
         }
         Some(C::MessageSizeTooLarge) => {
@@ -431,6 +431,12 @@ async fn delivered_all<P: Clone + Send + Sync + 'static>(
         if let Some(err) = failed() {
             return Err(classify(err));
         }
+        // A fatal error (say, fenced by a newer worker) may purge what is
+        // queued, and purged records are never acknowledged: report it now
+        // rather than wait for the deadline.
+        if let Some((code, _)) = producer.client().fatal_error() {
+            return Err(classify(KafkaError::MessageProduction(code)));
+        }
         let in_flight = shared.tracker.lock().map_or(0, |t| t.in_flight());
         if in_flight == 0 && producer.in_flight_count() == 0 {
             return Ok(());
@@ -490,6 +496,10 @@ mod tests {
             RDKafkaErrorCode::ProducerFenced,
         ));
         assert!(!fenced.is_transient());
+        // librdkafka's own code for it, raised locally once fenced.
+        let local = classify(KafkaError::MessageProduction(RDKafkaErrorCode::Fenced));
+        assert!(!local.is_transient());
+        assert!(local.to_string().contains("another worker took over"));
         let timeout = classify(KafkaError::MessageProduction(
             RDKafkaErrorCode::MessageTimedOut,
         ));

@@ -121,3 +121,58 @@ async fn only_committed_positions_of_the_capture_count() {
     assert_eq!(load(&topic, "shop").await, Some(500));
     cleanup.await;
 }
+
+/// A worker fenced by a newer one (same transactional id) learns it at its
+/// next commit: the commit fails for good, saying another worker took over,
+/// rather than as a retriable timeout (which would restart it to fence the
+/// newer one in turn). Nothing it sent after the takeover is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_workers_commit_fails_for_good() {
+    let name = common::unique("fenced");
+    let topic = format!("{name}.offsets");
+    let settings = siphon_crds::capture::TopicCreation {
+        create: true,
+        partitions: 1,
+        replication_factor: Some(1),
+        config: Default::default(),
+    };
+    siphon_worker::sink::topics::ensure(
+        &props("unused"),
+        std::slice::from_ref(&topic),
+        &settings,
+        &[("cleanup.policy", "compact")],
+    )
+    .await
+    .expect("create the topic");
+    let cleanup = common::delete_topics(&topic);
+    let id = format!("{name}-a");
+
+    let old: KafkaSink<Lsn> = KafkaSink::new(&props(&id)).expect("producer");
+    old.init_transactions(Duration::from_secs(60))
+        .await
+        .expect("init transactions");
+    write(&old, &topic, "shop", 100, true).await;
+
+    let new: KafkaSink<Lsn> = KafkaSink::new(&props(&id)).expect("producer");
+    new.init_transactions(Duration::from_secs(60))
+        .await
+        .expect("the newer worker takes over");
+
+    old.begin_transaction().expect("begin");
+    let sent = old
+        .send(&topic, Some(b"shop"), Some(&position(200)), &[])
+        .await;
+    let outcome = match sent {
+        Ok(()) => old.start_commit(Duration::from_secs(50)).outcome().await,
+        Err(e) => Err(e),
+    };
+    let error = outcome.expect_err("a fenced producer cannot commit");
+    assert!(!error.is_transient(), "fenced is for good: {error}");
+    assert!(
+        error.to_string().contains("another worker took over"),
+        "the error names the takeover: {error}"
+    );
+    assert_eq!(load(&topic, "shop").await, Some(100));
+    drop(new);
+    cleanup.await;
+}
