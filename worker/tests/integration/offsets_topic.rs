@@ -60,10 +60,8 @@ async fn load(topic: &str, key: &str) -> Option<u64> {
     .map(|p| p.lsn)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_committed_positions_of_the_capture_count() {
-    let name = common::unique("offsets");
-    let topic = format!("{name}.offsets");
+/// A compacted one-partition topic, as the offsets topic is.
+async fn compacted_topic(topic: &str) {
     let settings = siphon_crds::capture::TopicCreation {
         create: true,
         partitions: 1,
@@ -72,12 +70,19 @@ async fn only_committed_positions_of_the_capture_count() {
     };
     siphon_worker::sink::topics::ensure(
         &props("unused"),
-        std::slice::from_ref(&topic),
+        &[topic.to_string()],
         &settings,
         &[("cleanup.policy", "compact")],
     )
     .await
     .expect("create the offsets topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_committed_positions_of_the_capture_count() {
+    let name = common::unique("offsets");
+    let topic = format!("{name}.offsets");
+    compacted_topic(&topic).await;
     let cleanup = common::delete_topics(&topic);
 
     assert_eq!(
@@ -130,20 +135,7 @@ async fn only_committed_positions_of_the_capture_count() {
 async fn a_fenced_workers_commit_fails_for_good() {
     let name = common::unique("fenced");
     let topic = format!("{name}.offsets");
-    let settings = siphon_crds::capture::TopicCreation {
-        create: true,
-        partitions: 1,
-        replication_factor: Some(1),
-        config: Default::default(),
-    };
-    siphon_worker::sink::topics::ensure(
-        &props("unused"),
-        std::slice::from_ref(&topic),
-        &settings,
-        &[("cleanup.policy", "compact")],
-    )
-    .await
-    .expect("create the topic");
+    compacted_topic(&topic).await;
     let cleanup = common::delete_topics(&topic);
     let id = format!("{name}-a");
 
