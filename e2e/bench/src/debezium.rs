@@ -39,7 +39,7 @@ const MEMORY_RATIO: f64 = 0.05;
 
 /// Connect worker settings: the producer tuned as Siphon's is
 /// (worker/src/sink/options.rs: linger 5 ms, 1 MB batches, acks=all,
-/// idempotence, LZ4 (Siphon's default `kafka.compression`), a 32 MiB buffer) instead of Connect's
+/// idempotence, LZ4 (Siphon's default `kafka.compression`), a 16 MiB buffer) instead of Connect's
 /// defaults (linger 0, 16 kB batches, one request in flight).
 const DEBEZIUM_WORKER: &[&str] = &[
     "producer.linger.ms=5",
@@ -48,7 +48,7 @@ const DEBEZIUM_WORKER: &[&str] = &[
     "producer.enable.idempotence=true",
     "producer.max.in.flight.requests.per.connection=5",
     "producer.compression.type=lz4",
-    "producer.buffer.memory=33554432",
+    "producer.buffer.memory=16777216",
     "offset.flush.interval.ms=10000",
 ];
 

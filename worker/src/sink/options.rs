@@ -11,9 +11,10 @@ use siphon_crds::worker_config::KafkaConfig;
 
 use crate::config::Secrets;
 
-/// Queue bound of the producer in KiB; with the default 32 MiB the worker's
-/// resident memory stays well under 64 MiB at full speed.
-pub const QUEUE_MAX_KBYTES: u32 = 32 * 1024;
+/// Queue bound of the producer in KiB. 16 MiB holds about 25 000 records
+/// of a backfill, a tenth of a second of it, so batches still fill; with
+/// 32 MiB the worker's peak RSS went over 64 MiB in a backfill.
+pub const QUEUE_MAX_KBYTES: u32 = 16 * 1024;
 /// Messages the producer may queue before `QueueFull` pushes back.
 pub const QUEUE_MAX_MESSAGES: u32 = 500_000;
 /// Time a batch may wait to fill (`linger.ms`).
@@ -48,6 +49,13 @@ pub fn producer_properties(
     set("compression.type", kafka.compression.clone());
     set("linger.ms", LINGER_MS.to_string());
     set("batch.size", BATCH_BYTES.to_string());
+    if kafka.compression != "none" {
+        // A compressed batch is read by the compressor record by record
+        // anyway: copying each record into the uncompressed batch first is
+        // a pass over every byte for nothing (about a tenth of the worker's
+        // CPU in a backfill).
+        set("message.copy.max.bytes", "0".into());
+    }
     set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string());
     set(
         "queue.buffering.max.messages",
@@ -120,6 +128,19 @@ mod tests {
         assert_eq!(p["enable.idempotence"], "true");
         assert_eq!(p["linger.ms"], "50", "non-reserved options pass through");
         assert!(!p.contains_key("transactional.id"));
+    }
+
+    #[test]
+    fn compressed_batches_take_records_by_reference() {
+        let mut kafka = KafkaConfig::default();
+        let p = producer_properties(&kafka, &Secrets::default(), "c", None);
+        assert_eq!(p["compression.type"], "lz4");
+        assert_eq!(p["message.copy.max.bytes"], "0");
+        // Uncompressed, the batch is what goes on the wire: records are
+        // copied into it rather than sent as one small buffer each.
+        kafka.compression = "none".into();
+        let p = producer_properties(&kafka, &Secrets::default(), "c", None);
+        assert!(!p.contains_key("message.copy.max.bytes"));
     }
 
     #[test]
